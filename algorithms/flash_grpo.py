@@ -1,0 +1,60 @@
+"""Flash-GRPO: one SDE step per trajectory, iso-temporal grouping, rectified gradients.
+
+Every rollout is ODE except step k, the only trained transition. With iso-temporal
+grouping all G rollouts of a prompt share k (so a group's reward spread comes from the
+policy, not from the timestep) and prompts draw k independently; the `per_sample`
+ablation draws k per trajectory. Rectification weights the transition by
+c(k) = 1 / lambda(t_k), which the shared loss divides by the batch mean of c.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, register
+from grpo_zoo.errors import ConfigError
+
+
+@dataclass
+class FlashGRPOConfig(AlgorithmConfig):
+    name: str = "flash_grpo"
+    """Flash-GRPO (ICML 2026)."""
+    grouping: Literal["iso_temporal", "per_sample"] = "iso_temporal"
+    """iso_temporal: one k per prompt group, shared by its G rollouts; per_sample: k per trajectory."""
+    rectify: bool = True
+    """Weight each transition by c(k) = 1/lambda(t_k), normalised by the batch mean."""
+    k_range: list[int] | None = None
+    """[lo, hi]: k is drawn uniformly from steps lo..hi (inclusive); null means every step with noise."""
+
+    def validate(self) -> None:
+        r = self.k_range
+        if r is not None and (len(r) != 2 or r[0] < 0 or r[0] > r[1]):
+            raise ConfigError(f"k_range: expected [lo, hi] with 0 <= lo <= hi, got {r}")
+
+
+@register("flash_grpo")
+class FlashGRPO(Algorithm):
+    Config = FlashGRPOConfig
+
+    def trainable_steps(self, table) -> range:
+        num_steps = table.num_steps
+        lo, hi = self.cfg.k_range or (0, table.last_noisy_step)
+        if hi >= num_steps:
+            raise ConfigError(f"k_range: step {hi} lies outside the {num_steps}-step schedule (0..{num_steps - 1})")
+        return range(lo, hi + 1)
+
+    def plan(self, num_prompts: int, group_size: int, table, gen: torch.Generator) -> Plan:
+        b, t = num_prompts * group_size, table.num_steps
+        candidates = torch.tensor(list(self.trainable_steps(table)))
+        draws = num_prompts if self.cfg.grouping == "iso_temporal" else b
+        k = candidates[torch.randint(len(candidates), (draws,), generator=gen)]
+        if self.cfg.grouping == "iso_temporal":
+            k = k.repeat_interleave(group_size)
+        sde, _, weight = self._empty(b, t)
+        sde[torch.arange(b), k] = True
+        c = table.inv_lam[k] if self.cfg.rectify else torch.ones(b, dtype=torch.float64)
+        weight[torch.arange(b), k] = c
+        return Plan(sde, sde.clone(), weight, group_size, self.cfg.initial_noise == "shared")

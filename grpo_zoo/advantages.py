@@ -1,0 +1,29 @@
+"""Group-relative advantages, shared by every algorithm.
+
+A = (r - mean_group) / (std + 1e-4), with std taken over the group or, with
+`global_std`, over the whole batch (all ranks, when the caller gathers first), then
+clipped to +-clip. Rewards come as [P, G]: one row per prompt group.
+"""
+
+from __future__ import annotations
+
+import torch
+
+STD_EPS = 1e-4
+
+
+def group_advantages(rewards: torch.Tensor, global_std: bool = False, clip: float = 5.0) -> torch.Tensor:
+    """Advantages [P, G] for rewards [P, G] (float64 internally, returned float32)."""
+    if rewards.dim() != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, group >= 2], got {tuple(rewards.shape)}")
+    r = rewards.double()
+    mean = r.mean(dim=1, keepdim=True)
+    std = r.std(unbiased=False) if global_std else r.std(dim=1, keepdim=True, unbiased=False)
+    adv = (r - mean) / (std + STD_EPS)
+    return adv.clamp(-clip, clip).float()
+
+
+def zero_std_ratio(rewards: torch.Tensor) -> float:
+    """Share of groups whose rewards are all equal (they give no learning signal)."""
+    spread = rewards.max(dim=1).values - rewards.min(dim=1).values
+    return float((spread <= 1e-8).double().mean())

@@ -1,0 +1,277 @@
+"""Typed configs: dataclasses with one-line attribute docstrings, built from YAML and
+dotted `key=value` overrides, checked before any compute.
+
+A field's documentation is the string literal right below it, as in::
+
+    @dataclass
+    class Example:
+        lr: float = 1e-4
+        \"\"\"Learning rate.\"\"\"
+
+`field_docs` reads those strings from the source, `describe` turns a config class into
+the `--help` listing, `build` turns a nested dict into the dataclass, failing with a
+ConfigError that names the dotted field and the fix.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+from grpo_zoo.errors import ConfigError
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass (and its bases), by field name."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None)) + " or null"
+    if origin in (list, tuple):
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting where YAML is loose."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        last: ConfigError | None = None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                last = err
+        raise last or ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        fix = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}{fix}")
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        items = [_coerce(v, args[0], f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def build(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys and bad values raise ConfigError.
+
+    A class may define `resolve_type(data) -> cls` (a classmethod) to pick a subclass from
+    the data (for example an algorithm's config from its `name`), and `validate()` to check
+    cross-field constraints once built.
+    """
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    if hasattr(cls, "resolve_type"):
+        cls = cls.resolve_type(data, where)
+    names = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = _type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), list(names), n=1)
+            fix = f"did you mean {hint[0]!r}?" if hint else f"known: {', '.join(names)}"
+            raise ConfigError(f"{path}: unknown field ({fix})")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        obj = cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{where or cls.__name__}: {err}") from None
+    for f in dataclasses.fields(obj):
+        # Nested defaults built by default_factory still need their own validate().
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and f.name not in kwargs and hasattr(value, "validate"):
+            _validate(value, f"{where}.{f.name}" if where else f.name)
+    _validate(obj, where)
+    return obj
+
+
+def _validate(obj: Any, where: str) -> None:
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except ConfigError as err:
+            msg = str(err)
+            raise ConfigError(f"{where}.{msg}" if where and not msg.startswith(where) else msg) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """A config as plain YAML-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (['a', 'b', 'c'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Return a copy of `data` with dotted overrides applied (deep-merged)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    items = (
+        [parse_override(o) for o in overrides]
+        if isinstance(overrides, list)
+        else [(k.split("."), v) for k, v in overrides.items()]
+    )
+    for keys, value in items:
+        node = out
+        for i, key in enumerate(keys[:-1]):
+            nxt = node.get(key)
+            if nxt is None:
+                nxt = node[key] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(keys)}: {'.'.join(keys[: i + 1])} is not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a missing or malformed file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    return data
+
+
+def describe(cls: type, prefix: str = "", obj: Any = None) -> list[str]:
+    """One line per field, dotted, with its type, default and docstring (for --help)."""
+    lines: list[str] = []
+    obj = obj if obj is not None else _default_instance(cls)
+    docs = field_docs(type(obj) if obj is not None else cls)
+    hints = _type_hints(type(obj) if obj is not None else cls)
+    for f in dataclasses.fields(obj if obj is not None else cls):
+        name = f"{prefix}{f.name}"
+        value = getattr(obj, f.name, None) if obj is not None else None
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{name}:  {docs.get(f.name, '')}".rstrip())
+            lines.extend(describe(type(value), prefix=f"{name}.", obj=value))
+            continue
+        lines.append(f"  {name} ({_type_name(hints[f.name])}, default {value!r}): {docs.get(f.name, '')}")
+    return lines
+
+
+def _default_instance(cls: type) -> Any:
+    try:
+        return cls()
+    except TypeError:
+        return None
