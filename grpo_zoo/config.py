@@ -253,6 +253,27 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, recursively for mappings."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config_file(path: str | Path, _seen: tuple = ()) -> dict:
+    """A YAML config; a top-level `base: other.yaml` (relative to this file) is loaded first
+    and this file's keys are merged over it."""
+    path = Path(path)
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: `base` chain loops back to itself")
+    data = load_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return deep_merge(load_config_file(path.parent / base, (*_seen, path.resolve())), data)
+
+
 def describe(cls: type, prefix: str = "", obj: Any = None) -> list[str]:
     """One line per field, dotted, with its type, default and docstring (for --help)."""
     lines: list[str] = []

@@ -1,0 +1,157 @@
+"""One DeepSpeed engine for every algorithm: distributed setup, backward, step, checkpoints.
+
+World size 1 needs no launcher (the rendezvous variables are set here); N processes come
+from torchrun, the deepspeed launcher, or SLURM's srun (SLURM_PROCID etc. are mapped to
+RANK/WORLD_SIZE/LOCAL_RANK). CPU uses gloo, GPUs nccl. ZeRO stage 0-3, fp32 or bf16, a
+torch AdamW as DeepSpeed's client optimizer, gradient clipping by DeepSpeed.
+
+The engine knows nothing of algorithms: it steps whatever loss the trainer hands it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from grpo_zoo.run_config import EngineConfig, OptimConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_rendezvous() -> None:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from SLURM or for one process."""
+    env = os.environ
+    if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        if "MASTER_ADDR" not in env:
+            import subprocess
+
+            nodes = subprocess.run(
+                ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]], capture_output=True, text=True, check=True
+            )
+            env["MASTER_ADDR"] = nodes.stdout.split()[0]
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    if "RANK" not in env:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    env.setdefault("LOCAL_RANK", "0")
+
+
+def pick_device(cfg: EngineConfig) -> torch.device:
+    if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+class Engine:
+    """DeepSpeed around the trainable module, plus the collectives the trainer needs."""
+
+    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, optim: OptimConfig):
+        setup_rendezvous()
+        self.device = pick_device(cfg)
+        if self.device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        backend = cfg.backend if cfg.backend != "auto" else ("nccl" if self.device.type == "cuda" else "gloo")
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+        ds_config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": optim.max_grad_norm,
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": cfg.precision == "bf16"},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        module.to(self.device)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
+        self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+        self.zero_stage = cfg.zero_stage
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module
+
+    def __call__(self, *args, **kwargs):
+        return self.ds(*args, **kwargs)
+
+    # -- the update ------------------------------------------------------------------
+    def backward(self, loss: torch.Tensor, last_micro_batch: bool) -> None:
+        """Accumulate gradients of `loss` (already divided by the minibatch size)."""
+        self.ds.set_gradient_accumulation_boundary(last_micro_batch)
+        self.ds.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """Optimizer step at the end of a minibatch; returns the pre-clip gradient norm."""
+        own = None
+        if self.zero_stage == 0:  # DeepSpeed clips stage-0 gradients without keeping the norm
+            grads = [p.grad.detach().float() for p in self.ds.module.parameters() if p.grad is not None]
+            own = (
+                float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+                if grads
+                else 0.0
+            )
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm() if own is None else own
+        return float(norm) if norm is not None else float("nan")
+
+    # -- collectives -------------------------------------------------------------------
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        t = t.detach().clone().to(self.device)
+        if self.world_size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu()
+
+    def all_gather_cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate equal-shaped tensors from every rank along dim 0 (rank order)."""
+        if self.world_size == 1:
+            return t.detach().clone()
+        t = t.detach().contiguous().to(self.device)
+        out = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(out, t)
+        return torch.cat(out).cpu()
+
+    def broadcast_float(self, value: float) -> float:
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        if self.world_size > 1:
+            dist.broadcast(t, src=0)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    # -- checkpoints -------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Model and optimizer states (every rank writes its shard) under `directory`."""
+        self.ds.save_checkpoint(str(directory), tag="engine", save_latest=False)
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.ds.load_checkpoint(str(directory), tag="engine", load_module_strict=False)
+        if path is None:
+            raise RuntimeError(f"no engine checkpoint under {directory}")
+
+    def close(self) -> None:
+        """Tear the process group down (a must at exit)."""
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,24 @@
+"""Policy backends by name: `toy` (the toy world's tiny Wan DiT) and `wan` (diffusers Wan2.1)."""
+
+from __future__ import annotations
+
+from grpo_zoo.errors import ConfigError
+from grpo_zoo.models.base import Policy
+
+BACKENDS = ("toy", "wan")
+
+
+def load_policy(cfg) -> Policy:
+    """A Policy from a ModelConfig (`backend`, `path`, ...)."""
+    if cfg.backend == "toy":
+        from grpo_zoo.models.toy import ToyPolicy
+
+        return ToyPolicy.load(cfg)
+    if cfg.backend == "wan":
+        from grpo_zoo.models.wan import WanPolicy
+
+        return WanPolicy.load(cfg)
+    raise ConfigError(f"model.backend: unknown backend {cfg.backend!r} (choose one of {', '.join(BACKENDS)})")
+
+
+__all__ = ["BACKENDS", "Policy", "load_policy"]

@@ -1,0 +1,72 @@
+"""Rewards by name.
+
+A reward is a callable `(videos [B, 3, F, H, W] in [-1, 1], prompts: list[str]) ->
+dict[str, Tensor[B]]`: the entry under its own name is the training signal; other
+entries (components) are logged beside it. Register with `@register("name")` on a
+factory taking keyword options; `get(name, **options)` builds one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import torch
+
+from grpo_zoo.errors import ConfigError
+
+RewardFn = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
+_REGISTRY: dict[str, Callable[..., RewardFn]] = {}
+
+
+def register(name: str):
+    def deco(factory: Callable[..., RewardFn]) -> Callable[..., RewardFn]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **options) -> RewardFn:
+    """The reward registered as `name` (ConfigError naming the choices if unknown)."""
+    if name not in _REGISTRY:
+        hint = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        fix = f"did you mean {hint[0]!r}?" if hint else f"choose one of {', '.join(names())}"
+        raise ConfigError(f"reward.name: unknown reward {name!r} ({fix})")
+    return _REGISTRY[name](**options)
+
+
+def _toy(name: str) -> Callable[..., RewardFn]:
+    def factory() -> RewardFn:
+        from grpo_zoo.rewards.toy import all_rewards
+
+        def reward(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+            out = all_rewards(videos, prompts)
+            return {name: out[name], **{k: v for k, v in out.items() if k != name}}
+
+        return reward
+
+    return factory
+
+
+for _name in ("toy_motion", "toy_aesthetic", "toy_prompt", "toy_hps"):
+    register(_name)(_toy(_name))
+
+
+def eval_metrics(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Table 1's eval metrics where this toolkit can compute them from pixels: the toy
+    world's (for toy prompts); for real prompts VBench runs offline (see the report)."""
+    from grpo_zoo.toy.world import Prompt
+
+    try:
+        for p in prompts:
+            Prompt.parse(p)
+    except ValueError:
+        return {}
+    from grpo_zoo.rewards.toy import eval_metrics as toy_metrics
+
+    return toy_metrics(videos, prompts)

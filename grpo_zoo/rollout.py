@@ -1,0 +1,173 @@
+"""Roll out a plan: sample B = P x G trajectories, keep only the transitions the plan trains.
+
+Every trajectory takes all T steps (a forward at each: NFE), stochastic where the plan
+says SDE, Euler ODE elsewhere. For each trained transition the rollout records
+(x_k, x_{k+1}, logp_old, sigma_k, raw weight) for the shared loss.
+
+Initial noise is drawn per trajectory, or once per group (`plan.shared_noise`). With
+shared noise, the G rollouts of a group are identical until the first step at which any
+of them is stochastic, so that prefix (and the velocity at the branch step) is computed
+once per group, not G times: the same numbers, fewer forwards.
+
+Randomness: one generator, drawn in a fixed order (initial noise, then one full noise
+tensor per step), so a rollout is reproducible from its seed whatever is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from grpo_zoo.algorithm import Plan
+from grpo_zoo.flow.sde import StepTable, ode_step, sde_step
+from grpo_zoo.models.base import Policy
+
+
+@dataclass
+class Transitions:
+    """The trained transitions of a rollout, N of them, in (trajectory, step) order."""
+
+    traj: torch.Tensor
+    """[N] trajectory (row) index b = p * G + g."""
+    step: torch.Tensor
+    """[N] step index k."""
+    x: torch.Tensor
+    """[N, C, F, H, W] x_k."""
+    x_next: torch.Tensor
+    """[N, C, F, H, W] x_{k+1} as sampled."""
+    logp_old: torch.Tensor
+    """[N] float32 log-prob of the transition under the sampling policy."""
+    weight: torch.Tensor
+    """[N] raw per-transition weight from the plan."""
+
+    def __len__(self) -> int:
+        return len(self.traj)
+
+    def select(self, idx: torch.Tensor) -> Transitions:
+        return Transitions(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+
+
+@dataclass
+class RolloutResult:
+    latents: torch.Tensor
+    """[B, C, F, H, W] final latents x_T (sigma = 0)."""
+    transitions: Transitions
+    nfe: int
+    """Transformer forward passes run (a CFG forward counts twice)."""
+
+
+def initial_noise(b: int, shape: tuple[int, ...], group_size: int, shared: bool, gen: torch.Generator) -> torch.Tensor:
+    if shared:
+        return torch.randn(b // group_size, *shape, generator=gen).repeat_interleave(group_size, 0)
+    return torch.randn(b, *shape, generator=gen)
+
+
+@torch.no_grad()
+def rollout(
+    policy: Policy,
+    emb: torch.Tensor,
+    null_emb: torch.Tensor | None,
+    plan: Plan,
+    table: StepTable,
+    guidance: float,
+    gen: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> RolloutResult:
+    """Sample the plan's trajectories for prompt embeddings `emb` [B, L, D] (row b = p * G + g)."""
+    b, t = plan.sde.shape
+    g = plan.group_size
+    x = initial_noise(b, policy.latent_shape, g, plan.shared_noise, gen).to(device)
+    # with shared noise, a group's rows stay identical up to (and including the velocity at)
+    # the first step where any of them is stochastic
+    if plan.shared_noise:
+        first_sde = torch.where(plan.sde.any(1), plan.sde.float().argmax(1), torch.full((b,), t))
+        branch = first_sde.view(-1, g).min(1).values.repeat_interleave(g)
+    else:
+        branch = torch.full((b,), -1)
+    leader = torch.arange(b) - torch.arange(b) % g
+    cfg_mult = 2 if (guidance != 1.0 and null_emb is not None) else 1
+    nfe = 0
+    recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight")}
+    for j in range(t):
+        shared = j <= branch
+        compute = ~shared | (leader == torch.arange(b))
+        rows = compute.nonzero().flatten()
+        sigma = table.sigma[j].float().to(device).expand(len(rows))
+        v_rows = policy.velocity(x[rows].to(dtype), sigma, emb[rows], null_emb, guidance).float()
+        nfe += len(rows) * cfg_mult
+        v = torch.empty_like(x)
+        v[rows] = v_rows
+        v[~compute] = v[leader[~compute]]
+        eps = torch.randn(x.shape, generator=gen).to(device)
+        x_next = ode_step(x, v, table.sigma[j].float(), table.sigma_next[j].float())
+        sde_rows = plan.sde[:, j].nonzero().flatten()
+        logp = torch.zeros(b)
+        if len(sde_rows):
+            xs, lp, _ = sde_step(
+                table.kind,
+                x[sde_rows],
+                v[sde_rows],
+                table.sigma[j],
+                table.sigma_next[j],
+                table.std_t[j],
+                noise=eps[sde_rows],
+            )
+            x_next[sde_rows] = xs
+            logp[sde_rows] = lp.cpu()
+        train_rows = plan.train[:, j].nonzero().flatten()
+        if len(train_rows):
+            recs["traj"].append(train_rows)
+            recs["step"].append(torch.full((len(train_rows),), j))
+            recs["x"].append(x[train_rows].cpu())
+            recs["x_next"].append(x_next[train_rows].cpu())
+            recs["logp_old"].append(logp[train_rows])
+            recs["weight"].append(plan.weight[train_rows, j])
+        x = x_next
+    order_keys = {k: torch.cat(v) if v else torch.empty(0) for k, v in recs.items()}
+    tr = Transitions(**order_keys)
+    if len(tr):
+        order = torch.argsort(tr.traj * t + tr.step)
+        tr = tr.select(order)
+    return RolloutResult(latents=x, transitions=tr, nfe=nfe)
+
+
+@torch.no_grad()
+def generate_ode(
+    policy: Policy,
+    prompts: list[str],
+    table: StepTable,
+    guidance: float,
+    seed: int,
+    batch_size: int = 64,
+    index_offset: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, int]:
+    """Deterministic ODE sampling (evaluation): videos [B, 3, F, H, W] and the NFE spent.
+
+    Sample i starts from noise seeded by (seed, index_offset + i), so results do not
+    depend on batching or on how samples are split over ranks.
+    """
+    null = policy.encode([""]) if guidance != 1.0 else None
+    videos, nfe = [], 0
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        x = torch.stack(
+            [
+                torch.randn(
+                    policy.latent_shape,
+                    generator=torch.Generator().manual_seed(seed * 1_000_003 + index_offset + start + i),
+                )
+                for i in range(len(chunk))
+            ]
+        ).to(device)
+        emb = policy.encode(chunk)
+        for j in range(table.num_steps):
+            sigma = table.sigma[j].float().to(device).expand(len(x))
+            v = policy.velocity(x.to(dtype), sigma, emb, null, guidance).float()
+            x = ode_step(x, v, table.sigma[j].float(), table.sigma_next[j].float())
+            nfe += len(x) * (2 if null is not None else 1)
+        videos.append(policy.decode(x).cpu())
+    return torch.cat(videos), nfe

@@ -1,0 +1,207 @@
+"""Pretrain the toy model by flow matching: `python -m grpo_zoo.toy.pretrain [CONFIG.yaml] [key=value ...]`.
+
+The base is deliberately imperfect, so every reward has headroom for RL:
+- captions are corrupted: each of color, shape and direction is replaced by another
+  word with probability `label_noise` (the corrupted caption stays a train prompt), so
+  the model follows prompts only partly;
+- objects move slower than asked: a share `static_prob` of the videos is static and the
+  rest move at a speed factor drawn uniformly in [`slow_min`, 1];
+- the held-out `test` prompts are never shown, and training is short.
+
+Writes the checkpoint (transformer/ with save_pretrained, text encoder, tokenizer),
+the config that produced it (`pretrain.yaml`), and its loss curve (`loss.csv`, `loss.png`).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from grpo_zoo.config import apply_overrides, build, describe, load_yaml, to_dict
+from grpo_zoo.errors import ConfigError, cli
+from grpo_zoo.flow.schedules import NUM_TRAIN_TIMESTEPS, shift_sigmas
+from grpo_zoo.toy import world
+from grpo_zoo.toy.model import CHECKPOINT_DIR, PromptEncoder, new_transformer, save_checkpoint
+
+
+@dataclass
+class PretrainConfig:
+    out: str = str(CHECKPOINT_DIR / "toy-base")
+    """Checkpoint directory to write (replaced atomically at the end)."""
+    steps: int = 2000
+    """Optimizer steps."""
+    batch_size: int = 48
+    """Videos per step."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warmup, cosine decay)."""
+    warmup: int = 100
+    """Warmup steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    label_noise: float = 0.3
+    """Probability that each caption attribute (color, shape, direction) is replaced."""
+    static_prob: float = 0.3
+    """Share of training videos whose object does not move."""
+    slow_min: float = 0.2
+    """Moving objects go at SPEED times a factor drawn in [slow_min, 1]."""
+    cfg_dropout: float = 0.1
+    """Probability of an empty caption (for classifier-free guidance)."""
+    timestep_shift: float = 3.0
+    """Half the training sigmas are drawn uniformly, half shifted by this (as sampling is)."""
+    seed: int = 0
+    """Seed of the model init, the data and the noise."""
+    init: str | None = None
+    """Start from this checkpoint (a name or directory) instead of random weights."""
+    data_seed_offset: int = 0
+    """Added to the data seed (so a continued pretraining sees fresh samples)."""
+
+    def validate(self) -> None:
+        for name in ("label_noise", "static_prob", "slow_min", "cfg_dropout"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}: must lie in [0, 1], got {getattr(self, name)}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size: must be positive")
+
+
+def corrupt(prompt: world.Prompt, p: float, gen: torch.Generator) -> world.Prompt:
+    """Replace each attribute with probability p, keeping the caption a train prompt."""
+    while True:
+        u = torch.rand(3, generator=gen)
+        c = int(torch.randint(len(world.COLORS), (1,), generator=gen)) if u[0] < p else prompt.color
+        s = int(torch.randint(len(world.SHAPES), (1,), generator=gen)) if u[1] < p else prompt.shape
+        d = int(torch.randint(len(world.DIRECTIONS), (1,), generator=gen)) if u[2] < p else prompt.direction
+        out = world.Prompt(c, s, d)
+        if not out.held_out:
+            return out
+
+
+def batch(cfg: PretrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    train = world.prompts("train")
+    idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
+    truth = [train[i] for i in idx]
+    factor = cfg.slow_min + (1 - cfg.slow_min) * torch.rand(cfg.batch_size, generator=gen)
+    factor[torch.rand(cfg.batch_size, generator=gen) < cfg.static_prob] = 0.0
+    videos = world.render(truth, gen, speed=world.SPEED * factor)
+    captions = [corrupt(p, cfg.label_noise, gen).text for p in truth]
+    drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout
+    captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+    return videos, captions
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    out = Path(cfg.out)
+    gen = torch.Generator().manual_seed(cfg.seed + cfg.data_seed_offset)
+    if cfg.init:
+        from grpo_zoo.toy.model import load_checkpoint
+
+        transformer, encoder = load_checkpoint(cfg.init)
+    else:
+        transformer, encoder = new_transformer(cfg.seed), PromptEncoder()
+    opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    rows = []
+    start = time.time()
+    bar = tqdm(range(cfg.steps), desc="pretrain", dynamic_ncols=True)
+    for step in bar:
+        x0, captions = batch(cfg, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        u = torch.rand(len(x0), generator=gen)
+        shifted = torch.rand(len(x0), generator=gen) < 0.5
+        sigma = torch.where(shifted, shift_sigmas(u, cfg.timestep_shift), u).clamp(1e-3, 1.0)
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        pred = transformer(xt, sigma * NUM_TRAIN_TIMESTEPS, encoder(captions), return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred.float(), noise - x0)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"non-finite pretraining loss at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        rows.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - start})
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    meta = {"pretrain_seconds": round(time.time() - start, 1), "steps": cfg.steps, "final_loss": rows[-1]["loss"]}
+    if cfg.init:
+        from grpo_zoo.toy.model import resolve
+
+        init_meta = resolve(cfg.init) / "meta.json"
+        if init_meta.exists():
+            import json
+
+            meta["init"] = json.loads(init_meta.read_text())
+    save_checkpoint(tmp, transformer, encoder, meta)
+    (tmp / "pretrain.yaml").write_text(
+        "# python -m grpo_zoo.toy.pretrain grpo_zoo/toy/checkpoints/toy-base/pretrain.yaml\n"
+        + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    )
+    with open(tmp / "loss.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_loss(rows, tmp / "loss.png")
+    if out.exists():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+    return out
+
+
+def plot_loss(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(df["step"], df["loss"], alpha=0.3, label="loss")
+    ax.plot(df["step"], df["loss"].rolling(50, min_periods=1).mean(), label="loss (50-step mean)")
+    ax.set(xlabel="optimizer step", ylabel="flow-matching MSE", title="toy-base pretraining", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        print("\n".join(describe(PretrainConfig)))
+        return 0
+    data: dict = {}
+    if argv and not argv[0].count("="):
+        data = load_yaml(argv.pop(0))
+    cfg = build(PretrainConfig, apply_overrides(data, argv))
+    out = pretrain(cfg)
+    print(f"checkpoint written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Train one run: `python -m grpo_zoo.train CONFIG.yaml [dotted.key=value ...]`.
+
+The config file sets fields of the run config (a top-level `base: other.yaml` is
+loaded first and merged under it); `dotted.key=value` arguments override
+them (values are YAML: `optim.lr=3e-4`, `algorithm.k_range=[0,5]`, `budget.steps=null`).
+`run_dir=...` picks the run directory; an existing one with a checkpoint is resumed.
+`--help` lists every field with its one-line doc. Bad input: one line, exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from grpo_zoo.config import apply_overrides, build, describe, load_config_file
+from grpo_zoo.errors import ConfigError, cli
+from grpo_zoo.run_config import RunConfig
+
+
+def resolve(argv: list[str]) -> RunConfig:
+    data: dict = {}
+    args = list(argv)
+    if args and "=" not in args[0]:
+        data = load_config_file(args.pop(0))
+    for a in args:
+        if "=" not in a:
+            raise ConfigError(f"argument {a!r}: expected CONFIG.yaml first, then dotted.key=value overrides")
+    return build(RunConfig, apply_overrides(data, args))
+
+
+def help_text() -> str:
+    from grpo_zoo import algorithm
+
+    lines = [__doc__.strip(), "", "Fields (algorithm fields depend on algorithm.name):"]
+    lines += describe(RunConfig)
+    for name in algorithm.names():
+        cls = algorithm.get(name).Config
+        lines.append(f"algorithm.name={name}:")
+        lines += [line for line in describe(cls, prefix="algorithm.") if not line.strip().startswith("algorithm.name ")]
+    return "\n".join(lines)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(help_text())
+        return 0
+    cfg = resolve(argv)
+    from grpo_zoo.runs import RunDir
+    from grpo_zoo.trainer import NonFiniteError, Trainer
+
+    if RunDir(cfg.run_dir).is_complete():
+        print(f"{cfg.run_dir}: already completed (delete it to train again)")
+        return 0
+    try:
+        summary = Trainer(cfg).train()
+    except NonFiniteError as err:
+        print(f"error: run diverged: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"{cfg.run_dir}: {summary['reason']}; eval/reward {summary['eval/reward']:.4f}; "
+        f"{summary['compute/device_hours'] * 3600:.1f} device-seconds, {summary['compute/nfe']:.0f} NFE"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The toy world: prompts, rendering, rewards, the shipped base model and its CLIs."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from grpo_zoo import rewards
+from grpo_zoo.rewards.toy import all_rewards, eval_metrics
+from grpo_zoo.toy import world
+
+REWARDS = ("toy_motion", "toy_aesthetic", "toy_prompt", "toy_hps")
+METRICS = ("aesthetic_quality", "imaging_quality", "subject_consistency", "object_class")
+
+
+def test_prompt_grammar_and_splits():
+    train, test = world.prompts("train"), world.prompts("test")
+    assert len(train) + len(test) == 96 and len(test) == 16
+    assert not set(train) & set(test)
+    # every held-out combination is new as a whole, but its words all appear in training
+    for p in test:
+        assert any(q.color == p.color for q in train) and any(q.shape == p.shape for q in train)
+        assert world.Prompt.parse(p.text) == p
+    with pytest.raises(ValueError):
+        world.Prompt.parse("a purple circle moving left")
+
+
+def test_render_moves_the_shape_in_the_prompted_direction():
+    gen = torch.Generator().manual_seed(0)
+    ps = [world.Prompt(0, s, d) for s in range(4) for d in range(4)]
+    v = world.render(ps, gen)
+    assert v.shape == (16, 3, world.FRAMES, world.SIZE, world.SIZE) and v.min() >= -1 and v.max() <= 1
+    from grpo_zoo.rewards.toy import Detections
+
+    det = Detections(v)
+    travel = det.travel / det.travel.norm(dim=1, keepdim=True)
+    expected = world.DIR_VECTORS[torch.tensor([p.direction for p in ps])]
+    assert ((travel * expected).sum(1) > 0.99).all()
+
+
+@pytest.fixture(scope="module")
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    ps = [world.prompts("test")[i % 16] for i in range(48)]
+    return ps, [p.text for p in ps], world.render(ps, gen)
+
+
+def test_ground_truth_scores_near_the_top_and_noise_near_the_bottom(batch):
+    _, texts, gt = batch
+    noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(2)).clamp(-1, 1)
+    good = {**all_rewards(gt, texts), **eval_metrics(gt, texts)}
+    bad = {**all_rewards(noise, texts), **eval_metrics(noise, texts)}
+    for name in REWARDS + METRICS:
+        assert good[name].mean() > 0.75, name
+        assert bad[name].mean() < 0.05, name
+        for values in (good[name], bad[name]):
+            assert values.min() >= 0 and values.max() <= 1
+
+
+def test_rewards_see_each_axis(batch):
+    ps, texts, gt = batch
+    gen = torch.Generator().manual_seed(3)
+    static = world.render(ps, gen, speed=torch.zeros(len(ps)))
+    wrong = world.render([world.Prompt((p.color + 1) % 6, (p.shape + 1) % 4, (p.direction + 1) % 4) for p in ps], gen)
+    noisy = (gt + 0.3 * torch.randn(gt.shape, generator=gen)).clamp(-1, 1)
+    base = all_rewards(gt, texts)
+    assert all_rewards(static, texts)["toy_motion"].mean() < 0.05
+    assert all_rewards(wrong, texts)["toy_prompt"].mean() < 0.3 * base["toy_prompt"].mean()
+    assert all_rewards(noisy, texts)["toy_aesthetic"].mean() < 0.7 * base["toy_aesthetic"].mean()
+    assert eval_metrics(noisy, texts)["imaging_quality"].mean() < 0.2
+
+
+def test_rewards_are_deterministic_and_batched(batch):
+    _, texts, gt = batch
+    full = all_rewards(gt, texts)
+    again = all_rewards(gt.clone(), list(texts))
+    singles = [all_rewards(gt[i : i + 1], texts[i : i + 1]) for i in range(0, 48, 7)]
+    for name in REWARDS:
+        assert torch.equal(full[name], again[name])
+        torch.testing.assert_close(torch.cat([s[name] for s in singles]), full[name][::7], rtol=1e-5, atol=1e-6)
+
+
+def test_reward_registry():
+    assert set(REWARDS) <= set(rewards.names())
+    from grpo_zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'toy_hps'"):
+        rewards.get("toy_hsp")
+
+
+def test_shipped_checkpoint_loads_and_generates():
+    from grpo_zoo.flow import make_sigmas, step_table
+    from grpo_zoo.models.toy import ToyPolicy
+    from grpo_zoo.rollout import generate_ode
+    from grpo_zoo.toy.model import load_checkpoint
+
+    transformer, encoder = load_checkpoint("toy-base")
+    assert sum(p.numel() for p in transformer.parameters()) < 1_000_000
+    policy = ToyPolicy(transformer.eval(), encoder)
+    table = step_table(make_sigmas("wan", 5, 3.0), "flow_sde")
+    videos, nfe = generate_ode(policy, ["a red circle moving left"] * 2, table, 1.0, seed=0)
+    assert videos.shape == (2, 3, world.FRAMES, world.SIZE, world.SIZE) and nfe == 10
+    assert torch.isfinite(videos).all()
+    again, _ = generate_ode(policy, ["a red circle moving left"] * 2, table, 1.0, seed=0)
+    assert torch.equal(videos, again)
+
+
+def evaluate(*args):
+    out = subprocess.run([sys.executable, "-m", "grpo_zoo.toy.evaluate", *args], capture_output=True, text=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def scores():
+    res = {}
+    for model in ("toy-base", "ground-truth", "noise"):
+        out = evaluate("--model", model, "--prompts", "test", "--n", "32", "--seed", "0", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        res[model] = json.loads(out.stdout)
+    return res
+
+
+def test_evaluate_prints_every_reward_and_metric(scores):
+    for model in scores.values():
+        assert set(REWARDS + METRICS) <= set(model)
+
+
+def test_base_model_sits_between_noise_and_ground_truth(scores):
+    base, gt, noise = scores["toy-base"], scores["ground-truth"], scores["noise"]
+    for name in ("toy_prompt", "toy_motion"):
+        assert base[name] > noise[name] + 0.1, name
+        assert base[name] < gt[name] - 0.1, name
+
+
+def test_evaluate_saves_grid_and_videos(tmp_path):
+    out = evaluate("--model", "ground-truth", "--n", "4", "--save", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+    mp4s = sorted(tmp_path.glob("*.mp4"))
+    assert len(mp4s) == 4 and all(m.stat().st_size > 500 for m in mp4s)
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(mp4s[0]) as reader:
+        assert sum(1 for _ in reader) == world.FRAMES
+
+
+def test_evaluate_bad_model_is_one_line_exit_2():
+    out = evaluate("--model", "/no/such/checkpoint")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--model" in out.stderr
+
+
+def test_pretrain_cli_writes_a_loadable_checkpoint(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpo_zoo.toy.pretrain",
+            "steps=3",
+            "batch_size=4",
+            "warmup=1",
+            f"out={tmp_path / 'ck'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    ck = tmp_path / "ck"
+    for name in ("transformer", "text_encoder.safetensors", "tokenizer.json", "pretrain.yaml", "loss.csv", "loss.png"):
+        assert (ck / name).exists(), name
+    assert len((ck / "loss.csv").read_text().splitlines()) == 4
+    from grpo_zoo.toy.model import load_checkpoint
+
+    load_checkpoint(str(ck))
+    bad = subprocess.run(
+        [sys.executable, "-m", "grpo_zoo.toy.pretrain", "label_noise=2"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "label_noise" in bad.stderr

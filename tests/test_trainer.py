@@ -1,0 +1,223 @@
+"""The shared trainer and engine on the toy world (and a tiny random Wan)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from grpo_zoo.runs import RunDir
+
+from .conftest import ROOT
+
+SMALL = [
+    "data.prompts_per_step=2",
+    "data.group_size=4",
+    "sampling.steps=6",
+    "sampling.eval_steps=4",
+    "data.eval_samples=4",
+    "data.eval_every=0",
+    "budget.steps=2",
+    "checkpoint_every=2",
+    "save_eval_videos=false",
+    "optim.lr=1e-3",
+]
+VARIANTS = {
+    "flow_grpo": ["algorithm.name=flow_grpo", "algorithm.timestep_fraction=0.5"],
+    "flow_grpo_fast1": ["algorithm.name=flow_grpo_fast", "algorithm.window=1"],
+    "flow_grpo_fast2": ["algorithm.name=flow_grpo_fast", "algorithm.window=2"],
+    "flash_grpo": ["algorithm.name=flash_grpo"],
+    "flash_per_sample": ["algorithm.name=flash_grpo", "algorithm.grouping=per_sample"],
+    "flash_no_rectify": ["algorithm.name=flash_grpo", "algorithm.rectify=false"],
+    "flash_shared_noise": ["algorithm.name=flash_grpo", "algorithm.initial_noise=shared", "optim.beta=0.01"],
+}
+
+
+def module_weights(run_dir, step):
+    states = torch.load(
+        run_dir / "checkpoints" / f"step-{step}" / "engine" / "mp_rank_00_model_states.pt", weights_only=False
+    )
+    return states["module"]
+
+
+@pytest.fixture(scope="module")
+def base_weights():
+    from grpo_zoo.toy.model import load_checkpoint
+
+    return load_checkpoint("toy-base")[0].state_dict()
+
+
+def test_every_algorithm_registered_is_covered():
+    from grpo_zoo import algorithm
+
+    assert {v[0].split("=")[1] for v in VARIANTS.values()} == set(algorithm.names())
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_algorithm_trains_on_the_toy_world(train, tmp_path, base_weights, variant):
+    out = train("experiments/toy/base.yaml", f"run_dir={tmp_path}", *SMALL, *VARIANTS[variant])
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = RunDir(tmp_path)
+    assert run.is_complete()
+    rows = [r for r in run.rows() if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert all(
+            torch.isfinite(torch.tensor(r[k])) for k in ("loss/policy", "loss/kl", "reward/mean", "stats/grad_norm")
+        )
+        assert r["stats/ratio_dev_first_minibatch"] < 1e-5  # the first inner step is on-policy
+        assert r["compute/nfe"] > 0 and r["compute/flops"] > 0
+    after = module_weights(tmp_path, 2)
+    changed = [k for k in base_weights if not torch.equal(base_weights[k], after[k])]
+    assert len(changed) > len(base_weights) // 2
+    evals = [r for r in run.rows() if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2] and "eval/object_class" in evals[0]
+
+
+def test_nfe_counts_follow_the_plan(train, tmp_path):
+    """flow_grpo trains 3 of 6 steps per trajectory, flash 1: the logged counters say so."""
+    counts = {}
+    for name, extra in (("flow", VARIANTS["flow_grpo"]), ("flash", VARIANTS["flash_grpo"])):
+        out = train("experiments/toy/base.yaml", f"run_dir={tmp_path / name}", *SMALL, *extra, "budget.steps=1")
+        assert out.returncode == 0, out.stderr[-2000:]
+        counts[name] = [r for r in RunDir(tmp_path / name).rows() if r["kind"] == "train"][-1]
+    b, t = 2 * 4, 6
+    assert counts["flash"]["stats/transitions"] == b and counts["flow"]["stats/transitions"] == b * 3
+    # rollout NFE (B x T) + one training forward per trained transition
+    assert counts["flash"]["compute/nfe"] == b * t + b
+    assert counts["flow"]["compute/nfe"] == b * t + 3 * b
+    assert counts["flow"]["compute/backward"] == 3 * counts["flash"]["compute/backward"]
+
+
+def test_bad_configs_exit_2_with_one_line_before_compute(train, tmp_path):
+    cases = [
+        (["algorithm.name=flashgrpo"], "algorithm.name"),
+        (["algorithm.name=flash_grpo", "algorithm.k_range=[0,30]"], "algorithm.k_range"),
+        (["algorithm.name=flow_grpo_fast", "algorithm.window=11"], "algorithm.window"),
+        (["data.group_size=1"], "group_size"),
+        (["model.path=/no/such/model"], "model.path"),
+        (["data.prompts=/no/such/prompts.txt"], "data.prompts"),
+        (["optim.lrr=1"], "optim.lrr"),
+        (["reward.name=hps"], "reward.name"),
+        (["engine.zero_stage=4"], "zero_stage"),
+    ]
+    for args, needle in cases:
+        out = train("experiments/toy/base.yaml", f"run_dir={tmp_path / 'bad'}", *args)
+        assert out.returncode == 2, (args, out.stderr[-2000:])
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], (args, lines)
+        assert not (tmp_path / "bad").exists()
+    out = train("experiments/toy/base.yaml", f"run_dir={tmp_path / 'bad'}", env={"WORLD_SIZE": "3"})
+    assert out.returncode == 2 and "prompts_per_step" in out.stderr
+    out = train("experiments/toy/missing.yaml")
+    assert out.returncode == 2 and "no such config file" in out.stderr
+
+
+def test_help_lists_every_field_with_its_doc(train):
+    out = train("--help")
+    assert out.returncode == 0
+    for needle in (
+        "optim.clip_range",
+        "PPO clip epsilon",
+        "algorithm.grouping",
+        "algorithm.window",
+        "budget.device_hours",
+    ):
+        assert needle in out.stdout
+
+
+def test_wan_backend_trains_a_step_on_a_tiny_random_wan(train, tmp_path):
+    from grpo_zoo.models.tiny_wan import write_tiny_wan
+
+    model = write_tiny_wan(tmp_path / "tiny-wan")
+    out = train(
+        "experiments/toy/base.yaml",
+        f"run_dir={tmp_path / 'run'}",
+        *SMALL,
+        "budget.steps=1",
+        "model.backend=wan",
+        f"model.path={model}",
+        "model.height=16",
+        "model.width=16",
+        "model.frames=9",
+        "model.max_tokens=8",
+        "model.lora_rank=4",
+        "optim.beta=0.01",
+        "sampling.guidance=2.0",
+        "checkpoint_every=1",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    weights = module_weights(tmp_path / "run", 1)
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # LoRA B starts at zero: it trained
+    row = [r for r in RunDir(tmp_path / "run").rows() if r["kind"] == "train"][0]
+    assert row["compute/nfe"] == 2 * (8 * 6 + 8)  # CFG doubles every forward
+
+
+@pytest.mark.slow
+def test_two_process_zero2_run_ends_with_identical_weights(tmp_path):
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "grpo_zoo.train",
+            "experiments/toy/base.yaml",
+            f"run_dir={tmp_path}",
+            *SMALL,
+            "engine.zero_stage=2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "COMPLETED").read_text())
+    assert summary["ranks_in_sync"] and len(summary["param_checksums"]) == 2
+    assert json.loads((tmp_path / "meta.json").read_text())["world_size"] == 2
+
+
+NONDETERMINISTIC = ("compute/device_seconds", "compute/device_hours")
+
+
+def comparable(rows):
+    return [{k: v for k, v in r.items() if k not in NONDETERMINISTIC} for r in rows]
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_writes_the_same_rows(tmp_path):
+    args = ["experiments/toy/base.yaml", *SMALL, "budget.steps=4", "checkpoint_every=2", "data.eval_every=2"]
+    ref = subprocess.run(
+        [sys.executable, "-m", "grpo_zoo.train", *args, f"run_dir={tmp_path / 'ref'}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grpo_zoo.train", *args, f"run_dir={run}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    deadline = time.time() + 600
+    while not (run / "checkpoints" / "latest").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "COMPLETED").exists()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "grpo_zoo.train", *args, f"run_dir={run}"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert comparable(RunDir(run).rows()) == comparable(RunDir(tmp_path / "ref").rows())
+    assert len(json.loads((run / "meta.json").read_text()).get("resumes", [])) == 1
