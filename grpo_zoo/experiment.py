@@ -116,7 +116,9 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
             for seed in seeds:
                 parts = [str(vname)] + [f"{k.split('.')[-1]}-{_slug(v)}" for k, v in zip(keys, combo)] + [f"seed{seed}"]
                 run_name = "_".join(parts)
-                over = deep_merge(_overrides(vover, f"{path}: variants.{vname}"), apply_overrides({}, dict(zip(keys, combo))))
+                over = deep_merge(
+                    _overrides(vover, f"{path}: variants.{vname}"), apply_overrides({}, dict(zip(keys, combo)))
+                )
                 over = deep_merge(over, {"seed": seed, "run_dir": str(Path(runs_dir) / name / run_name)})
                 data = deep_merge(common, over)
                 try:

@@ -44,5 +44,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         except Exception as err:
             if int(os.environ.get("RANK", "0")) == 0:
                 run.path.mkdir(parents=True, exist_ok=True)
-                run.set_status("failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-4000:])
+                run.set_status(
+                    "failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-4000:]
+                )
             raise

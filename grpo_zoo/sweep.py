@@ -25,7 +25,18 @@ from grpo_zoo.experiment import Experiment, RunSpec, check_runs, load_experiment
 from grpo_zoo.runs import RunDir, atomic_write
 
 EXECUTORS = ("local", "slurm", "debug")
-CLUSTER_KEYS = {"partition", "gpus_per_node", "cpus_per_task", "mem_gb", "time_min", "account", "constraint", "setup", "qos", "exclusive"}
+CLUSTER_KEYS = {
+    "partition",
+    "gpus_per_node",
+    "cpus_per_task",
+    "mem_gb",
+    "time_min",
+    "account",
+    "constraint",
+    "setup",
+    "qos",
+    "exclusive",
+}
 
 
 def load_cluster(path: str | None) -> dict:
@@ -37,7 +48,9 @@ def load_cluster(path: str | None) -> dict:
     data = yaml.safe_load(p.read_text()) or {}
     unknown = set(data) - CLUSTER_KEYS
     if unknown:
-        raise ConfigError(f"--cluster: {path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(CLUSTER_KEYS))})")
+        raise ConfigError(
+            f"--cluster: {path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(CLUSTER_KEYS))})"
+        )
     return data
 
 
@@ -137,7 +150,9 @@ def sweep(
             shutil.move(str(path), str(path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")))
         todo.append(spec)
     skipped = len(exp.runs) - len(todo)
-    print(f"{exp.name}: {len(exp.runs)} runs, {skipped} already finished, submitting {len(todo)} ({executor})", file=out)
+    print(
+        f"{exp.name}: {len(exp.runs)} runs, {skipped} already finished, submitting {len(todo)} ({executor})", file=out
+    )
     if not todo:
         return {s.name: states[s.name] for s in exp.runs}
     ex = make_executor(executor, root / ".submitit", cluster, exp.resources, max_parallel)
@@ -175,7 +190,9 @@ def sweep(
             except Exception as err:  # one failing run never stops the others
                 final[name] = "failed"
                 msg = str(err).strip().splitlines()
-                print(f"\n{name}: FAILED ({msg[-1] if msg else type(err).__name__}); log: {root / '.submitit'}", file=out)
+                print(
+                    f"\n{name}: FAILED ({msg[-1] if msg else type(err).__name__}); log: {root / '.submitit'}", file=out
+                )
             bar.update(1)
             bar.set_postfix_str(f"{name}: {final[name]}")
         free = window - sum(1 for n in jobs if n not in final)
@@ -210,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     exp = load_experiment(args.experiment, args.runs_dir)
     cluster = load_cluster(args.cluster)
     if args.executor == "slurm" and shutil.which("sbatch") is None:
-        raise ConfigError("--executor slurm: no sbatch on PATH (start slurm/test-cluster/start.sh or use --executor local)")
+        raise ConfigError(
+            "--executor slurm: no sbatch on PATH (start slurm/test-cluster/start.sh or use --executor local)"
+        )
     root = Path(args.runs_dir) / exp.name
     if args.status:
         print_status(exp)
@@ -236,7 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wall time: {time.time() - start:.0f} s")
     failed = [n for n, s in result.items() if s == "failed"]
     if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resubmit them", file=sys.stderr)
+        print(
+            f"{len(failed)} run(s) failed: {', '.join(failed)}; rerun the same command to resubmit them",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -1,0 +1,103 @@
+"""Run directories into pandas.
+
+`load_runs(root)` finds every run directory under `root` (any depth: a laptop quickstart or
+a 96-GPU sweep) and returns a `Runs` with
+- `metrics`: one row per metrics.jsonl row, with the run's `run`, `variant`, `seed`,
+  `algorithm` columns prepended;
+- `runs`: one row per run: identity, config flags, status, final eval metrics, compute.
+
+A run's variant is its directory name without the `_seed<N>` suffix, so seeds of one
+variant aggregate together.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from grpo_zoo.runs import CONFIG, METRICS, RunDir
+
+SEED_SUFFIX = re.compile(r"_seed(\d+)$")
+
+
+@dataclass
+class Runs:
+    metrics: pd.DataFrame
+    runs: pd.DataFrame
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.metrics[self.metrics["kind"] == "train"]
+
+    @property
+    def evals(self) -> pd.DataFrame:
+        return self.metrics[self.metrics["kind"] == "eval"]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    root = Path(root)
+    found = {p.parent for p in root.rglob(METRICS) if (p.parent / CONFIG).exists()}
+    return sorted(p for p in found if ".stale-" not in p.name and ".submitit" not in p.parts)
+
+
+def variant_of(name: str) -> str:
+    return SEED_SUFFIX.sub("", name)
+
+
+def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
+    run = RunDir(path)
+    cfg = run.config()
+    alg = cfg.get("algorithm", {})
+    name = path.name
+    info = {
+        "run": str(path),
+        "name": name,
+        "variant": variant_of(name),
+        "seed": cfg.get("seed", 0),
+        "algorithm": alg.get("name"),
+        "grouping": alg.get("grouping"),
+        "rectify": alg.get("rectify"),
+        "window": alg.get("window"),
+        "initial_noise": alg.get("initial_noise"),
+        "status": run.status().get("status"),
+        "completed": run.is_complete(),
+    }
+    rows = pd.DataFrame(run.rows())
+    if rows.empty:
+        return rows, info
+    for key in ("run", "variant", "seed", "algorithm"):
+        rows.insert(0, key, info[key])
+    evals = rows[rows["kind"] == "eval"]
+    if not evals.empty:
+        last = evals.iloc[-1]
+        for col in evals.columns:
+            if col.startswith("eval/"):
+                info[col] = last[col]
+        info["eval/reward_best"] = evals["eval/reward"].max()
+        info["eval/reward_initial"] = evals["eval/reward"].iloc[0]
+    last = rows.iloc[-1]
+    for col in rows.columns:
+        if col.startswith("compute/"):
+            info[col] = last[col]
+    info["steps"] = int(rows["step"].max())
+    return rows, info
+
+
+def load_runs(root: str | Path) -> Runs:
+    """Every run under `root` (ValueError if there is none)."""
+    frames, infos = [], []
+    for path in find_run_dirs(root):
+        rows, info = load_run(path)
+        infos.append(info)
+        if not rows.empty:
+            frames.append(rows)
+    if not infos:
+        raise ValueError(f"no run directories under {root}")
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return Runs(metrics=metrics, runs=pd.DataFrame(infos))

@@ -1,0 +1,160 @@
+"""Analysis: loading runs, aggregates, collapse, tables, plots, the report and the notebooks."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpo_zoo.analysis import collapse_table, load_runs, mean_ci
+from grpo_zoo.analysis.tables import efficiency, render, table1
+from grpo_zoo.report import write_report
+
+from .conftest import ROOT, run_module
+
+
+def fake_run(root: Path, name: str, algorithm: str, evals: list[float], hours_per_step: float, seed: int = 0) -> Path:
+    """A run directory in the trainer's format with the given eval rewards (one per 10 steps)."""
+    path = root / name
+    path.mkdir(parents=True)
+    cfg = {
+        "run_dir": str(path),
+        "seed": seed,
+        "algorithm": {"name": algorithm, "rectify": True, "grouping": "iso_temporal"},
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = []
+    for i, r in enumerate(evals):
+        step = 10 * i
+        comp = {"compute/device_hours": step * hours_per_step, "compute/nfe": step * 100.0}
+        if step:
+            rows.append(
+                {
+                    "step": step,
+                    "kind": "train",
+                    "reward/mean": r - 0.05,
+                    "stats/zero_std_ratio": 0.1,
+                    "stats/approx_kl": 0.01,
+                    "grad_t/03": 0.5,
+                    "grad_t/07": 2.0,
+                    **comp,
+                }
+            )
+        rows.append(
+            {
+                "step": step,
+                "kind": "eval",
+                "eval/reward": r,
+                "eval/aesthetic_quality": r / 2,
+                "eval/imaging_quality": 0.9,
+                "eval/subject_consistency": 0.8,
+                "eval/object_class": r,
+                **comp,
+            }
+        )
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "status.json").write_text(json.dumps({"status": "completed"}))
+    (path / "COMPLETED").write_text("{}")
+    return path
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path, f"flow_grpo_seed{seed}", "flow_grpo", [0.3, 0.35, 0.4, 0.45, 0.5 + 0.01 * seed], 0.06)
+        fake_run(tmp_path, f"flash_grpo_seed{seed}", "flash_grpo", [0.3, 0.4, 0.45, 0.5, 0.52 - 0.01 * seed], 0.01)
+        fake_run(tmp_path, f"fast1_seed{seed}", "flow_grpo_fast", [0.3, 0.42, 0.25, 0.2, 0.18], 0.01)
+    return tmp_path
+
+
+def test_load_groups_seeds_into_variants(runs):
+    data = load_runs(runs)
+    assert len(data) == 6 and set(data.runs["variant"]) == {"flow_grpo", "flash_grpo", "fast1"}
+    assert (data.runs["eval/reward_initial"] == 0.3).all()
+
+
+def test_bootstrap_ci_brackets_the_mean():
+    m, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert m == 2.5 and lo < m < hi
+    m, lo, hi = mean_ci([2.0])
+    assert m == 2.0 and lo != lo  # NaN without a second seed
+
+
+def test_collapse_flags_the_run_that_falls_and_stays(runs):
+    col = collapse_table(load_runs(runs), drop=0.3)
+    flagged = col[col["collapsed"]]
+    assert set(flagged["variant"]) == {"fast1"} and (flagged["collapse_step"] == 20).all()
+
+
+def test_efficiency_measures_compute_to_target_and_speedup(runs):
+    table, target = efficiency(load_runs(runs), target=0.45)
+    row = {r["Method"]: r for r in table.to_dict("records")}
+    assert row["flow_grpo"]["Seeds reaching it"] == "2/2" and row["fast1"]["Seeds reaching it"] == "0/2"
+    # flow reaches 0.45 at step 30 (1.8 h), flash at step 20 (0.2 h): 9x
+    assert row["flash_grpo"]["Speed-up vs flow_grpo"] == "9.00x"
+
+
+def test_table1_marks_the_best_and_renders_both_formats(runs):
+    t = table1(load_runs(runs))
+    md, tex = render(t, "md"), render(t, "tex")
+    assert "**" in md and "\\textbf{" in tex and "Object Class" in md
+    assert "2/2 (step 20)" in md  # collapse flag and step in the table
+
+
+def test_report_writes_plots_tables_and_index(runs):
+    index = write_report(runs)
+    out = index.parent
+    for name in ("reward_vs_compute", "reward_curves", "ablation_bars", "grad_norm_by_timestep"):
+        assert (out / f"{name}.png").stat().st_size > 5000 and (out / f"{name}.pdf").exists()
+        assert f"({name}.png)" in index.read_text()
+    for name in ("table1", "efficiency", "ablation", "collapse"):
+        assert (out / f"{name}.md").exists() and (out / f"{name}.tex").exists()
+
+
+def test_report_cli_bad_input():
+    out = run_module("grpo_zoo.report", "/no/such/runs")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "analysis").glob("*.ipynb")))
+def test_notebooks_execute_on_real_runs(notebook, real_runs, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(ROOT / "analysis" / notebook, as_version=4)
+    os.environ["GRPO_ZOO_RUNS"], os.environ["GRPO_ZOO_NOTEBOOK_OUT"] = str(real_runs), str(tmp_path)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "analysis")}}
+    ).execute()
+    assert list(tmp_path.glob("*.png")) or notebook == "table1.ipynb"
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory):
+    """Two variants x two seeds of real toy training, made by the trainer."""
+    root = tmp_path_factory.mktemp("real")
+    small = [
+        "data.prompts_per_step=2",
+        "data.group_size=4",
+        "sampling.steps=6",
+        "sampling.eval_steps=4",
+        "data.eval_samples=4",
+        "data.eval_every=1",
+        "budget.steps=3",
+        "checkpoint_every=3",
+        "save_eval_videos=false",
+    ]
+    for alg in ("flow_grpo", "flash_grpo"):
+        for seed in (0, 1):
+            out = run_module(
+                "grpo_zoo.train",
+                "experiments/toy/base.yaml",
+                f"algorithm.name={alg}",
+                f"seed={seed}",
+                f"run_dir={root / f'{alg}_seed{seed}'}",
+                *small,
+            )
+            assert out.returncode == 0, out.stderr[-2000:]
+    return root

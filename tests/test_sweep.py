@@ -1,0 +1,193 @@
+"""Sweeps through submitit: on this machine (local executor) and on a real SLURM cluster."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpo_zoo.experiment import load_experiment
+from grpo_zoo.runs import RunDir
+
+from .conftest import ROOT, run_module
+
+TINY = {
+    "data": {"prompts_per_step": 2, "group_size": 4, "eval_samples": 4, "eval_every": 0},
+    "sampling": {"steps": 6, "eval_steps": 4},
+    "budget": {"steps": 2},
+    "checkpoint_every": 1,
+    "save_eval_videos": False,
+}
+
+
+def write_experiment(tmp_path: Path, name: str, variants: dict, config: dict | None = None) -> Path:
+    exp = {
+        "name": name,
+        "base": str(ROOT / "experiments" / "toy" / "base.yaml"),
+        "config": {**TINY, **(config or {})},
+        "seeds": [0],
+        "variants": variants,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"# python -m grpo_zoo.sweep {path}\n" + yaml.safe_dump(exp))
+    return path
+
+
+QUICK_TWIN = {
+    "flow_grpo": {"algorithm": {"name": "flow_grpo", "timestep_fraction": 0.5}},
+    "flow_grpo_fast1": {"algorithm": {"name": "flow_grpo_fast", "window": 1}},
+    "flash_grpo": {"algorithm": {"name": "flash_grpo"}},
+}
+
+
+def sweep(*args, env=None):
+    return run_module("grpo_zoo.sweep", *args, "--no-report", env=env)
+
+
+def test_experiment_files_expand_and_validate():
+    for path in sorted((ROOT / "experiments").rglob("*.yaml")):
+        if path.parent.name == "toy":
+            continue
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# python -m grpo_zoo.sweep"), path
+        exp = load_experiment(path, "/tmp/runs")
+        assert exp.runs and len({r.name for r in exp.runs}) == len(exp.runs)
+    grid = load_experiment(ROOT / "experiments/paper/ablation_grouping_rectification.yaml", "/tmp/runs")
+    assert len(grid.runs) == 2 * 2 * 3
+    combos = {(r.config["algorithm"]["grouping"], r.config["algorithm"]["rectify"]) for r in grid.runs}
+    assert len(combos) == 4
+
+
+def test_dry_run_lists_runs_and_submits_nothing(tmp_path):
+    exp = write_experiment(tmp_path, "twin", QUICK_TWIN)
+    out = sweep(str(exp), "--runs-dir", str(tmp_path / "runs"), "--dry-run")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("new") == 3 and not (tmp_path / "runs" / "twin").exists()
+
+
+def test_bad_experiment_is_one_line_exit_2(tmp_path):
+    exp = write_experiment(tmp_path, "bad", {"x": {"algorithm": {"name": "flash_grpo", "k_range": [0, 99]}}})
+    out = sweep(str(exp), "--runs-dir", str(tmp_path / "runs"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "k_range" in out.stderr
+    out = sweep(str(exp), "--executor", "slurm", "--cluster", "slurm/clusters/nope.yaml")
+    assert out.returncode == 2 and "--cluster" in out.stderr
+
+
+@pytest.mark.slow
+def test_local_sweep_runs_skips_and_reports(tmp_path):
+    exp = write_experiment(tmp_path, "twin", QUICK_TWIN)
+    runs = tmp_path / "runs"
+    out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "local")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    for name in QUICK_TWIN:
+        assert RunDir(runs / "twin" / f"{name}_seed0").is_complete()
+    assert (runs / "twin" / "report" / "report.md").exists()
+    assert f"runs: {runs / 'twin'}" in out.stdout
+    again = sweep(str(exp), "--runs-dir", str(runs), "--executor", "local")
+    assert again.returncode == 0 and "3 already finished, submitting 0" in again.stdout
+
+
+# -- against a real SLURM ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+        if os.environ.get("CI"):
+            pytest.fail("SLURM is not installed; .ci/run installs slurm-wlm and munge")
+        pytest.skip("SLURM not installed (apt-get install slurm-wlm munge)")
+    out = subprocess.run(["bash", str(ROOT / "slurm/test-cluster/start.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    conf = out.stdout.strip().split("=", 1)[1]
+    return {"SLURM_CONF": conf}
+
+
+def slurm_sweep(exp, runs, slurm, *extra):
+    return run_module(
+        "grpo_zoo.sweep",
+        str(exp),
+        "--runs-dir",
+        str(runs),
+        "--executor",
+        "slurm",
+        "--cluster",
+        "slurm/clusters/local-test.yaml",
+        "--max-parallel",
+        "2",
+        "--threads",
+        "1",
+        "--no-report",
+        *extra,
+        env=slurm,
+    )
+
+
+@pytest.mark.slow
+def test_slurm_sweep_completes_skips_and_survives_a_failing_run(tmp_path, slurm):
+    broken = tmp_path / "broken-model"
+    (broken / "transformer").mkdir(parents=True)  # passes the path check, fails to load in the job
+    variants = {**QUICK_TWIN, "broken": {"algorithm": {"name": "flash_grpo"}, "model": {"path": str(broken)}}}
+    exp = write_experiment(tmp_path, "slurm_twin", variants)
+    runs = tmp_path / "runs"
+    out = slurm_sweep(exp, runs, slurm)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "broken_seed0: FAILED" in out.stdout and "broken_seed0" in out.stderr
+    for name in QUICK_TWIN:
+        assert RunDir(runs / "slurm_twin" / f"{name}_seed0").is_complete(), name
+    assert RunDir(runs / "slurm_twin" / "broken_seed0").status()["status"] == "failed"
+    record = json.loads((runs / "slurm_twin" / "sweep.json").read_text())
+    assert all(r["executor"] == "slurm" and r["job_id"].split("_")[0].isdigit() for r in record.values())
+    again = slurm_sweep(exp, runs, slurm)
+    assert "3 already finished, submitting 1" in again.stdout
+    # the local executor gives the same runs (same rows, compute time aside)
+    local_runs = tmp_path / "local"
+    exp_local = write_experiment(tmp_path, "slurm_twin", QUICK_TWIN)
+    out = run_module("grpo_zoo.sweep", str(exp_local), "--runs-dir", str(local_runs), "--no-report")
+    assert out.returncode == 0, out.stderr[-2000:]
+    drop = ("compute/device_seconds", "compute/device_hours")
+    for name in QUICK_TWIN:
+        a = [
+            {k: v for k, v in r.items() if k not in drop} for r in RunDir(runs / "slurm_twin" / f"{name}_seed0").rows()
+        ]
+        b = [
+            {k: v for k, v in r.items() if k not in drop}
+            for r in RunDir(local_runs / "slurm_twin" / f"{name}_seed0").rows()
+        ]
+        assert a == b, name
+
+
+@pytest.mark.slow
+def test_scontrol_requeue_resumes_from_the_checkpoint(tmp_path, slurm):
+    exp = write_experiment(
+        tmp_path, "requeue", {"flash": {"algorithm": {"name": "flash_grpo"}}}, {"budget": {"steps": 12}}
+    )
+    runs = tmp_path / "runs"
+    out = slurm_sweep(exp, runs, slurm, "--no-wait")
+    assert out.returncode == 0, out.stderr[-2000:]
+    run = runs / "requeue" / "flash_seed0"
+    job_id = json.loads((runs / "requeue" / "sweep.json").read_text())["flash_seed0"]["job_id"]
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        latest = run / "checkpoints" / "latest"
+        if latest.exists() and int(latest.read_text().split("-")[1]) >= 3:
+            break
+        time.sleep(0.2)
+    env = {**os.environ, **slurm}
+    subprocess.run(["scontrol", "requeue", job_id], check=True, env=env)
+    while time.time() < deadline and not RunDir(run).is_complete():
+        time.sleep(0.5)
+    assert RunDir(run).is_complete(), (run / "status.json").read_text()
+    rows = [r for r in RunDir(run).rows() if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == list(range(1, 13))  # no step lost, none twice
+    meta = json.loads((run / "meta.json").read_text())
+    assert len(meta.get("resumes", [])) >= 1
+
+
+def test_sweep_status_shows_runs(tmp_path):
+    exp = write_experiment(tmp_path, "st", QUICK_TWIN)
+    out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(tmp_path), "--status")
+    assert out.returncode == 0 and out.stdout.count("new") == 3
