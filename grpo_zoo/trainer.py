@@ -443,5 +443,9 @@ class Trainer:
             if self.rank == 0:
                 self.run.set_status("diverged", step=self.step, reason=str(err))
             raise
+        except BaseException as err:  # a crash or a kill (KeyboardInterrupt) is recorded, then raised
+            if self.rank == 0:
+                self.run.set_status("failed", step=self.step, reason=f"{type(err).__name__}: {err}")
+            raise
         finally:
             self.engine.close()

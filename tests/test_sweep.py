@@ -162,8 +162,9 @@ def test_slurm_sweep_completes_skips_and_survives_a_failing_run(tmp_path, slurm)
 
 @pytest.mark.slow
 def test_scontrol_requeue_resumes_from_the_checkpoint(tmp_path, slurm):
+    steps = 40
     exp = write_experiment(
-        tmp_path, "requeue", {"flash": {"algorithm": {"name": "flash_grpo"}}}, {"budget": {"steps": 12}}
+        tmp_path, "requeue", {"flash": {"algorithm": {"name": "flash_grpo"}}}, {"budget": {"steps": steps}}
     )
     runs = tmp_path / "runs"
     out = slurm_sweep(exp, runs, slurm, "--no-wait")
@@ -176,13 +177,22 @@ def test_scontrol_requeue_resumes_from_the_checkpoint(tmp_path, slurm):
         if latest.exists() and int(latest.read_text().split("-")[1]) >= 3:
             break
         time.sleep(0.2)
+    assert not RunDir(run).is_complete()  # the requeue lands mid-run
     env = {**os.environ, **slurm}
     subprocess.run(["scontrol", "requeue", job_id], check=True, env=env)
+    # SLURM holds a requeued job back for a while (its begin time moves ~2 minutes ahead);
+    # let it start as soon as it is pending again, as an idle cluster would
+    for _ in range(100):
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=env)
+        if "PENDING" in state.stdout:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env)
+            break
+        time.sleep(0.2)
     while time.time() < deadline and not RunDir(run).is_complete():
         time.sleep(0.5)
     assert RunDir(run).is_complete(), (run / "status.json").read_text()
     rows = [r for r in RunDir(run).rows() if r["kind"] == "train"]
-    assert [r["step"] for r in rows] == list(range(1, 13))  # no step lost, none twice
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))  # no step lost, none twice
     meta = json.loads((run / "meta.json").read_text())
     assert len(meta.get("resumes", [])) >= 1
 

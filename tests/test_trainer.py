@@ -36,6 +36,7 @@ VARIANTS = {
     "flash_no_rectify": ["algorithm.name=flash_grpo", "algorithm.rectify=false"],
     "flash_shared_noise": ["algorithm.name=flash_grpo", "algorithm.initial_noise=shared", "optim.beta=0.01"],
     "flash_lora": ["algorithm.name=flash_grpo", "model.lora_rank=4", "optim.beta=0.01"],
+    "flash_bf16_ema": ["algorithm.name=flash_grpo", "engine.precision=bf16", "optim.ema_decay=0.9"],
 }
 
 
@@ -71,14 +72,16 @@ def test_algorithm_trains_on_the_toy_world(train, tmp_path, base_weights, varian
         assert all(
             torch.isfinite(torch.tensor(r[k])) for k in ("loss/policy", "loss/kl", "reward/mean", "stats/grad_norm")
         )
-        assert r["stats/ratio_dev_first_minibatch"] < 1e-5  # the first inner step is on-policy
+        # the first inner step is on-policy (bf16 forwards differ slightly with batch composition)
+        assert r["stats/ratio_dev_first_minibatch"] < (2e-2 if "bf16" in variant else 1e-5)
         assert r["compute/nfe"] > 0 and r["compute/flops"] > 0
     after = module_weights(tmp_path, 2)
     if "model.lora_rank=4" in VARIANTS[variant]:  # LoRA: B starts at zero, so it trained if it moved
         lora_b = [v for k, v in after.items() if "lora_B" in k]
         assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
     else:
-        changed = [k for k in base_weights if not torch.equal(base_weights[k], after[k])]
+        # compare in the checkpoint's dtype (bf16 runs store bf16 weights)
+        changed = [k for k in base_weights if not torch.equal(base_weights[k].to(after[k].dtype), after[k])]
         assert len(changed) > len(base_weights) // 2
     evals = [r for r in run.rows() if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [0, 2] and "eval/object_class" in evals[0]

@@ -46,7 +46,7 @@ class Policy(torch.nn.Module):
     def raw_velocity(self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """One transformer forward: v for x_t at noise level sigma [B] with embeddings emb."""
         t = (sigma * NUM_TRAIN_TIMESTEPS).to(x.dtype)
-        return self._model()(x, t, emb, return_dict=False)[0]
+        return self._model()(x, t, emb.to(x.dtype), return_dict=False)[0]
 
     def velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor, null_emb: torch.Tensor | None, guidance: float
