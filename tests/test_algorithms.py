@@ -85,12 +85,22 @@ def test_rectified_weights_are_inverse_lambda(table):
     assert (plain.weight[plain.train] == 1).all()
 
 
-def test_fast1_equals_flash_per_sample_unrectified_in_distribution(table):
-    """Flow-GRPO-Fast1 is Flash-GRPO with per-sample k and no rectification: same plan shape."""
-    fast = make_plan({"name": "flow_grpo_fast", "window": 1}, table)
-    flash = make_plan({"name": "flash_grpo", "grouping": "per_sample", "rectify": False}, table)
-    assert fast.train.sum() == flash.train.sum() == P * G
-    assert (fast.weight[fast.train] == 1).all() and (flash.weight[flash.train] == 1).all()
+def test_fast1_and_flash_per_sample_unrectified_make_the_same_kind_of_plan(table):
+    """Flow-GRPO-Fast1 is Flash-GRPO with per-sample k and no rectification: one trained SDE
+    step per trajectory, weight 1, k drawn per trajectory over the same steps."""
+    fast_k, flash_k = [], []
+    for seed in range(30):
+        fast = make_plan({"name": "flow_grpo_fast", "window": 1}, table, seed)
+        flash = make_plan({"name": "flash_grpo", "grouping": "per_sample", "rectify": False}, table, seed)
+        for plan, ks in ((fast, fast_k), (flash, flash_k)):
+            assert (plan.train.sum(1) == 1).all() and torch.equal(plan.sde, plan.train)
+            assert (plan.weight[plan.train] == 1).all()
+            ks.append(plan.train.float().argmax(1))
+    fast_k, flash_k = torch.cat(fast_k), torch.cat(flash_k)
+    assert set(fast_k.tolist()) == set(flash_k.tolist()) == set(range(20))
+    # both uniform over the 20 steps: 720 draws each, every step near 36
+    for ks in (fast_k, flash_k):
+        assert torch.bincount(ks, minlength=20).min() > 15 and torch.bincount(ks, minlength=20).max() < 60
 
 
 def test_shared_initial_noise_is_a_plan_flag(table):

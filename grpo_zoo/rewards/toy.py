@@ -78,6 +78,12 @@ class Detections:
         self._shape_post: torch.Tensor | None = None
 
     @property
+    def saturation(self) -> torch.Tensor:
+        """[B]: (max - min) / max of the mean object color, in [0, 1]."""
+        c = self.color
+        return ((c.max(1).values - c.min(1).values) / c.max(1).values.clamp_min(1e-3)).clamp(0, 1)
+
+    @property
     def shape_posterior(self) -> torch.Tensor:
         """[B, F, S]: softmax over shapes of the soft IoU between mask and centred template."""
         if self._shape_post is None:
@@ -118,8 +124,7 @@ def motion(det: Detections) -> torch.Tensor:
 def aesthetic(det: Detections) -> torch.Tensor:
     m = det.mask
     sharp = 1 - ((4 * m * (1 - m)).sum((2, 3)) / det.area.clamp_min(1.0)).mean(1).clamp(0, 1)
-    c = det.color
-    sat = ((c.max(1).values - c.min(1).values) / c.max(1).values.clamp_min(1e-3)).clamp(0, 1)
+    sat = det.saturation
     bright = det.img.max(dim=1).values
     bg = 1 - m
     bg_level = (bright * bg).sum((1, 2, 3)) / bg.sum((1, 2, 3)).clamp_min(1e-6)
@@ -154,8 +159,7 @@ def eval_metrics(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Te
     """Table 1's columns on the toy world, per video, in [0, 1]."""
     det = Detections(videos)
     m = det.mask
-    c = det.color
-    sat = ((c.max(1).values - c.min(1).values) / c.max(1).values.clamp_min(1e-3)).clamp(0, 1)
+    sat = det.saturation
     bright = det.img.max(dim=1).values
     fg_level = (bright * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1e-6)
     bg_level = (bright * (1 - m)).sum((1, 2, 3)) / (1 - m).sum((1, 2, 3)).clamp_min(1e-6)
