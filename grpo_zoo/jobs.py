@@ -16,9 +16,10 @@ import submitit
 
 
 class TrainJob(submitit.helpers.Checkpointable):
-    def __init__(self, config: dict, threads: int | None = None):
+    def __init__(self, config: dict, threads: int | None = None, hooks: list | None = None):
         self.config = config
         self.threads = threads
+        self.hooks = list(hooks or [])
 
     def __call__(self) -> dict:
         from grpo_zoo.config import build
@@ -38,7 +39,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         from grpo_zoo.trainer import NonFiniteError, Trainer
 
         try:
-            return Trainer(cfg, progress=False).train()
+            return Trainer(cfg, progress=False, hooks=self.hooks).train()
         except NonFiniteError as err:
             return {"status": "diverged", "reason": str(err)}
         except Exception as err:

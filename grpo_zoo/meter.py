@@ -92,6 +92,17 @@ class Meter:
         self.total = Counters(**state)
         self._last = time.perf_counter()
 
+    def fraction(self, budget, step: int) -> float:
+        """The share of the budget spent: the largest over the budgets that are set."""
+        parts = []
+        if budget.steps is not None:
+            parts.append(step / budget.steps)
+        if budget.device_hours is not None:
+            parts.append(self.total.device_seconds / 3600 / budget.device_hours)
+        if budget.flops is not None:
+            parts.append(self.total.flops / budget.flops)
+        return max(parts)
+
     def exhausted(self, budget, step: int) -> str | None:
         """Why the run must stop now, or None."""
         if budget.steps is not None and step >= budget.steps:

@@ -8,7 +8,7 @@
                          and the compute/... counters
       checkpoints/       step-N/ (engine states + trainer state), `latest` names the newest
       eval/              the last evaluation's grid.png and videos
-      status.json        running | completed | diverged | failed, with the reason
+      status.json        running | completed | pruned | diverged | failed, with the reason
       COMPLETED          the completion marker (written last, atomically)
 
 Everything is written atomically (temporary name, then rename), so a crash or a kill
@@ -113,8 +113,9 @@ class RunDir:
             f.flush()
             os.fsync(f.fileno())
 
-    def complete(self, summary: dict) -> None:
-        self.set_status("completed", **summary)
+    def complete(self, summary: dict, status: str = "completed") -> None:
+        """Mark the run finished (`completed`, or `pruned` when a hook ended it early)."""
+        self.set_status(status, **summary)
         atomic_write(self.path / COMPLETED, json.dumps(summary, indent=1))
 
     # -- checkpoints ---------------------------------------------------------------------

@@ -41,6 +41,28 @@ class NonFiniteError(RuntimeError):
     """A reward or loss was NaN or inf: reported, never trained on."""
 
 
+class StopRun(Exception):
+    """Raised by a hook to end a run early but cleanly (e.g. a pruned tuning trial)."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class Hook:
+    """Watches a run from inside the loop (tuning reports, early stopping). Hooks may call
+    `trainer.evaluate_and_log()` and raise StopRun; they never change what is trained."""
+
+    def on_start(self, trainer: Trainer) -> None:
+        """Once, before the first iteration of this process (after any resume)."""
+
+    def on_eval(self, trainer: Trainer, row: dict) -> None:
+        """After every logged evaluation (including the one before the first step)."""
+
+    def after_iteration(self, trainer: Trainer) -> None:
+        """After every iteration, its row and any scheduled evaluation logged."""
+
+
 def seed_of(*parts: object) -> int:
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
@@ -90,10 +112,11 @@ def check(cfg: RunConfig) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, progress: bool = True):
+    def __init__(self, cfg: RunConfig, progress: bool = True, hooks: list[Hook] | None = None):
         check(cfg)
         self.cfg = cfg
         self.progress = progress
+        self.hooks = list(hooks or [])
         s = cfg.sampling
         self.algorithm = algorithms.build(cfg.algorithm)
         self.table = step_table(make_sigmas(s.schedule, s.steps, s.shift), s.noise, s.noise_level)
@@ -123,6 +146,7 @@ class Trainer:
         self.null_emb = self.policy.encode([""]).to(self.device) if s.guidance != 1.0 else None
         self.cfg_mult = 2 if self.null_emb is not None else 1
         self.step = 0
+        self.last_eval: tuple[int, dict] | None = None
         self._resume()
 
     # -- setup -------------------------------------------------------------------------
@@ -386,6 +410,18 @@ class Trainer:
             self.run.commit_checkpoint(self.step)
         self.engine.barrier()
 
+    def evaluate_and_log(self) -> dict:
+        row = self.evaluate()
+        self._log(row)
+        self.last_eval = (self.step, row)
+        for hook in self.hooks:
+            hook.on_eval(self, row)
+        return row
+
+    def budget_fraction(self) -> float:
+        """How much of the budget is spent (the largest fraction over the budgets set)."""
+        return self.meter.fraction(self.cfg.budget, self.step)
+
     def _log(self, row: dict) -> None:
         self.meter.total.device_seconds = self.engine.broadcast_float(self.meter.total.device_seconds)
         full = {"step": self.step, **row, **self.meter.total.as_metrics()}
@@ -396,8 +432,6 @@ class Trainer:
     def train(self) -> dict:
         cfg = self.cfg
         try:
-            if self.step == 0:
-                self._log(self.evaluate())
             bar = tqdm(
                 total=cfg.budget.steps,
                 initial=self.step,
@@ -406,25 +440,34 @@ class Trainer:
                 dynamic_ncols=True,
             )
             self.meter.pause()
-            last_eval = None
-            while (reason := self.meter.exhausted(cfg.budget, self.step)) is None:
-                row = self.iteration()
-                self.step += 1
-                self.meter.tick()
-                self._log(row)
-                bar.update(1)
-                bar.set_postfix(reward=f"{row['reward/mean']:.3f}")
-                due_eval = cfg.data.eval_every > 0 and self.step % cfg.data.eval_every == 0
-                if due_eval:
-                    last_eval = self.evaluate()
-                    self._log(last_eval)
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-                self.meter.pause()  # evaluation and checkpoint writing are not training time
+            status = "completed"
+            try:
+                for hook in self.hooks:
+                    hook.on_start(self)
+                if self.step == 0:
+                    self.evaluate_and_log()
+                    self.meter.pause()
+                while (reason := self.meter.exhausted(cfg.budget, self.step)) is None:
+                    row = self.iteration()
+                    self.step += 1
+                    self.meter.tick()
+                    self._log(row)
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{row['reward/mean']:.3f}")
+                    due_eval = cfg.data.eval_every > 0 and self.step % cfg.data.eval_every == 0
+                    if due_eval:
+                        self.evaluate_and_log()
+                    for hook in self.hooks:
+                        hook.after_iteration(self)
+                    if self.step % cfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    self.meter.pause()  # evaluation and checkpoint writing are not training time
+            except StopRun as stop:  # a hook ended the run: keep its last evaluation
+                status, reason = stop.status, stop.reason
             bar.close()
-            if last_eval is None or self.step % max(cfg.data.eval_every, 1) != 0:
-                last_eval = self.evaluate()
-                self._log(last_eval)
+            if self.last_eval is None or (status == "completed" and self.last_eval[0] != self.step):
+                self.evaluate_and_log()
+            last_eval = self.last_eval[1]
             if self.step % cfg.checkpoint_every != 0:
                 self.save_checkpoint()
             checksums = self.engine.all_gather_cat(torch.tensor([self.param_checksum()], dtype=torch.float64))
@@ -437,8 +480,8 @@ class Trainer:
                 **self.meter.total.as_metrics(),
             }
             if self.rank == 0:
-                self.run.complete(summary)
-            return summary
+                self.run.complete(summary, status=status)
+            return {"status": status, **summary}
         except NonFiniteError as err:
             if self.rank == 0:
                 self.run.set_status("diverged", step=self.step, reason=str(err))

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,15 @@ def train():
         return run_module("grpo_zoo.train", *args, env=env)
 
     return _train
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+        if os.environ.get("CI"):
+            pytest.fail("SLURM is not installed; .ci/run installs slurm-wlm and munge")
+        pytest.skip("SLURM not installed (apt-get install slurm-wlm munge)")
+    out = subprocess.run(["bash", str(ROOT / "slurm/test-cluster/start.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    conf = out.stdout.strip().split("=", 1)[1]
+    return {"SLURM_CONF": conf}

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -92,18 +91,6 @@ def test_local_sweep_runs_skips_and_reports(tmp_path):
 
 
 # -- against a real SLURM ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
-        if os.environ.get("CI"):
-            pytest.fail("SLURM is not installed; .ci/run installs slurm-wlm and munge")
-        pytest.skip("SLURM not installed (apt-get install slurm-wlm munge)")
-    out = subprocess.run(["bash", str(ROOT / "slurm/test-cluster/start.sh")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    conf = out.stdout.strip().split("=", 1)[1]
-    return {"SLURM_CONF": conf}
 
 
 def slurm_sweep(exp, runs, slurm, *extra):

@@ -1,0 +1,172 @@
+"""Tune an experiment's algorithms with Optuna at equal compute: `python -m grpo_zoo.tune EXPERIMENT`.
+
+One study per variant (`<experiment>.<variant>`), searching the `tune:` section's spaces
+(grpo_zoo/tuning/space.py). Every trial is a run with the same fixed budget, dispatched by
+the sweep's submitit executors (`--executor local|slurm`); `--workers K` trials run at once,
+and several tune commands may share one `--storage`. The objective is the final eval reward;
+evaluations at the rungs feed the pruner; NaN runs fail and collapsed runs are pruned, and
+the study goes on. Kill it and run the same command again: RUNNING trials are adopted and
+resumed from their checkpoints, and the study continues to --n-trials per variant.
+Trials land in RUNS_DIR/<experiment>-tune/<variant>-tNNNN_seed<s> (the report reads them);
+tuning.md there has each study's history, importances and best parameters.
+`--replay VARIANT:N` runs trial N again from its complete config and compares the objective.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from grpo_zoo.errors import ArgParser, ConfigError, cli
+
+EXECUTORS = ("local", "slurm")
+
+
+def parser() -> ArgParser:
+    p = ArgParser(prog="python -m grpo_zoo.tune", description=__doc__.split("\n")[0])
+    p.add_argument("experiment", help="experiment YAML with a tune: section")
+    p.add_argument("--n-trials", type=int, default=None, help="trials per variant's study (default: tune.n_trials)")
+    p.add_argument(
+        "--storage", default=None, help="sqlite:///PATH (default in the tuning folder), journal:PATH, or a DB URL"
+    )
+    p.add_argument("--executor", default="local", choices=EXECUTORS)
+    p.add_argument("--workers", type=int, default=1, help="trials at a time (this command)")
+    p.add_argument("--cluster", default=None, help="cluster profile YAML (slurm/clusters/NAME.yaml)")
+    p.add_argument("--runs-dir", default="runs", help="trials land in RUNS_DIR/<experiment>-tune (default runs)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per trial (CPU)")
+    p.add_argument("--replay", default=None, metavar="[VARIANT:]N", help="run trial N again and compare its objective")
+    p.add_argument("--report-only", action="store_true", help="write tuning.md from the storage; run nothing")
+    return p
+
+
+def bases_for(exp, spec) -> dict[str, dict]:
+    """Each tuned variant's run config (its first run with the tuning seed, else its first)."""
+    out = {}
+    for v in spec.variants:
+        runs = [r for r in exp.runs if r.variant == v]
+        same_seed = [r for r in runs if r.seed == spec.seed]
+        out[v] = (same_seed or runs)[0].config
+    return out
+
+
+def parse_replay(text: str, variants: list[str]) -> tuple[str, int]:
+    variant, _, number = text.rpartition(":")
+    if not variant:
+        if len(variants) != 1:
+            raise ConfigError(f"--replay: several studies ({', '.join(variants)}); write VARIANT:N")
+        variant = variants[0]
+    if variant not in variants or not number.isdigit():
+        raise ConfigError(f"--replay: expected [VARIANT:]N with VARIANT in {', '.join(variants)}, got {text!r}")
+    return variant, int(number)
+
+
+def replay(tuner_args, studies, spec, bases, root: Path, executor_factory, out=sys.stdout) -> int:
+    from optuna.trial import TrialState
+
+    from grpo_zoo.config import build, to_dict
+    from grpo_zoo.jobs import TrainJob
+    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.runs import RunDir
+    from grpo_zoo.tuning.space import decode, trial_config
+
+    variant, number = tuner_args
+    trials = [t for t in studies[variant].get_trials(deepcopy=False) if t.number == number]
+    if not trials or trials[0].state in (TrialState.WAITING,):
+        raise ConfigError(f"--replay: study {studies[variant].study_name} has no trial {number}")
+    t = trials[0]
+    name = f"{variant}-t{number:04d}-replay_seed{spec.seed}"
+    run_dir = (root / "replays" / name).resolve()
+    source = Path(str(t.user_attrs.get("run_dir", "")))
+    if (source / "config.yaml").exists():  # the trial's complete, resolved config
+        config = to_dict(build(RunConfig, {**RunDir(source).config(), "run_dir": str(run_dir)}))
+    else:
+        params = {k: decode(v) for k, v in t.params.items()}
+        config = trial_config(bases[variant], spec, params, str(run_dir))
+    threads = t.user_attrs.get("threads")
+    if not RunDir(run_dir).is_complete():
+        job = executor_factory().submit(TrainJob(config, threads))
+        while not job.done():
+            time.sleep(1)
+        job.result()
+    status = RunDir(run_dir).status()
+    value = status.get("eval/reward")
+    print(f"replay of {variant} trial {number} ({t.state.name.lower()}): objective {value:.6f}", file=out)
+    if t.value is not None:
+        print(f"trial's objective {t.value:.6f}, difference {abs(value - t.value):.2e}", file=out)
+    print(f"config: {run_dir / 'config.yaml'}  (python -m grpo_zoo.train {run_dir / 'config.yaml'})", file=out)
+    return 0
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from grpo_zoo.config import build
+    from grpo_zoo.experiment import load_experiment
+    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.sweep import load_cluster, make_executor
+    from grpo_zoo.trainer import check
+    from grpo_zoo.tuning.space import check_spaces, parse_tune, trial_config
+
+    if args.workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    exp = load_experiment(args.experiment, args.runs_dir)
+    variants = list(dict.fromkeys(r.variant for r in exp.runs))
+    spec = parse_tune(exp.tune, variants, sorted({r.seed for r in exp.runs}), f"{exp.path}: tune")
+    if args.n_trials is not None:
+        spec.n_trials = args.n_trials
+    bases = bases_for(exp, spec)
+    check_spaces(spec, bases, f"{exp.path}: tune")
+    for v, base in bases.items():
+        try:
+            check(build(RunConfig, trial_config(base, spec, {}, "/tmp/check")))
+        except ConfigError as err:
+            raise ConfigError(f"{exp.path}: {v}: {err}") from None
+    cluster = load_cluster(args.cluster)
+    if args.executor == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "--executor slurm: no sbatch on PATH (start slurm/test-cluster/start.sh or use --executor local)"
+        )
+    root = Path(args.runs_dir) / f"{exp.name}-tune"
+    replay_of = parse_replay(args.replay, spec.variants) if args.replay else None
+
+    from grpo_zoo.tuning.driver import Tuner, summary_lines
+    from grpo_zoo.tuning.report import write_tuning_report
+    from grpo_zoo.tuning.study import load_study, normalize_storage
+
+    url = normalize_storage(args.storage, root)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def executor_factory():
+        return make_executor(args.executor, root / ".submitit", cluster, exp.resources, args.workers)
+
+    if args.report_only or replay_of:
+        studies = {
+            v: load_study(url, f"{exp.name}.{v}", spec.pruner, spec.sampler, salt=i)
+            for i, v in enumerate(spec.variants)
+        }
+        if replay_of:
+            return replay(replay_of, studies, spec, bases, root, executor_factory)
+    else:
+        start = time.time()
+        print(
+            f"{exp.name}: {len(spec.variants)} studies x {spec.n_trials} trials, {args.workers} worker(s), "
+            f"storage {url}",
+            flush=True,
+        )
+        tuner = Tuner(exp.name, spec, bases, url, args.executor, executor_factory, root, args.threads, sys.stdout)
+        tuner.run(args.workers)
+        studies = tuner.studies
+        print(f"wall time: {time.time() - start:.0f} s")
+    for line in summary_lines(studies):
+        print(line)
+    print(f"tuning report: {write_tuning_report(root, studies)}")
+    print(f"trials: {root}  (python -m grpo_zoo.report {root})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

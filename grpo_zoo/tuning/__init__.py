@@ -1,0 +1,1 @@
+"""Hyperparameter tuning with Optuna at equal compute (`python -m grpo_zoo.tune`)."""

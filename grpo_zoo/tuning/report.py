@@ -1,0 +1,104 @@
+"""The tuning report: per study, the trials, the best parameters, the optimization history
+and the parameter importances (PED-ANOVA, which needs no extra package), in tuning.md."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+from optuna.trial import TrialState
+
+from grpo_zoo.analysis.tables import render
+
+
+def trials_frame(study) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            continue
+        last = max(t.intermediate_values) if t.intermediate_values else None
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                "objective": t.value if t.state == TrialState.COMPLETE else math.nan,
+                "last rung": f"{last}: {t.intermediate_values[last]:.4f}" if last is not None else "-",
+                **{k: v for k, v in sorted(t.params.items())},
+                "reason": str(t.user_attrs.get("reason", ""))[:80],
+                "run": Path(str(t.user_attrs.get("run_dir", ""))).name,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def importances(study) -> dict[str, float]:
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len(done) < 3 or not done[0].params:
+        return {}
+    try:
+        return optuna.importance.get_param_importances(study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return {}
+
+
+def history_plot(study, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the matplotlib backend is marked experimental
+        ax = ovm.plot_optimization_history(study, target_name="eval reward")
+    ax.figure.set_size_inches(6, 4)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=120)
+    plt.close(ax.figure)
+    return path
+
+
+def write_tuning_report(root: Path, studies: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Tuning: {root.name}", ""]
+    best_rows = []
+    for v, study in studies.items():
+        df = trials_frame(study)
+        counts = df["state"].value_counts().to_dict() if not df.empty else {}
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        best = max(done, key=lambda t: t.value) if done else None
+        best_rows.append(
+            {
+                "study": study.study_name,
+                "trials": len(df),
+                "complete": counts.get("complete", 0),
+                "pruned": counts.get("pruned", 0),
+                "failed": counts.get("fail", 0),
+                "best trial": best.number if best else "-",
+                "best objective": f"{best.value:.4f}" if best else "-",
+                "best params": json.dumps(best.params) if best else "-",
+            }
+        )
+        lines += [f"## {v}", "", f"Study `{study.study_name}`; budget {json.dumps(study.user_attrs.get('budget'))}."]
+        plot = history_plot(study, root / f"history_{v}.png")
+        if plot:
+            lines += ["", f"![optimization history]({plot.name})"]
+        imp = importances(study)
+        if imp:
+            lines += ["", "Parameter importances (PED-ANOVA): " + ", ".join(f"{k} {w:.2f}" for k, w in imp.items())]
+        if not df.empty:
+            lines += ["", render(df, "md")]
+        lines.append("")
+    lines[2:2] = [render(pd.DataFrame(best_rows), "md"), ""]
+    path = root / "tuning.md"
+    path.write_text("\n".join(lines) + "\n")
+    pd.DataFrame(best_rows).to_csv(root / "best.csv", index=False)
+    return path

@@ -1,0 +1,201 @@
+"""The `tune:` section of an experiment file: search spaces and how a study runs.
+
+    tune:
+      variants: [flash_grpo, flow_grpo]   # which variants get a study (default: all)
+      n_trials: 16                        # per study (python -m grpo_zoo.tune --n-trials)
+      budget: {flops: 4.0e11}             # every trial's fixed compute (default: the runs' budget)
+      rungs: 4                            # evaluations at 1/4, 2/4, 3/4 of the budget feed the pruner
+      pruner: {name: median, n_startup_trials: 2}   # median | successive_halving | none
+      sampler: {name: tpe, seed: 0}       # tpe | random
+      collapse_drop: 0.3                  # prune a trial whose eval reward falls 30% below its best
+      seed: 0                             # training seed of every trial (default: the first seed)
+      space:                              # every study: dotted config key -> distribution
+        optim.lr: {low: 1.0e-5, high: 1.0e-3, log: true}
+        optim.clip_range: [0.05, 0.1, 0.2]          # a list: categorical
+        data.group_size: {low: 4, high: 16, step: 4, type: int}
+      spaces:                             # per variant, on top of `space`
+        flash_grpo: {algorithm.k_range: [[0, 5], [1, 8]]}
+      enqueue: [{optim.lr: 3.0e-4}]       # trials every study runs first
+
+The objective is the final eval reward (maximised) at the budget. Each parameter is one
+dotted override on the run config, so a trial is an ordinary run with a few fields set.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpo_zoo.config import apply_overrides, build, deep_merge
+from grpo_zoo.errors import ConfigError
+from grpo_zoo.run_config import RunConfig
+
+TUNE_KEYS = {
+    "variants",
+    "n_trials",
+    "budget",
+    "rungs",
+    "pruner",
+    "sampler",
+    "collapse_drop",
+    "seed",
+    "space",
+    "spaces",
+    "enqueue",
+}
+PRUNERS = ("median", "successive_halving", "none")
+SAMPLERS = ("tpe", "random")
+
+
+@dataclass
+class Param:
+    key: str
+    kind: str
+    """float | int | categorical"""
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = field(default_factory=list)
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "categorical":
+            return decode(trial.suggest_categorical(self.key, [encode(c) for c in self.choices]))
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, step=self.step, log=self.log)
+
+    def example(self) -> Any:
+        return self.choices[0] if self.kind == "categorical" else (int(self.low) if self.kind == "int" else self.low)
+
+
+def encode(value: Any) -> Any:
+    """Optuna stores None/bool/int/float/str choices; lists and mappings travel as JSON."""
+    return value if value is None or isinstance(value, bool | int | float | str) else json.dumps(value)
+
+
+def decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        return json.loads(value)
+    return value
+
+
+def parse_param(key: str, spec: Any, where: str) -> Param:
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{where}.{key}: an empty list of choices")
+        return Param(key, "categorical", choices=list(spec))
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}.{key}: expected a list of choices or {{low, high[, log, step, type]}}")
+    if "choices" in spec:
+        return parse_param(key, spec["choices"], where)
+    unknown = set(spec) - {"low", "high", "log", "step", "type"}
+    if unknown or "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where}.{key}: expected {{low, high[, log, step, type]}}, got {sorted(spec)}")
+    kind = spec.get("type") or ("int" if isinstance(spec["low"], int) and isinstance(spec["high"], int) else "float")
+    if kind not in ("int", "float"):
+        raise ConfigError(f"{where}.{key}.type: int or float, got {kind!r}")
+    low, high = float(spec["low"]), float(spec["high"])
+    if not low < high or (spec.get("log") and low <= 0):
+        raise ConfigError(f"{where}.{key}: need low < high (and low > 0 with log), got {low}, {high}")
+    return Param(key, kind, low, high, bool(spec.get("log", False)), spec.get("step"))
+
+
+@dataclass
+class TuneSpec:
+    variants: list[str]
+    n_trials: int
+    budget: dict
+    rungs: int
+    pruner: dict
+    sampler: dict
+    collapse_drop: float
+    seed: int
+    spaces: dict[str, dict[str, Param]]
+    enqueue: list[dict]
+
+
+def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> TuneSpec:
+    """Read and check the `tune:` section (ConfigError with the field on any problem)."""
+    if not raw:
+        raise ConfigError(f"{where}: the experiment has no `tune:` section (see grpo_zoo/tuning/space.py)")
+    unknown = set(raw) - TUNE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(TUNE_KEYS))})")
+    chosen = list(raw.get("variants") or variants)
+    for v in chosen:
+        if v not in variants:
+            raise ConfigError(f"{where}.variants: no variant {v!r} in the experiment (have: {', '.join(variants)})")
+    spaces_raw = raw.get("spaces") or {}
+    for v in spaces_raw:
+        if v not in variants:
+            raise ConfigError(f"{where}.spaces: no variant {v!r} in the experiment (have: {', '.join(variants)})")
+    common = raw.get("space") or {}
+    spaces = {}
+    for v in chosen:
+        merged = {**common, **(spaces_raw.get(v) or {})}
+        if not merged:
+            raise ConfigError(f"{where}.space: nothing to tune for {v!r}")
+        spaces[v] = {k: parse_param(k, s, f"{where}.space") for k, s in merged.items()}
+    pruner = dict(raw.get("pruner") or {"name": "median"})
+    if pruner.get("name") not in PRUNERS:
+        raise ConfigError(f"{where}.pruner.name: one of {', '.join(PRUNERS)}, got {pruner.get('name')!r}")
+    sampler = dict(raw.get("sampler") or {"name": "tpe", "seed": 0})
+    if sampler.get("name") not in SAMPLERS:
+        raise ConfigError(f"{where}.sampler.name: one of {', '.join(SAMPLERS)}, got {sampler.get('name')!r}")
+    rungs = raw.get("rungs", 4)
+    if not isinstance(rungs, int) or rungs < 1:
+        raise ConfigError(f"{where}.rungs: a positive integer, got {rungs!r}")
+    n_trials = raw.get("n_trials", 16)
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"{where}.n_trials: a positive integer, got {n_trials!r}")
+    budget = raw.get("budget") or {}
+    if not isinstance(budget, dict) or set(budget) - {"steps", "device_hours", "flops"}:
+        raise ConfigError(f"{where}.budget: a mapping with steps, device_hours or flops")
+    try:
+        budget = {k: (None if v is None else float(v) if k != "steps" else int(v)) for k, v in budget.items()}
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}.budget: numbers expected, got {budget}") from None
+    enqueue = raw.get("enqueue") or []
+    if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
+        raise ConfigError(f"{where}.enqueue: a list of {{dotted.key: value}} mappings")
+    return TuneSpec(
+        variants=chosen,
+        n_trials=n_trials,
+        budget=budget,
+        rungs=rungs,
+        pruner=pruner,
+        sampler=sampler,
+        collapse_drop=float(raw.get("collapse_drop", 0.3)),
+        seed=int(raw.get("seed", seeds[0])),
+        spaces=spaces,
+        enqueue=enqueue,
+    )
+
+
+def trial_config(base: dict, spec: TuneSpec, params: dict[str, Any], run_dir: str) -> dict:
+    """A trial's complete run config: the variant's run, the tuning budget, the parameters."""
+    data = deep_merge(base, {"seed": spec.seed, "run_dir": run_dir})
+    if spec.budget:
+        data = deep_merge(data, {"budget": {"steps": None, "device_hours": None, "flops": None, **spec.budget}})
+    data = deep_merge(data, {"data": {"eval_every": 0}})  # the rungs decide when to evaluate
+    data = apply_overrides(data, dict(params))
+    from grpo_zoo.config import to_dict
+
+    return to_dict(build(RunConfig, data))
+
+
+def check_spaces(spec: TuneSpec, bases: dict[str, dict], where: str) -> None:
+    """Every parameter names a real config field and its example value builds a valid config."""
+    for v, space in spec.spaces.items():
+        for key, param in space.items():
+            for value in param.choices if param.kind == "categorical" else [param.low, param.high]:
+                try:
+                    trial_config(bases[v], spec, {key: value if param.kind != "int" else int(value)}, "/tmp/x")
+                except ConfigError as err:
+                    raise ConfigError(f"{where}.space.{key} ({v}): {err}") from None
+        for entry in spec.enqueue:
+            unknown = set(entry) - set(space)
+            if unknown:
+                raise ConfigError(f"{where}.enqueue: {sorted(unknown)[0]!r} is not in the search space of {v!r}")

@@ -1,0 +1,167 @@
+"""Optuna tuning: studies of real toy runs, with parallel workers, pruning, kills and replays."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from grpo_zoo.analysis import load_runs
+from grpo_zoo.errors import ConfigError
+from grpo_zoo.tuning.space import parse_tune
+from grpo_zoo.tuning.study import normalize_storage, open_storage
+
+from .conftest import ROOT, run_module
+
+FAST = {
+    "data": {"prompts_per_step": 2, "group_size": 4, "eval_samples": 8},
+    "sampling": {"steps": 6, "eval_steps": 6},
+    "checkpoint_every": 2,
+    "save_eval_videos": False,
+}
+
+
+def write_tune(tmp_path: Path, tune: dict, variants: dict | None = None, name: str = "tiny") -> Path:
+    exp = {
+        "name": name,
+        "base": str(ROOT / "experiments" / "toy" / "base.yaml"),
+        "config": FAST,
+        "seeds": [0],
+        "variants": variants or {"flash_grpo": {"algorithm": {"name": "flash_grpo"}}},
+        "tune": {
+            "n_trials": 3,
+            "budget": {"flops": 3.0e10},
+            "rungs": 2,
+            "pruner": {"name": "median", "n_startup_trials": 1},
+            "sampler": {"name": "random", "seed": 0},
+            **tune,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"# python -m grpo_zoo.tune {path}\n" + yaml.safe_dump(exp))
+    return path
+
+
+def tune(exp: Path, runs: Path, *args: str, env=None) -> subprocess.CompletedProcess:
+    return run_module("grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1", *args, env=env)
+
+
+def trials(storage: str, name: str) -> list:
+    return optuna.load_study(study_name=name, storage=open_storage(storage)).get_trials()
+
+
+def test_spaces_parse_and_bad_input_is_one_line_exit_2(tmp_path):
+    spec = parse_tune(
+        {"space": {"optim.lr": {"low": 1e-5, "high": 1e-3, "log": True}, "algorithm.k_range": [None, [0, 4]]}},
+        ["flash_grpo"],
+        [3],
+        "tune",
+    )
+    lr, k = spec.spaces["flash_grpo"]["optim.lr"], spec.spaces["flash_grpo"]["algorithm.k_range"]
+    assert (lr.kind, lr.log, k.kind, spec.seed) == ("float", True, "categorical", 3)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {str(k.suggest(study.ask())) for _ in range(20)}
+    assert seen == {"None", "[0, 4]"}  # lists travel through Optuna as JSON and come back as lists
+    with pytest.raises(ConfigError, match="pruner.name"):
+        parse_tune({"space": {"optim.lr": [1e-4]}, "pruner": {"name": "hyperband2"}}, ["a"], [0], "tune")
+    assert normalize_storage("journal:rel/x.log", tmp_path).startswith("journal:/")
+    assert normalize_storage(None, tmp_path) == f"sqlite:///{(tmp_path / 'optuna.db').resolve()}"
+
+    cases = [
+        ({"space": {"optim.lrr": [1e-4]}}, "optim.lrr"),
+        ({"space": {"optim.lr": {"low": 1e-3, "high": 1e-5}}}, "low < high"),
+        ({"space": {"data.group_size": [1, 4]}}, "group_size"),
+        ({"space": {"optim.lr": [1e-4]}, "variants": ["nope"]}, "no variant 'nope'"),
+    ]
+    for tune_section, needle in cases:
+        exp = write_tune(tmp_path, tune_section)
+        out = tune(exp, tmp_path / "runs")
+        assert out.returncode == 2, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and needle in out.stderr, out.stderr
+    out = tune(write_tune(tmp_path, {"space": {"optim.lr": [1e-4]}}), tmp_path / "runs", "--storage", "nodb")
+    assert out.returncode == 2 and "--storage" in out.stderr
+    assert not (tmp_path / "runs" / "tiny-tune" / "optuna.db").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_complete_the_study_prune_and_replay(tmp_path):
+    # lr 0.05 wrecks the toy model within a few steps: that trial must be pruned as collapsed
+    exp = write_tune(
+        tmp_path,
+        {"space": {"optim.lr": [3.0e-4, 0.05]}, "enqueue": [{"optim.lr": 3.0e-4}, {"optim.lr": 0.05}]},
+    )
+    runs = tmp_path / "runs"
+    out = tune(exp, runs, "--workers", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    root = runs / "tiny-tune"
+    ts = trials(f"sqlite:///{root / 'optuna.db'}", "tiny.flash_grpo")
+    states = [t.state for t in ts]
+    assert len(ts) == 3 and TrialState.RUNNING not in states, states
+    assert states.count(TrialState.PRUNED) >= 1 and states.count(TrialState.COMPLETE) >= 1, states
+    pruned = next(t for t in ts if t.state == TrialState.PRUNED)
+    assert pruned.params["optim.lr"] == 0.05 and "collapsed" in pruned.user_attrs["reason"]
+    assert pruned.intermediate_values, "the pruned trial reported a rung"
+    # both workers ran at once: two trials' time spans overlap
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in ts)
+    assert any(a[1] > b[0] for a, b in zip(spans, spans[1:]))
+    # trials are ordinary runs the report reads; pruned ones say so
+    data = load_runs(root)
+    assert len(data) == 3 and set(data.runs["status"]) == {"completed", "pruned"}
+    text = (root / "tuning.md").read_text()
+    assert "| tiny.flash_grpo |" in text and (root / "history_flash_grpo.png").exists()
+
+    best = max((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    out = tune(exp, runs, "--replay", f"flash_grpo:{best.number}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    value = float(re.search(r"objective ([0-9.]+)\n", out.stdout).group(1))
+    assert abs(value - best.value) < 1e-6, out.stdout
+    assert (root / "replays" / f"flash_grpo-t{best.number:04d}-replay_seed0" / "COMPLETED").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_study_resumes_without_losing_a_trial(tmp_path):
+    exp = write_tune(tmp_path, {"space": {"optim.lr": {"low": 1e-4, "high": 1e-3, "log": True}}})
+    runs = tmp_path / "runs"
+    root = runs / "tiny-tune"
+    storage = f"journal:{tmp_path / 'study.log'}"
+    cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
+    cmd += ["--storage", storage, "--n-trials", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = root / "flash_grpo-t0000_seed0" / "checkpoints" / "latest"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert first.exists(), proc.communicate()[0].decode()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its trial's job, mid-run
+    proc.wait()
+    before = trials(storage, "tiny.flash_grpo")
+    assert [t.state for t in before] == [TrialState.RUNNING]
+
+    out = tune(exp, runs, "--storage", storage, "--n-trials", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "trial 0: adopted" in out.stdout, out.stdout
+    after = trials(storage, "tiny.flash_grpo")
+    assert [t.number for t in after] == [0, 1]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in after), [t.state for t in after]
+    assert after[0].params == before[0].params
+    meta = yaml.safe_load((root / "flash_grpo-t0000_seed0" / "meta.json").read_text())
+    assert meta.get("resumes"), "trial 0 resumed from its checkpoint instead of starting over"
+
+
+@pytest.mark.slow
+def test_trials_run_as_slurm_jobs_with_journal_storage(tmp_path, slurm):
+    exp = write_tune(tmp_path, {"space": {"optim.clip_range": [0.1, 0.2]}, "n_trials": 2})
+    storage = f"journal:{tmp_path / 'study.log'}"
+    args = ("--executor", "slurm", "--cluster", "slurm/clusters/local-test.yaml", "--workers", "2")
+    out = tune(exp, tmp_path / "runs", "--storage", storage, *args, env=slurm)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ts = trials(storage, "tiny.flash_grpo")
+    assert len(ts) == 2 and all(t.state == TrialState.COMPLETE for t in ts), [t.state for t in ts]
+    assert all(t.user_attrs["job_id"].isdigit() for t in ts)  # SLURM job ids
