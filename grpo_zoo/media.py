@@ -38,14 +38,26 @@ def save_grid(videos: torch.Tensor, path: str | Path, captions: list[str] | None
 
 
 def save_mp4(video: torch.Tensor, path: str | Path, fps: int = 4, scale: int = 16) -> Path:
-    """One video [3, F, H, W] as an H.264 mp4 (imageio-ffmpeg's bundled ffmpeg)."""
+    """One video [3, F, H, W] in [-1, 1] as an H.264 mp4."""
+    return write_mp4(to_uint8(video[None])[0], path, fps, scale)
+
+
+def write_mp4(frames: np.ndarray, path: str | Path, fps: int | None = None, scale: int | None = None) -> Path:
+    """uint8 frames [F, H, W, 3] as an H.264 mp4 (imageio-ffmpeg's bundled ffmpeg), written to a
+    temporary name and renamed. Small videos are upscaled (nearest) to at least 256 pixels high;
+    the frame rate defaults to 16 fps (Wan2.1's) for long videos and 4 for short ones."""
+    import os
+
     import imageio.v2 as imageio
 
-    frames = to_uint8(video[None])[0]
+    scale = scale or max(1, 256 // frames.shape[1])
+    fps = fps or (16 if len(frames) > 16 else 4)
     frames = frames.repeat(scale, axis=1).repeat(scale, axis=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.mp4")
+    with imageio.get_writer(tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1) as writer:
         for frame in frames:
             writer.append_data(frame)
+    os.replace(tmp, path)
     return path

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -40,13 +41,32 @@ class Counters:
         }
 
 
+def _cpu_sdpa(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_sdpa_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def _counter() -> FlopCounterMode:
+    """torch's FLOP counter, also counting the CPU attention kernel (which it misses: the
+    CPU would otherwise report fewer FLOPs than a GPU or the meta device for the same model)."""
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _cpu_sdpa
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _cpu_sdpa_backward
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
 def measure_flops(fn: Callable[[], torch.Tensor], backward: bool) -> tuple[int, int]:
     """FLOPs of fn() (a forward) and, if asked, of the backward of its output's sum."""
-    with FlopCounterMode(display=False) as fwd:
+    with _counter() as fwd:
         out = fn()
     if not backward:
         return fwd.get_total_flops(), 0
-    with FlopCounterMode(display=False) as bwd:
+    with _counter() as bwd:
         out.float().sum().backward()
     return fwd.get_total_flops(), bwd.get_total_flops()
 

@@ -63,6 +63,21 @@ def initial_noise(b: int, shape: tuple[int, ...], group_size: int, shared: bool,
     return torch.randn(b, *shape, generator=gen)
 
 
+def forward_rows(plan: Plan) -> torch.Tensor:
+    """[B, T] bool: which rows run a transformer forward at each step. With shared noise a
+    group's rows stay identical up to (and including the velocity at) the first step where
+    any of them is stochastic, so only the group's first row computes that prefix."""
+    b, t = plan.sde.shape
+    g = plan.group_size
+    if not plan.shared_noise:
+        return torch.ones(b, t, dtype=torch.bool)
+    first_sde = torch.where(plan.sde.any(1), plan.sde.float().argmax(1), torch.full((b,), t))
+    branch = first_sde.view(-1, g).min(1).values.repeat_interleave(g)
+    leader = torch.arange(b) - torch.arange(b) % g
+    shared = torch.arange(t)[None, :] <= branch[:, None]
+    return ~shared | (leader == torch.arange(b))[:, None]
+
+
 @torch.no_grad()
 def rollout(
     policy: Policy,
@@ -79,20 +94,13 @@ def rollout(
     b, t = plan.sde.shape
     g = plan.group_size
     x = initial_noise(b, policy.latent_shape, g, plan.shared_noise, gen).to(device)
-    # with shared noise, a group's rows stay identical up to (and including the velocity at)
-    # the first step where any of them is stochastic
-    if plan.shared_noise:
-        first_sde = torch.where(plan.sde.any(1), plan.sde.float().argmax(1), torch.full((b,), t))
-        branch = first_sde.view(-1, g).min(1).values.repeat_interleave(g)
-    else:
-        branch = torch.full((b,), -1)
+    computed = forward_rows(plan)
     leader = torch.arange(b) - torch.arange(b) % g
     cfg_mult = 2 if (guidance != 1.0 and null_emb is not None) else 1
     nfe = 0
     recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight")}
     for j in range(t):
-        shared = j <= branch
-        compute = ~shared | (leader == torch.arange(b))
+        compute = computed[:, j]
         rows = compute.nonzero().flatten()
         sigma = table.sigma[j].float().to(device).expand(len(rows))
         v_rows = policy.velocity(x[rows].to(dtype), sigma, emb[rows], null_emb, guidance).float()

@@ -20,6 +20,8 @@ class ModelConfig:
     """Policy backend: toy (the toy world's tiny Wan DiT) or wan (diffusers Wan2.1 directory)."""
     path: str = "toy-base"
     """toy: a shipped checkpoint name or a directory; wan: a local diffusers Wan2.1 directory."""
+    arch: str | None = None
+    """wan: the architecture (wan2.1-t2v-1.3b, wan2.1-t2v-14b), for estimates without the weights."""
     lora_rank: int = 0
     """LoRA rank through peft; 0 trains every weight (the reference is then a frozen copy)."""
     lora_alpha: float = 32.0

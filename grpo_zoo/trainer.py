@@ -90,7 +90,7 @@ def check(cfg: RunConfig) -> None:
     except ConfigError as err:
         msg = str(err)
         raise ConfigError(msg if msg.startswith("group_size") else f"algorithm.{msg}") from None
-    rewards.get(cfg.reward.name, **cfg.reward.options)
+    reward = rewards.get(cfg.reward.name, **cfg.reward.options)
     if cfg.data.prompts_per_step % world:
         raise ConfigError(
             f"data.prompts_per_step: {cfg.data.prompts_per_step} prompt groups do not split over {world} ranks; "
@@ -109,6 +109,8 @@ def check(cfg: RunConfig) -> None:
         raise ConfigError(f"model.path: no Wan model directory at {cfg.model.path!r}")
     load_prompts(cfg.data.prompts, "data.prompts")
     load_prompts(cfg.data.eval_prompts, "data.eval_prompts")
+    if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
+        reward.check()
 
 
 class Trainer:
@@ -147,6 +149,7 @@ class Trainer:
         self.cfg_mult = 2 if self.null_emb is not None else 1
         self.step = 0
         self.last_eval: tuple[int, dict] | None = None
+        self.last_videos = None
         self._resume()
 
     # -- setup -------------------------------------------------------------------------
@@ -218,7 +221,7 @@ class Trainer:
             dtype=self.dtype,
             device=self.device,
         )
-        scores = self.reward_fn(self.policy.decode(ro.latents), texts)
+        scores = rewards.score(self.reward_fn, self.policy.decode, ro.latents, texts, g)
         r_local = scores[cfg.reward.name].float().cpu()
         if not torch.isfinite(r_local).all():
             raise NonFiniteError(f"non-finite reward at step {step}")
@@ -368,6 +371,10 @@ class Trainer:
             from grpo_zoo.media import save_grid
 
             save_grid(videos[:16], self.run.path / "eval" / f"step-{self.step:06d}.png", mine[:16])
+        if cfg.save_eval_videos:  # kept (as uint8, on the host) until the run ends: see _write_eval_videos
+            from grpo_zoo.media import to_uint8
+
+            self.last_videos = (to_uint8(videos.cpu()), mine)
         return row
 
     def param_checksum(self) -> float:
@@ -409,6 +416,16 @@ class Trainer:
         if self.rank == 0:
             self.run.commit_checkpoint(self.step)
         self.engine.barrier()
+
+    def _write_eval_videos(self) -> None:
+        """The last evaluation's videos as mp4 files named as VBench expects (every rank its own)."""
+        if self.last_videos is None:
+            return
+        from grpo_zoo.vbench import save_eval_videos
+
+        frames, prompts = self.last_videos
+        local = self.cfg.data.eval_samples // self.world
+        save_eval_videos(frames, prompts, self.rank * local, len(self.eval_prompts), self.run.path / "eval" / "videos")
 
     def evaluate_and_log(self) -> dict:
         row = self.evaluate()
@@ -467,6 +484,7 @@ class Trainer:
             bar.close()
             if self.last_eval is None or (status == "completed" and self.last_eval[0] != self.step):
                 self.evaluate_and_log()
+            self._write_eval_videos()
             last_eval = self.last_eval[1]
             if self.step % cfg.checkpoint_every != 0:
                 self.save_checkpoint()

@@ -12,6 +12,7 @@ variant aggregate together.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,10 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
         "status": run.status().get("status"),
         "completed": run.is_complete(),
     }
+    vbench = path / "vbench.json"
+    if vbench.exists():  # VBench's scores of the final eval videos (python -m grpo_zoo.vbench ingest)
+        for dim, score in json.loads(vbench.read_text()).items():
+            info[f"vbench/{dim}"] = score
     rows = pd.DataFrame(run.rows())
     if rows.empty:
         return rows, info

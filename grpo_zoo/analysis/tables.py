@@ -57,8 +57,15 @@ def render(df: pd.DataFrame, fmt: str) -> str:
 
 
 def table1(data: Runs) -> pd.DataFrame:
-    """Method, device-hours, the eval metrics (mean ± CI half-width over seeds), collapse flag."""
-    cols = [c for c in TABLE1_METRICS if c in data.runs]
+    """Method, device-hours, the eval metrics (mean ± CI half-width over seeds), collapse flag.
+    Where runs carry VBench's scores (vbench.json), those replace the in-loop metrics."""
+    names = dict(TABLE1_METRICS)
+    for col in list(names):
+        vb = "vbench/" + col.split("/", 1)[1]
+        if vb in data.runs and data.runs[vb].notna().any():
+            names[vb] = f"{names.pop(col)} (VBench)"
+    names["eval/reward"] = names.pop("eval/reward")
+    cols = [c for c in names if c in data.runs]
     agg = aggregate(data.runs, cols + ["compute/device_hours"])
     collapse = collapse_table(data)
     rows = []
@@ -71,13 +78,13 @@ def table1(data: Runs) -> pd.DataFrame:
             "Device hours": _fmt(a.get("compute/device_hours", np.nan), digits=4),
         }
         for col in cols:
-            row[TABLE1_METRICS[col]] = _fmt(a[col], a.get(f"{col} ci_low", np.nan), a.get(f"{col} ci_high", np.nan))
+            row[names[col]] = _fmt(a[col], a.get(f"{col} ci_low", np.nan), a.get(f"{col} ci_high", np.nan))
         steps = c["collapse_step"].dropna()
         row["Collapsed"] = f"{n_col}/{len(c)}" + (f" (step {int(steps.min())})" if n_col else "")
         rows.append(row)
     df = pd.DataFrame(rows)
-    means = agg.rename(columns=TABLE1_METRICS)
-    return _mark_best(df, [TABLE1_METRICS[c] for c in cols], means, {})
+    means = agg.rename(columns=names)
+    return _mark_best(df, [names[c] for c in cols], means, {})
 
 
 def efficiency(data: Runs, target: float | None = None, x: str = "compute/device_hours") -> tuple[pd.DataFrame, float]:

@@ -57,6 +57,33 @@ for _name in ("toy_motion", "toy_aesthetic", "toy_prompt", "toy_hps"):
     register(_name)(_toy(_name))
 
 
+@register("hpsv3")
+def _hpsv3(**options) -> RewardFn:
+    import inspect
+
+    from grpo_zoo.rewards.hpsv3 import HPSv3Reward
+
+    known = set(inspect.signature(HPSv3Reward).parameters)
+    unknown = set(options) - known
+    if unknown:
+        raise ConfigError(
+            f"reward.options: unknown hpsv3 option {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
+        )
+    return HPSv3Reward(**options)
+
+
+def score(reward_fn: RewardFn, decode, latents: torch.Tensor, prompts: list[str], chunk: int) -> dict:
+    """Decode latents and score them. A reward with `submit` (a remote service) scores each
+    chunk while the next one decodes; any other is called once on all the videos."""
+    if not hasattr(reward_fn, "submit"):
+        return reward_fn(decode(latents), prompts)
+    futures = [
+        reward_fn.submit(decode(latents[s : s + chunk]), prompts[s : s + chunk]) for s in range(0, len(latents), chunk)
+    ]
+    parts = [f.result() for f in futures]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 def eval_metrics(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Table 1's eval metrics where this toolkit can compute them from pixels: the toy
     world's (for toy prompts); for real prompts VBench runs offline (see the report)."""

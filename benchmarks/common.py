@@ -1,0 +1,177 @@
+"""What every benchmark shares: a real Trainer on the toy world, timers, peak memory.
+
+Benchmarks run the library's own code paths (the trainer's iteration, the rollout sampler)
+on the embedded toy model, in one process, one configuration after another, so the ratios
+they print are taken on the same machine in the same run.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_BASE = ROOT / "experiments" / "toy" / "base.yaml"
+
+ALGORITHMS = {
+    "flow_grpo": {"name": "flow_grpo", "timestep_fraction": 0.6},
+    "flow_grpo_fast_w1": {"name": "flow_grpo_fast", "window": 1},
+    "flow_grpo_fast_w2": {"name": "flow_grpo_fast", "window": 2},
+    "flow_grpo_fast_w3": {"name": "flow_grpo_fast", "window": 3},
+    "flash_grpo": {"name": "flash_grpo", "grouping": "iso_temporal", "rectify": True},
+}
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    return info
+
+
+def make_trainer(algorithm: str, steps: int, group_size: int, prompts: int = 4, **extra):
+    """A Trainer for the toy base config with these settings, in a throwaway run directory."""
+    from grpo_zoo.config import apply_overrides, build, load_config_file
+    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.trainer import Trainer
+
+    data = load_config_file(TOY_BASE)
+    run_dir = tempfile.mkdtemp(prefix="grpo-zoo-bench-")
+    over = {
+        "algorithm": ALGORITHMS[algorithm],
+        "sampling.steps": steps,
+        "data.group_size": group_size,
+        "data.prompts_per_step": prompts,
+        "data.eval_samples": 4,
+        "sampling.eval_steps": 2,
+        "save_eval_videos": False,
+        "run_dir": run_dir,
+        **extra,
+    }
+    data = apply_overrides(data, over)
+    return Trainer(build(RunConfig, data), progress=False)
+
+
+def release(trainer) -> None:
+    """Free a trainer without tearing down the process group the next one reuses."""
+    import shutil
+
+    shutil.rmtree(trainer.run.path, ignore_errors=True)
+    del trainer
+    gc.collect()
+
+
+class PeakRSS:
+    """Peak resident memory above the level at entry, sampled every 5 ms (CPU); on CUDA the
+    allocator's peak. Bytes."""
+
+    def __enter__(self):
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return self
+        self.base = self.peak = _rss()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self):
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, _rss())
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self.bytes = torch.cuda.max_memory_allocated() - self.base
+        else:
+            self.stop.set()
+            self.thread.join()
+            self.peak = max(self.peak, _rss())
+            self.bytes = self.peak - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextmanager
+def model_timer(trainer):
+    """Time spent inside the transformer's forward and in backward passes, per iteration."""
+    module = trainer.engine.module
+    acc = {"forward": 0.0, "backward": 0.0}
+    starts: list[float] = []
+    pre = module.register_forward_pre_hook(lambda *_: starts.append(time.perf_counter()))
+
+    def post(*_):
+        acc["forward"] += time.perf_counter() - starts.pop()
+
+    hook = module.register_forward_hook(post)
+    engine = trainer.engine
+    original = engine.backward
+
+    def timed_backward(*args, **kwargs):
+        t0 = time.perf_counter()
+        out = original(*args, **kwargs)
+        acc["backward"] += time.perf_counter() - t0
+        return out
+
+    engine.backward = timed_backward
+    try:
+        yield acc
+    finally:
+        engine.backward = original
+        pre.remove()
+        hook.remove()
+
+
+def iteration_costs(trainer, iterations: int, warmup: int = 1) -> dict:
+    """Mean cost of `iterations` training iterations after `warmup` (device-s, NFE, FLOPs,
+    backward passes, peak memory, and the split between model and everything else)."""
+    for _ in range(warmup):
+        trainer.iteration()
+        trainer.step += 1
+    before = dict(trainer.meter.total.as_metrics())
+    seconds, peak = 0.0, 0
+    with model_timer(trainer) as acc:
+        for _ in range(iterations):
+            with PeakRSS() as mem:
+                t0 = time.perf_counter()
+                trainer.iteration()
+                seconds += time.perf_counter() - t0
+            trainer.step += 1
+            peak = max(peak, mem.bytes)
+    after = trainer.meter.total.as_metrics()
+    n = iterations
+    model = acc["forward"] + acc["backward"]
+    return {
+        "device_s": seconds / n,
+        "nfe": (after["compute/nfe"] - before["compute/nfe"]) / n,
+        "backward": (after["compute/backward"] - before["compute/backward"]) / n,
+        "flops": (after["compute/flops"] - before["compute/flops"]) / n,
+        "peak_mem_mb": peak / 2**20,
+        "model_s": model / n,
+        "outside_model_share": max(0.0, 1 - model / seconds),
+    }

@@ -1,0 +1,50 @@
+"""Cost of one training iteration per algorithm against T and the group size.
+
+For each configuration a real Trainer runs warm-up + measured iterations on the toy world:
+device-seconds (wall x devices), transformer forwards (NFE), backward passes, FLOPs (the
+meter's count) and peak memory. The measured flow_grpo / flash_grpo time ratio is set
+beside two predictions: from NFE alone, and from FLOPs (forward + backward).
+"""
+
+from __future__ import annotations
+
+from benchmarks.common import ALGORITHMS, iteration_costs, make_trainer, release
+
+
+def measure(algorithms, steps_list, groups, iterations: int, log=print) -> list[dict]:
+    rows = []
+    for g in groups:
+        for steps in steps_list:
+            for alg in algorithms:
+                trainer = make_trainer(alg, steps, g)
+                cost = iteration_costs(trainer, iterations)
+                release(trainer)
+                row = {"algorithm": alg, "T": steps, "G": g, **cost}
+                rows.append(row)
+                log(
+                    f"  {alg:<18} T={steps:<3} G={g:<3} {cost['device_s']:.3f} s  NFE {cost['nfe']:.0f}  "
+                    f"bwd {cost['backward']:.0f}  {cost['flops']:.3g} FLOPs  {cost['peak_mem_mb']:.0f} MB"
+                )
+    return rows
+
+
+def ratios(rows: list[dict], steps: int, g: int) -> dict:
+    by = {r["algorithm"]: r for r in rows if r["T"] == steps and r["G"] == g}
+    flow, flash = by["flow_grpo"], by["flash_grpo"]
+    return {
+        "measured": flow["device_s"] / flash["device_s"],
+        "predicted_from_nfe": flow["nfe"] / flash["nfe"],
+        "predicted_from_flops": flow["flops"] / flash["flops"],
+    }
+
+
+def run(quick: bool, log=print) -> dict:
+    if quick:
+        rows = measure(["flow_grpo", "flash_grpo"], [20], [8], iterations=2, log=log)
+    else:
+        rows = measure(list(ALGORITHMS), [5, 10, 20, 40], [8], iterations=3, log=log)
+        rows += measure(list(ALGORITHMS), [20], [4, 16], iterations=3, log=log)
+    out = {"rows": rows, "ratio_T20": ratios(rows, 20, 8)}
+    if not quick:
+        out["ratio_by_T"] = {t: ratios(rows, t, 8) for t in (5, 10, 20, 40)}
+    return out

@@ -1,0 +1,175 @@
+"""The `hpsv3` reward: a client of the HPSv3 service (grpo_zoo/rewards/hpsv3_service/).
+
+HPSv3 scores images, so a video is scored by `frames` frames sampled evenly over its length;
+the frame scores are aggregated per video by `mean` or `top_fraction` (the mean of the best
+`top_fraction` of the frames: the paper's top 30%). Videos go to the service in requests of
+`batch_size` videos, several in flight at once (`submit` returns a future, so the trainer
+decodes the next chunk while the service scores this one).
+
+Every request carries an id; a request that fails (connection refused while the service
+restarts, a timeout, a 5xx) is retried with the same id after an exponential backoff, up to
+`retries` times; a response must carry that id and exactly one score per frame sent, or
+the reward raises. So a restart mid-run costs time, never a dropped, duplicated or
+misaligned reward; a service that stays down fails the run loudly (it resumes later).
+
+Options (reward.options): url, frames, aggregate, top_fraction, batch_size, timeout,
+retries, backoff, max_in_flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from grpo_zoo.errors import ConfigError
+
+AGGREGATES = ("mean", "top_fraction")
+
+
+def sample_frames(num_frames: int, k: int) -> list[int]:
+    """k frame indices spread evenly over the video, first and last included."""
+    if k >= num_frames:
+        return list(range(num_frames))
+    return [round(i * (num_frames - 1) / (k - 1)) for i in range(k)] if k > 1 else [num_frames // 2]
+
+
+def aggregate(scores: torch.Tensor, how: str, top_fraction: float) -> torch.Tensor:
+    """[B, K] frame scores -> [B] video scores."""
+    if how == "mean":
+        return scores.mean(1)
+    k = max(1, math.ceil(top_fraction * scores.shape[1]))
+    return scores.topk(k, dim=1).values.mean(1)
+
+
+def png_b64(frame: torch.Tensor) -> str:
+    """[3, H, W] in [-1, 1] -> base64 PNG."""
+    from PIL import Image
+
+    arr = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class ServiceError(RuntimeError):
+    """The HPSv3 service did not answer correctly within the retries."""
+
+
+class HPSv3Reward:
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8765",
+        frames: int = 8,
+        aggregate: str = "top_fraction",
+        top_fraction: float = 0.3,
+        batch_size: int = 8,
+        timeout: float = 300.0,
+        retries: int = 6,
+        backoff: float = 1.0,
+        max_in_flight: int = 2,
+    ):
+        if aggregate not in AGGREGATES:
+            raise ConfigError(f"reward.options.aggregate: one of {', '.join(AGGREGATES)}, got {aggregate!r}")
+        if not 0 < top_fraction <= 1 or frames < 1 or batch_size < 1 or retries < 0 or max_in_flight < 1:
+            raise ConfigError(
+                "reward.options: need 0 < top_fraction <= 1, frames >= 1, batch_size >= 1, retries >= 0, "
+                "max_in_flight >= 1"
+            )
+        self.url = url.rstrip("/")
+        self.frames, self.how, self.top_fraction = frames, aggregate, top_fraction
+        self.batch_size, self.timeout, self.retries, self.backoff = batch_size, timeout, retries, backoff
+        self.pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="hpsv3")
+        self.stats = {"requests": 0, "retries": 0}
+
+    # -- the service -------------------------------------------------------------------
+    def check(self) -> None:
+        """Fail early and clearly when the service is not there (trainer.check calls this)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=10) as r:
+                info = json.loads(r.read())
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                f"reward.options.url: the HPSv3 service at {self.url} is unreachable ({err}); start it with "
+                "bash grpo_zoo/rewards/hpsv3_service/serve.sh (see its README)"
+            ) from None
+        if info.get("status") != "ok":
+            raise ConfigError(f"reward.options.url: the HPSv3 service at {self.url} is not ready: {info}")
+
+    def _post(self, body: dict) -> dict:
+        data = json.dumps(body).encode()
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats["retries"] += 1
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            req = urllib.request.Request(
+                f"{self.url}/score", data=data, headers={"Content-Type": "application/json"}, method="POST"
+            )
+            try:
+                self.stats["requests"] += 1
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as err:
+                if 400 <= err.code < 500:  # our request is wrong: retrying cannot help
+                    raise ServiceError(f"HPSv3 service rejected the request: {err.code} {err.read()[:300]!r}") from None
+                last = f"HTTP {err.code}"
+            except (OSError, ValueError) as err:  # refused while restarting, reset, timeout, torn body
+                last = f"{type(err).__name__}: {err}"
+        raise ServiceError(f"HPSv3 service at {self.url} failed {self.retries + 1} times; last: {last}")
+
+    def _score_chunk(self, frames_b64: list[list[str]], prompts: list[str]) -> torch.Tensor:
+        rid = uuid.uuid4().hex
+        body = {"request_id": rid, "items": [{"prompt": p, "frames": f} for p, f in zip(prompts, frames_b64)]}
+        out = self._post(body)
+        scores = out.get("scores")
+        if out.get("request_id") != rid or not isinstance(scores, list) or len(scores) != len(prompts):
+            raise ServiceError(f"HPSv3 service answered another request (id {out.get('request_id')!r}, {rid!r} sent)")
+        for s, f in zip(scores, frames_b64):
+            if len(s) != len(f):
+                raise ServiceError(f"HPSv3 service returned {len(s)} frame scores for {len(f)} frames")
+        return torch.tensor(scores, dtype=torch.float32)
+
+    # -- the reward interface ------------------------------------------------------------
+    def submit(self, videos: torch.Tensor, prompts: list[str]) -> Future:
+        """Start scoring these videos; the future's result is what __call__ returns."""
+        idx = sample_frames(videos.shape[2], self.frames)
+        frames = [[png_b64(v[:, i]) for i in idx] for v in videos]
+        chunks = [
+            self.pool.submit(self._score_chunk, frames[s : s + self.batch_size], prompts[s : s + self.batch_size])
+            for s in range(0, len(prompts), self.batch_size)
+        ]
+        done: Future = Future()
+        lock = threading.Lock()
+
+        def collect(_=None):
+            with lock:
+                if not all(c.done() for c in chunks) or done.done():
+                    return
+                try:
+                    per_frame = torch.cat([c.result() for c in chunks])
+                    done.set_result(
+                        {
+                            "hpsv3": aggregate(per_frame, self.how, self.top_fraction),
+                            "hpsv3_frame_mean": per_frame.mean(1),
+                        }
+                    )
+                except Exception as err:
+                    done.set_exception(err)
+
+        for c in chunks:
+            c.add_done_callback(collect)
+        return done
+
+    def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return self.submit(videos, prompts).result()

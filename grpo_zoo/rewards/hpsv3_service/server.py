@@ -1,0 +1,222 @@
+"""The HPSv3 reward service: HTTP in front of hpsv3's HPSv3RewardInferencer.
+
+Runs in its own environment (hpsv3 pins transformers 4.45.2 and installs top-level
+`evaluate`/`generate` packages), created by setup.sh beside this file; it imports nothing
+from grpo_zoo. Start it with serve.sh, or directly:
+
+    .venv-hpsv3/bin/python grpo_zoo/rewards/hpsv3_service/server.py \\
+        --checkpoint /models/HPSv3/HPSv3.safetensors --base-model /models/Qwen2-VL-7B-Instruct \\
+        --port 8765 --device cuda --batch-size 16
+
+Endpoints:
+- GET /health: {"status": "ok", "device", "batch_size", "scored"}.
+- POST /score: {"request_id": str, "items": [{"prompt": str, "frames": [base64 PNG, ...]}]}
+  -> {"request_id", "scores": [[score per frame], ...]} (HPSv3's mu per frame). Frames of
+  concurrent requests are batched together, up to --batch-size images per forward.
+  Malformed requests get 400/422 with the reason; a failing batch gets 500; the server
+  stays up either way. A repeated request_id (a client retrying a request whose answer it
+  lost) is answered from a cache of recent results, not scored twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import contextlib
+import io
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import uvicorn
+import yaml
+from fastapi import FastAPI, HTTPException
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
+
+_TORCHVISION_DEFS = None
+
+
+def import_torchvision() -> None:
+    """Import torchvision, also where its compiled ops cannot load.
+
+    PyPI's torchvision wheels are CUDA builds: beside the CPU torch (a CPU-only test machine)
+    their compiled ops do not load, and torchvision then fails at import while registering
+    fake kernels for two of those ops. Declaring the two schemas lets its Python parts
+    import; hpsv3 uses none of the compiled ops (calling one would still fail loudly).
+    """
+    global _TORCHVISION_DEFS
+    import sys
+
+    import torch
+
+    try:
+        import torchvision  # noqa: F401
+
+        return
+    except RuntimeError as err:
+        if "torchvision::nms" not in str(err):
+            raise
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    _TORCHVISION_DEFS = torch.library.Library("torchvision", "DEF")
+    for op in ("nms", "qnms"):
+        _TORCHVISION_DEFS.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    import torchvision  # noqa: F401, F811
+
+
+class Item(BaseModel):
+    prompt: str = Field(max_length=4000)
+    frames: list[str] = Field(min_length=1, max_length=256)
+
+
+class ScoreRequest(BaseModel):
+    request_id: str = Field(min_length=1, max_length=128)
+    items: list[Item] = Field(min_length=1, max_length=4096)
+
+
+def inferencer_config(base_model: str, dtype: str) -> str:
+    """hpsv3's inference YAML with the local base model and no training-only settings."""
+    import hpsv3
+
+    packaged = Path(hpsv3.__file__).parent / "config" / "HPSv3_7B.yaml"
+    cfg = yaml.safe_load(packaged.read_text())
+    cfg.update(
+        model_name_or_path=str(base_model),
+        bf16=dtype == "bf16",
+        torch_dtype="bfloat16" if dtype == "bf16" else "float32",
+        deepspeed=None,
+        report_to="none",
+        disable_flash_attn2=True,
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+    )
+    path = Path(tempfile.mkdtemp(prefix="hpsv3-")) / "HPSv3_inference.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+class Scorer:
+    """Batches frames from concurrent requests into model forwards of at most `batch_size`."""
+
+    def __init__(self, model, batch_size: int, wait_s: float = 0.01):
+        self.model, self.batch_size, self.wait_s = model, batch_size, wait_s
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.lock = threading.Lock()
+        self.scored = 0
+
+    def forward(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
+        import torch
+
+        with self.lock, torch.no_grad():
+            out = self.model.reward(images, prompts)
+        self.scored += len(images)
+        return [float(v) for v in out[:, 0].float().cpu()]
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.wait_s
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time())))
+                except asyncio.TimeoutError:
+                    break
+            images, prompts = [b[0] for b in batch], [b[1] for b in batch]
+            try:
+                scores = await loop.run_in_executor(None, self.forward, images, prompts)
+            except Exception as err:  # noqa: BLE001 - the batch fails, the service stays
+                for b in batch:
+                    if not b[2].done():
+                        b[2].set_exception(err)
+                continue
+            for b, s in zip(batch, scores):
+                if not b[2].done():
+                    b[2].set_result(s)
+
+    async def score(self, image: Image.Image, prompt: str) -> float:
+        fut = asyncio.get_running_loop().create_future()
+        await self.queue.put((image, prompt, fut))
+        return await fut
+
+
+def decode_frame(text: str) -> Image.Image:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        img = Image.open(io.BytesIO(raw))
+        img.load()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as err:
+        raise HTTPException(400, f"a frame is not a base64-encoded image: {type(err).__name__}") from None
+    return img.convert("RGB")
+
+
+def make_app(model, batch_size: int, device: str, cache_size: int = 512) -> FastAPI:
+    scorer = Scorer(model, batch_size)
+    done: OrderedDict[str, dict] = OrderedDict()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(scorer.run())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="HPSv3 reward service", lifespan=lifespan)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "device": device, "batch_size": batch_size, "scored": scorer.scored, "pid": os.getpid()}
+
+    @app.post("/score")
+    async def score(req: ScoreRequest) -> dict:
+        if req.request_id in done:
+            return done[req.request_id]
+        decoded = [[decode_frame(f) for f in item.frames] for item in req.items]
+        try:
+            scores = await asyncio.gather(
+                *[
+                    asyncio.gather(*[scorer.score(img, item.prompt) for img in frames])
+                    for item, frames in zip(req.items, decoded)
+                ]
+            )
+        except Exception as err:  # noqa: BLE001
+            raise HTTPException(500, f"scoring failed: {type(err).__name__}: {err}") from None
+        out = {"request_id": req.request_id, "scores": [list(s) for s in scores]}
+        done[req.request_id] = out
+        while len(done) > cache_size:
+            done.popitem(last=False)
+        return out
+
+    return app
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="HPSv3 reward service")
+    p.add_argument("--checkpoint", required=True, help="HPSv3 weights (.safetensors or .pth)")
+    p.add_argument("--base-model", required=True, help="local Qwen2-VL directory (HPSv3's base model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--batch-size", type=int, default=16, help="images per model forward")
+    args = p.parse_args()
+    for name in ("checkpoint", "base_model"):
+        if not Path(getattr(args, name)).exists():
+            p.error(f"--{name.replace('_', '-')}: {getattr(args, name)} does not exist")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import_torchvision()
+    from hpsv3 import HPSv3RewardInferencer
+
+    model = HPSv3RewardInferencer(
+        config_path=inferencer_config(args.base_model, args.dtype), checkpoint_path=args.checkpoint, device=args.device
+    )
+    print(f"HPSv3 loaded on {args.device}; serving on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(make_app(model, args.batch_size, args.device), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
