@@ -34,35 +34,22 @@ def main(argv=None) -> int:
     import logging
 
     logging.disable(logging.WARNING)
-    from benchmarks import iteration_cost, overhead
     from benchmarks.common import machine
 
     names = args.only or (["iteration_cost", "overhead"] if args.quick else list(NAMES))
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     result: dict = {"machine": machine(), "quick": args.quick}
     start = time.time()
-    if "iteration_cost" in names:
-        log("iteration cost")
-        result["iteration_cost"] = iteration_cost.run(args.quick, log)
-        r = result["iteration_cost"]["ratio_T20"]
-        result["iteration_cost_ratio_flow_over_flash_T20"] = r["measured"]
-        result["predicted_ratio_from_nfe_T20"] = r["predicted_from_nfe"]
-        result["predicted_ratio_from_flops_T20"] = r["predicted_from_flops"]
-    if "overhead" in names:
-        log("overhead")
-        result["overhead"] = overhead.run(args.quick, log)
-        result["sampler_overhead_ratio"] = max(s["ratio_per_nfe"] for s in result["overhead"]["sampler"])
-        result["outside_model_share"] = max(s["outside_model_share"] for s in result["overhead"]["outside"])
-    if "time_to_target" in names:
-        from benchmarks import time_to_target
-
-        log("time to target")
-        result["time_to_target"] = time_to_target.run(Path(args.runs_dir), log=log)
+    # libraries print build messages on stdout: while measuring, stdout goes to stderr
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        _measure(args, names, result, log, lambda: _save(args, result))
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
     result["seconds"] = time.time() - start
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # the trainers shared one process group
-        dist.destroy_process_group()
     text = json.dumps(_clean(result), indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
@@ -73,6 +60,40 @@ def main(argv=None) -> int:
 
         print(markdown(result))
     return 0
+
+
+def _save(args, result) -> None:
+    """Write what is measured so far (a long run that fails later keeps it)."""
+    if args.out:
+        Path(args.out).write_text(json.dumps(_clean(result), indent=1) + "\n")
+
+
+def _measure(args, names, result, log, save) -> None:
+    from benchmarks import iteration_cost, overhead
+
+    if "iteration_cost" in names:
+        log("iteration cost")
+        result["iteration_cost"] = iteration_cost.run(args.quick, log)
+        r = result["iteration_cost"]["ratio_T20"]
+        result["iteration_cost_ratio_flow_over_flash_T20"] = r["measured"]
+        result["predicted_ratio_from_nfe_T20"] = r["predicted_from_nfe"]
+        result["predicted_ratio_from_flops_T20"] = r["predicted_from_flops"]
+        save()
+    if "overhead" in names:
+        log("overhead")
+        result["overhead"] = overhead.run(args.quick, log)
+        result["sampler_overhead_ratio"] = max(s["ratio_per_nfe"] for s in result["overhead"]["sampler"])
+        result["outside_model_share"] = max(s["outside_model_share"] for s in result["overhead"]["outside"])
+        save()
+    if "time_to_target" in names:
+        from benchmarks import time_to_target
+
+        log("time to target")
+        result["time_to_target"] = time_to_target.run(Path(args.runs_dir), log=log)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # the trainers shared one process group
+        dist.destroy_process_group()
 
 
 def _clean(obj):

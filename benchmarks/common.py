@@ -10,8 +10,8 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import statistics
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,39 +82,29 @@ def release(trainer) -> None:
     gc.collect()
 
 
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every 5 ms (CPU); on CUDA the
-    allocator's peak. Bytes."""
+def peak_memory_mb(trainer) -> float:
+    """Peak memory of tensors allocated during one iteration, above the level at its start.
 
-    def __enter__(self):
-        self.cuda = torch.cuda.is_available()
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return self
-        self.base = self.peak = _rss()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
+    CPU: from the allocation and free events torch's profiler records (every tensor
+    allocation, in order), which is deterministic, unlike the process's resident size that
+    the C allocator's caching blurs. CUDA: torch.cuda.max_memory_allocated."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        trainer.iteration()
+        trainer.step += 1
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
 
-    def _watch(self):
-        while not self.stop.wait(0.005):
-            self.peak = max(self.peak, _rss())
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            self.bytes = torch.cuda.max_memory_allocated() - self.base
-        else:
-            self.stop.set()
-            self.thread.join()
-            self.peak = max(self.peak, _rss())
-            self.bytes = self.peak - self.base
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        trainer.iteration()
+    trainer.step += 1
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 @contextmanager
@@ -148,30 +138,33 @@ def model_timer(trainer):
 
 
 def iteration_costs(trainer, iterations: int, warmup: int = 1) -> dict:
-    """Mean cost of `iterations` training iterations after `warmup` (device-s, NFE, FLOPs,
-    backward passes, peak memory, and the split between model and everything else)."""
+    """Cost of `iterations` training iterations after `warmup` (median device-s; mean NFE, FLOPs,
+    backward passes, the split between model and everything else), and the peak memory of
+    one more iteration."""
     for _ in range(warmup):
         trainer.iteration()
         trainer.step += 1
     before = dict(trainer.meter.total.as_metrics())
-    seconds, peak = 0.0, 0
+    times = []
     with model_timer(trainer) as acc:
         for _ in range(iterations):
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                trainer.iteration()
-                seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            trainer.iteration()
+            times.append(time.perf_counter() - t0)
             trainer.step += 1
-            peak = max(peak, mem.bytes)
+    seconds = sum(times)
     after = trainer.meter.total.as_metrics()
+    peak = peak_memory_mb(trainer)  # one more iteration, profiled (not timed)
     n = iterations
     model = acc["forward"] + acc["backward"]
     return {
-        "device_s": seconds / n,
+        "device_s": statistics.median(times),  # robust to one disturbed iteration
+        "device_s_min": min(times),
+        "device_s_max": max(times),
         "nfe": (after["compute/nfe"] - before["compute/nfe"]) / n,
         "backward": (after["compute/backward"] - before["compute/backward"]) / n,
         "flops": (after["compute/flops"] - before["compute/flops"]) / n,
-        "peak_mem_mb": peak / 2**20,
+        "peak_mem_mb": peak,
         "model_s": model / n,
-        "outside_model_share": max(0.0, 1 - model / seconds),
+        "outside_model_share": max(0.0, 1 - model / seconds),  # over all the timed iterations
     }

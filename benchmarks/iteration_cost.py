@@ -2,7 +2,7 @@
 
 For each configuration a real Trainer runs warm-up + measured iterations on the toy world:
 device-seconds (wall x devices), transformer forwards (NFE), backward passes, FLOPs (the
-meter's count) and peak memory. The measured flow_grpo / flash_grpo time ratio is set
+meter's count) and the peak memory of the tensors allocated in an iteration. The measured flow_grpo / flash_grpo time ratio is set
 beside two predictions: from NFE alone, and from FLOPs (forward + backward).
 """
 
@@ -42,8 +42,8 @@ def run(quick: bool, log=print) -> dict:
     if quick:
         rows = measure(["flow_grpo", "flash_grpo"], [20], [8], iterations=2, log=log)
     else:
-        rows = measure(list(ALGORITHMS), [5, 10, 20, 40], [8], iterations=3, log=log)
-        rows += measure(list(ALGORITHMS), [20], [4, 16], iterations=3, log=log)
+        rows = measure(list(ALGORITHMS), [5, 10, 20, 40], [8], iterations=5, log=log)
+        rows += measure(list(ALGORITHMS), [20], [4, 16], iterations=5, log=log)
     out = {"rows": rows, "ratio_T20": ratios(rows, 20, 8)}
     if not quick:
         out["ratio_by_T"] = {t: ratios(rows, t, 8) for t in (5, 10, 20, 40)}

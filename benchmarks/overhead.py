@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -38,20 +39,27 @@ def sampler_overhead(algorithm: str, steps: int, group_size: int, reps: int) -> 
     emb = trainer.policy.encode(prompts).repeat_interleave(group_size, 0)
     plan = trainer.algorithm.plan(p, group_size, trainer.table, generator(0, "plan"))
     trainer.policy.eval()
-    times = {"sampler": [], "bare": []}
-    for i in range(reps + 1):  # the first of each is a warm-up
-        t0 = time.perf_counter()
-        ro = rollout(trainer.policy, emb, None, plan, trainer.table, 1.0, generator(i, "rollout"))
-        t1 = time.perf_counter()
-        bare_euler(trainer.policy, emb, trainer.table, generator(i, "bare"))
-        t2 = time.perf_counter()
-        if i:
-            times["sampler"].append(t1 - t0)
-            times["bare"].append(t2 - t1)
-    nfe = ro.nfe
-    release(trainer)
     bare_nfe = len(emb) * steps
-    sampler_s, bare_s = min(times["sampler"]), min(times["bare"])  # min: least disturbed by the OS
+    nfe, ratios, times = 0, [], {"sampler": [], "bare": []}
+    for i in range(reps + 1):  # the first pair is a warm-up
+        # each pair runs back to back, in alternating order, so a slow spell of the machine
+        # (other tenants, frequency changes) hits both sides; the median ratio is reported
+        order = ("sampler", "bare") if i % 2 else ("bare", "sampler")
+        pair = {}
+        for side in order:
+            t0 = time.perf_counter()
+            if side == "sampler":
+                ro = rollout(trainer.policy, emb, None, plan, trainer.table, 1.0, generator(i, "rollout"))
+                nfe = ro.nfe
+            else:
+                bare_euler(trainer.policy, emb, trainer.table, generator(i, "bare"))
+            pair[side] = time.perf_counter() - t0
+        if i:
+            times["sampler"].append(pair["sampler"])
+            times["bare"].append(pair["bare"])
+            ratios.append((pair["sampler"] / nfe) / (pair["bare"] / bare_nfe))
+    release(trainer)
+    sampler_s, bare_s = statistics.median(times["sampler"]), statistics.median(times["bare"])
     return {
         "algorithm": algorithm,
         "T": steps,
@@ -60,7 +68,9 @@ def sampler_overhead(algorithm: str, steps: int, group_size: int, reps: int) -> 
         "bare_s": bare_s,
         "sampler_nfe": nfe,
         "bare_nfe": bare_nfe,
-        "ratio_per_nfe": (sampler_s / nfe) / (bare_s / bare_nfe),
+        "ratio_per_nfe": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
     }
 
 
@@ -85,7 +95,7 @@ def profile(algorithm: str, steps: int, group_size: int, rows: int = 15) -> str:
 
 
 def run(quick: bool, log=print) -> dict:
-    reps = 3 if quick else 7
+    reps = 6 if quick else 15
     samp = [sampler_overhead("flow_grpo", 20, 8, reps)]
     if not quick:
         samp.append(sampler_overhead("flash_grpo", 20, 8, reps))

@@ -101,29 +101,31 @@ def rollout(
     recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight")}
     for j in range(t):
         compute = computed[:, j]
+        every = bool(compute.all())
         rows = compute.nonzero().flatten()
+        x_in = x if every else x[rows]
         sigma = table.sigma[j].float().to(device).expand(len(rows))
-        v_rows = policy.velocity(x[rows].to(dtype), sigma, emb[rows], null_emb, guidance).float()
+        v = policy.velocity(x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance).float()
         nfe += len(rows) * cfg_mult
-        v = torch.empty_like(x)
-        v[rows] = v_rows
-        v[~compute] = v[leader[~compute]]
+        if not every:  # rows of a shared prefix take their group leader's velocity
+            full = torch.empty_like(x)
+            full[rows] = v
+            full[~compute] = full[leader[~compute]]
+            v = full
         eps = torch.randn(x.shape, generator=gen).to(device)
-        x_next = ode_step(x, v, table.sigma[j].float(), table.sigma_next[j].float())
-        sde_rows = plan.sde[:, j].nonzero().flatten()
+        sde = plan.sde[:, j]
         logp = torch.zeros(b)
-        if len(sde_rows):
-            xs, lp, _ = sde_step(
-                table.kind,
-                x[sde_rows],
-                v[sde_rows],
-                table.sigma[j],
-                table.sigma_next[j],
-                table.std_t[j],
-                noise=eps[sde_rows],
-            )
-            x_next[sde_rows] = xs
-            logp[sde_rows] = lp.cpu()
+        step = (table.sigma[j], table.sigma_next[j], table.std_t[j])
+        if bool(sde.all()):  # every row stochastic (the common case of Flow-GRPO's SDE window)
+            x_next, lp, _ = sde_step(table.kind, x, v, *step, noise=eps)
+            logp = lp.cpu()
+        else:
+            x_next = ode_step(x, v, table.sigma[j].float(), table.sigma_next[j].float())
+            sde_rows = sde.nonzero().flatten()
+            if len(sde_rows):
+                xs, lp, _ = sde_step(table.kind, x[sde_rows], v[sde_rows], *step, noise=eps[sde_rows])
+                x_next[sde_rows] = xs
+                logp[sde_rows] = lp.cpu()
         train_rows = plan.train[:, j].nonzero().flatten()
         if len(train_rows):
             recs["traj"].append(train_rows)

@@ -126,6 +126,7 @@ def test_estimate_cli_on_the_paper_configs():
     assert bad.returncode == 2 and "does not split over 3 GPUs" in bad.stderr
 
 
+@pytest.mark.slow
 def test_vbench_export_and_ingest_reach_table1(tmp_path, train):
     runs = tmp_path / "runs"
     for seed in (0, 1):

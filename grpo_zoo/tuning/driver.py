@@ -130,6 +130,10 @@ class Tuner:
         study = self.studies[task.variant]
         trial = optuna.trial.Trial(study, task.trial_id)
         run_dir = self.run_dir(task)
+        missing = set(self.spec.spaces[task.variant]) - set(task.params)
+        if missing:  # its driver died between asking and drawing: it never ran, and cannot be rebuilt
+            self.finish(task, TrialState.FAIL, None, f"orphaned before {sorted(missing)[0]} was drawn")
+            return
         try:
             config = trial_config(self.bases[task.variant], self.spec, task.params, str(run_dir.resolve()))
         except ConfigError as err:
@@ -155,14 +159,14 @@ class Tuner:
                 self.spec.rungs,
                 self.spec.collapse_drop,
             )
-            with self.lock:
-                job = self.executor.submit(TrainJob(config, self.threads, hooks=[hook]))
-            trial.set_user_attr("job_id", str(job.job_id))
-            while not job.done():
-                time.sleep(1)
             try:
+                with self.lock:
+                    job = self.executor.submit(TrainJob(config, self.threads, hooks=[hook]))
+                trial.set_user_attr("job_id", str(job.job_id))
+                while not job.done():
+                    time.sleep(1)
                 job.result()
-            except Exception as err:
+            except Exception as err:  # the job failed (or could not be submitted): the trial fails, the study goes on
                 lines = str(err).strip().splitlines()
                 error = lines[-1] if lines else type(err).__name__
         state, value, reason = outcome(run_dir, error)
