@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 
@@ -118,6 +120,8 @@ def markdown(res: dict) -> str:
         for r in rows:
             r["device_s"] = r["compute/device_hours"] * 3600
             r["flops"] = r["compute/flops"]
+            r["device_s_all"] = r["compute/device_hours_lower_bound"] * 3600
+            r["flops_all"] = r["compute/flops_lower_bound"]
             r["reached"] = f"{r['reached']}/{r['seeds']}"
         out += [
             f"## Time to target (eval reward {tt['target']})",
@@ -156,3 +160,22 @@ def markdown(res: dict) -> str:
             )
         )
     return "\n".join(out) + "\n"
+
+
+def merge(paths: list[str]) -> dict:
+    """Results of several runs (e.g. --only time_to_target and the rest) as one."""
+    import json
+
+    out: dict = {}
+    for p in paths:
+        data = json.loads(Path(p).read_text())
+        seconds = out.get("seconds", 0) + (data.get("seconds") or 0)
+        out.update(data)
+        out["seconds"] = seconds
+    return out
+
+
+if __name__ == "__main__":  # python -m benchmarks.report RESULT.json [RESULT.json ...] > tables.md
+    import sys
+
+    print(markdown(merge(sys.argv[1:])))
