@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from grpo_zoo.config import build, load_config_file
 from grpo_zoo.experiment import load_experiment
+from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
 
 from .conftest import ROOT, run_module
@@ -52,6 +54,12 @@ def test_experiment_files_expand_and_validate():
         if path.parent.name == "toy":
             continue
         first = path.read_text().splitlines()[0]
+        if "variants" not in yaml.safe_load(path.read_text()):  # a run config (wan2.1/1.3b.yaml ...)
+            assert first.startswith("# ") and (
+                "python -m grpo_zoo.train" in first or "Not a run" in path.read_text()
+            ), path
+            build(RunConfig, load_config_file(path))
+            continue
         assert first.startswith("# python -m grpo_zoo.sweep"), path
         exp = load_experiment(path, "/tmp/runs")
         assert exp.runs and len({r.name for r in exp.runs}) == len(exp.runs)
