@@ -7,7 +7,6 @@ object (the headline ratios at the top level), with --format md the tables of BE
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -19,7 +18,9 @@ NAMES = ("iteration_cost", "overhead", "time_to_target")
 
 
 def parse(argv):
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    from grpo_zoo.errors import ArgParser
+
+    p = ArgParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="headline ratios only (CI)")
     p.add_argument("--format", choices=("json", "md"), default="md")
     p.add_argument("--only", nargs="+", choices=NAMES, default=None)
@@ -29,7 +30,13 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
+    from grpo_zoo.errors import ConfigError
+
+    try:
+        args = parse(argv)
+    except ConfigError as err:  # one line and exit status 2, as every grpo_zoo command
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     os.environ.setdefault("TQDM_DISABLE", "1")
     import logging
 
