@@ -63,11 +63,15 @@ class PretrainConfig:
     """Start from this checkpoint (a name or directory) instead of random weights."""
     data_seed_offset: int = 0
     """Added to the data seed (so a continued pretraining sees fresh samples)."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights, saved instead of the raw ones (0 = off)."""
 
     def validate(self) -> None:
         for name in ("label_noise", "static_prob", "slow_min", "cfg_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}: must lie in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"ema: must lie in [0, 1), got {self.ema}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("steps and batch_size: must be positive")
 
@@ -114,6 +118,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
         return 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(transformer, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     rows = []
     start = time.time()
     bar = tqdm(range(cfg.steps), desc="pretrain", dynamic_ncols=True)
@@ -134,6 +143,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
         sched.step()
+        if ema is not None:
+            ema.update_parameters(transformer)
         rows.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - start})
         bar.set_postfix(loss=f"{loss.item():.4f}")
 
@@ -148,7 +159,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             import json
 
             meta["init"] = json.loads(init_meta.read_text())
-    save_checkpoint(tmp, transformer, encoder, meta)
+    save_checkpoint(tmp, transformer if ema is None else ema.module, encoder, meta)
     (tmp / "pretrain.yaml").write_text(
         "# python -m grpo_zoo.toy.pretrain grpo_zoo/toy/checkpoints/toy-base/pretrain.yaml\n"
         + yaml.safe_dump(to_dict(cfg), sort_keys=False)
