@@ -8,6 +8,7 @@ collapse; and report.md, an index that shows them all.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -15,20 +16,28 @@ from grpo_zoo.errors import ArgParser, ConfigError, cli
 
 
 def write_report(
-    root: str | Path, out: str | Path | None = None, target: float | None = None, drop: float = 0.3
+    root: str | Path,
+    out: str | Path | None = None,
+    target: float | None = None,
+    drop: float | None = None,
+    below_base: float | None = None,
+    x: str | None = None,
 ) -> Path:
     from grpo_zoo.analysis import load_runs
     from grpo_zoo.analysis.plots import all_plots
-    from grpo_zoo.analysis.stats import collapse_table
-    from grpo_zoo.analysis.tables import ablation, efficiency, render, table1
+    from grpo_zoo.analysis.stats import BELOW_BASE, DROP, SMOOTH, TEST_NAME, collapse_table
+    from grpo_zoo.analysis.tables import UNITS, ablation, compute_axis, efficiency, headline, render, table1
 
     root = Path(root)
     out = Path(out) if out else root / "report"
     data = load_runs(root)
+    drop = DROP if drop is None else drop
+    below_base = BELOW_BASE if below_base is None else below_base
+    x = x or compute_axis(data)
     out.mkdir(parents=True, exist_ok=True)
-    plots = all_plots(data, out)
-    eff, used_target = efficiency(data, target)
-    col = collapse_table(data, drop=drop)
+    plots = all_plots(data, out, x)
+    eff, used_target = efficiency(data, target, x)
+    col = collapse_table(data, drop=drop, below_base=below_base)
     col["run"] = col["run"].map(lambda p: Path(p).name)
     tables = {"table1": table1(data), "efficiency": eff, "ablation": ablation(data), "collapse": col}
     for name, df in tables.items():
@@ -38,9 +47,13 @@ def write_report(
     lines = [
         f"# Report: {root}",
         "",
-        f"{len(data)} runs, {data.runs['variant'].nunique()} variants. Compute is wall time x devices "
-        "(device-hours; GPU-hours on GPUs), training only (evaluation excluded). Mean ± half the 95% "
-        "bootstrap CI over seeds; best per column in bold.",
+        headline(data, drop),
+        "",
+        f"{len(data)} runs, {data.runs['variant'].nunique()} variants. Compute is compared in "
+        f"{UNITS.get(x, x)} ({'exact and independent of load' if x == 'compute/flops' else 'wall time x devices'}), "
+        "training only (evaluation excluded); device-hours are measured beside FLOPs in every run. "
+        f"Mean ± half the 95% bootstrap CI over seeds; best per column in bold; differences by {TEST_NAME} "
+        "(p < 0.05, else n.s.).",
         "",
         "## Table 1",
         "",
@@ -54,7 +67,9 @@ def write_report(
         "",
         render(tables["ablation"], "md"),
         "",
-        f"## Collapse (eval reward {drop:.0%} below its best to the end, or zero-std / KL blow-up)",
+        f"## Collapse (at any point: eval reward, or the {SMOOTH}-iteration mean train reward, below the base "
+        f"model's{f' by {below_base:.0%}' if below_base else ''} or {drop:.0%} below its running best, even if it "
+        "recovers; or zero-std / KL blow-up)",
         "",
         render(col, "md"),
         "",
@@ -70,6 +85,7 @@ def write_report(
     for name, path in plots.items():
         lines += [f"### {captions[name]}", "", f"![{name}]({path.name}) ([PDF]({path.stem}.pdf))", ""]
     (out / "report.md").write_text("\n".join(lines))
+    (out / "headline.txt").write_text(lines[2] + "\n")
     return out / "report.md"
 
 
@@ -78,7 +94,21 @@ def parser() -> ArgParser:
     p.add_argument("runs_dir")
     p.add_argument("--out", default=None, help="output directory (default RUNS_DIR/report)")
     p.add_argument("--target", type=float, default=None, help="eval reward for the efficiency table")
-    p.add_argument("--collapse-drop", type=float, default=0.3, help="fraction below best that flags collapse")
+    p.add_argument(
+        "--collapse-drop",
+        type=float,
+        default=None,
+        help="share below the running best that flags collapse (default 0.25)",
+    )
+    p.add_argument(
+        "--below-base",
+        type=float,
+        default=None,
+        help="share below the base model's reward that flags collapse (default 0: any fall below it)",
+    )
+    p.add_argument(
+        "--x", default=None, choices=("flops", "device_hours"), help="compute axis (default: the runs' budget unit)"
+    )
     return p
 
 
@@ -87,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not Path(args.runs_dir).is_dir():
         raise ConfigError(f"runs_dir: no directory {args.runs_dir!r}")
-    if not 0 < args.collapse_drop < 1:
+    if args.collapse_drop is not None and not 0 < args.collapse_drop < 1:
         raise ConfigError(f"--collapse-drop: must lie in (0, 1), got {args.collapse_drop}")
+    if args.below_base is not None and not 0 <= args.below_base < 1:
+        raise ConfigError(f"--below-base: must lie in [0, 1), got {args.below_base}")
+    if args.target is not None and not math.isfinite(args.target):
+        raise ConfigError(f"--target: must be a finite reward, got {args.target}")
+    x = None if args.x is None else f"compute/{args.x}"
     try:
-        path = write_report(args.runs_dir, args.out, args.target, args.collapse_drop)
+        path = write_report(args.runs_dir, args.out, args.target, args.collapse_drop, args.below_base, x)
     except ValueError as err:
         raise ConfigError(f"runs_dir: {err}") from None
     print(f"report: {path}")

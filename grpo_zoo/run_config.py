@@ -150,10 +150,15 @@ class EngineConfig:
     """torch.distributed backend: auto picks nccl on GPUs, gloo on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: auto picks cuda when available."""
+    threads: int | None = None
+    """torch intra-op threads on CPU (null: torch's default). Part of the config because CPU
+    kernels reduce in a thread-dependent order: a fixed count makes reruns bit-identical."""
 
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"engine.threads: must be at least 1 (or null), got {self.threads}")
 
 
 @dataclass

@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nruns: {root}")
     if report_at:
         print(f"report: {report_at}")
+        print("\n" + (report_at.parent / "headline.txt").read_text().strip())
     print(f"wall time: {time.time() - start:.0f} s")
     failed = [n for n, s in result.items() if s == "failed"]
     if failed:

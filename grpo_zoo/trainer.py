@@ -116,6 +116,8 @@ def check(cfg: RunConfig) -> None:
 class Trainer:
     def __init__(self, cfg: RunConfig, progress: bool = True, hooks: list[Hook] | None = None):
         check(cfg)
+        if cfg.engine.threads:
+            torch.set_num_threads(cfg.engine.threads)
         self.cfg = cfg
         self.progress = progress
         self.hooks = list(hooks or [])

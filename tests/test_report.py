@@ -92,7 +92,7 @@ def test_efficiency_measures_compute_to_target_and_speedup(runs):
     row = {r["Method"]: r for r in table.to_dict("records")}
     assert row["flow_grpo"]["Seeds reaching it"] == "2/2" and row["fast1"]["Seeds reaching it"] == "0/2"
     # flow reaches 0.45 at step 30 (1.8 h), flash at step 20 (0.2 h): 9x
-    assert row["flash_grpo"]["Speed-up vs flow_grpo"] == "9.00x"
+    assert row["flash_grpo"]["Speed-up vs flow_grpo (95% CI)"] == "9.00x"  # seeds agree: no spread, no CI
 
 
 def test_table1_marks_the_best_and_renders_both_formats(runs):
@@ -158,3 +158,57 @@ def real_runs(tmp_path_factory):
             )
             assert out.returncode == 0, out.stderr[-2000:]
     return root
+
+
+def test_collapse_is_what_a_person_sees_even_when_it_recovers(tmp_path):
+    import numpy as np
+
+    from grpo_zoo.analysis.stats import curve_collapse
+
+    steps = np.array([0, 10, 20, 30])
+    # the Fast1 curve: up, a deep fall, a partial recovery that stays below the base
+    c = curve_collapse(np.array([0, 25, 50, 60]), np.array([0.287, 0.316, 0.110, 0.241]), base=0.287)
+    assert c.collapsed and c.step == 50 and c.recovered is False and abs(c.depth - (1 - 0.110 / 0.316)) < 1e-9
+    # a dip below the base model that fully recovers is still a collapse, marked recovered
+    c = curve_collapse(steps, np.array([0.30, 0.42, 0.25, 0.45]), base=0.30)
+    assert c.collapsed and c.step == 20 and c.recovered is True
+    # a fall of 30% from the running best while still above the base: collapse with drop=0.25, not with 0.4
+    c = curve_collapse(steps, np.array([0.30, 0.80, 0.55, 0.80]), base=0.30, drop=0.25)
+    assert c.collapsed and c.step == 20 and c.recovered is True
+    assert not curve_collapse(steps, np.array([0.30, 0.80, 0.55, 0.80]), base=0.30, drop=0.4).collapsed
+    # steady improvement with small wiggles is not a collapse
+    assert not curve_collapse(steps, np.array([0.30, 0.35, 0.34, 0.40]), base=0.30).collapsed
+    # the base margin: 2% under the base is tolerated only when asked for
+    assert curve_collapse(steps, np.array([0.30, 0.294, 0.31, 0.33]), base=0.30).collapsed
+    assert not curve_collapse(steps, np.array([0.30, 0.294, 0.31, 0.33]), base=0.30, below_base=0.05).collapsed
+
+
+def test_collapse_table_reads_eval_and_smoothed_train_reward(tmp_path):
+    # eval curve steady, training reward collapses (smoothed over 5 iterations) and stays down
+    path = fake_run(tmp_path, "fast1_seed0", "flow_grpo_fast", [0.3, 0.32, 0.33, 0.34, 0.35], 0.01)
+    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["kind"] == "eval"]
+    train = [0.3] * 10 + [0.1] * 10
+    for step, r in enumerate(train, start=1):
+        rows.append({"step": step, "kind": "train", "reward/mean": r, "compute/device_hours": 0.01 * step})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fake_run(tmp_path, "flash_seed0", "flash_grpo", [0.3, 0.32, 0.33, 0.34, 0.35], 0.01)
+    col = collapse_table(load_runs(tmp_path)).set_index("variant")
+    assert col.loc["fast1", "collapsed"] and col.loc["fast1", "collapse_in"] == "train"
+    assert (
+        col.loc["fast1", "eval_collapse_step"] is None
+        or col.loc["fast1", "eval_collapse_step"] != col.loc["fast1", "eval_collapse_step"]
+    )
+    assert col.loc["fast1", "train_collapse_step"] == 11 and col.loc["fast1", "train_recovered"] is False
+    assert not col.loc["flash", "collapsed"]
+
+
+def test_significance_says_ns_when_seeds_cannot_separate():
+    from grpo_zoo.analysis.stats import ratio_ci, significance
+
+    assert significance([0.30, 0.31, 0.29], [0.30, 0.32, 0.28])[1] == "n.s."
+    p, label = significance([0.30, 0.31, 0.305], [0.40, 0.41, 0.405])
+    assert p < 0.05 and label.startswith("p")
+    assert significance([0.3], [0.4])[1] == "n.s."  # one seed each: nothing to test
+    speed, lo, hi = ratio_ci([6.0, 6.2, 5.8], [1.0, 1.1, 0.9])
+    assert lo < speed < hi and abs(speed - 6.0) < 1e-9

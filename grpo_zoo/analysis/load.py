@@ -51,6 +51,14 @@ def variant_of(name: str) -> str:
     return SEED_SUFFIX.sub("", name)
 
 
+def budget_unit(budget: dict) -> str | None:
+    """The unit a run's budget was set in: flops, device_hours or steps (the first set)."""
+    for unit in ("flops", "device_hours", "steps"):
+        if budget.get(unit) is not None:
+            return unit
+    return None
+
+
 def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
     run = RunDir(path)
     cfg = run.config()
@@ -66,6 +74,7 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
         "rectify": alg.get("rectify"),
         "window": alg.get("window"),
         "initial_noise": alg.get("initial_noise"),
+        "budget_unit": budget_unit(cfg.get("budget") or {}),
         "status": run.status().get("status"),
         "completed": run.is_complete(),
     }

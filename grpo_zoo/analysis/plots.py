@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from grpo_zoo.analysis.load import Runs  # noqa: E402
-from grpo_zoo.analysis.stats import aggregate, curve_on_grid  # noqa: E402
+from grpo_zoo.analysis.stats import aggregate, collapse_table, curve_on_grid  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 
@@ -36,14 +36,24 @@ def hours_label(data: Runs) -> str:
     return f"compute ({devices}-hours, wall time x devices)"
 
 
-def reward_vs_compute(data: Runs, out: Path, x: str = "compute/device_hours") -> Path:
-    """Eval reward against compute, one band (mean and 95% CI over seeds) per variant."""
+def compute_label(data: Runs, x: str) -> str:
+    if x.endswith("hours"):
+        return hours_label(data)
+    return {"compute/flops": "compute (training FLOPs)", "compute/nfe": "compute (transformer forwards, NFE)"}.get(x, x)
+
+
+def reward_vs_compute(data: Runs, out: Path, x: str | None = None) -> Path:
+    """Eval reward against compute, one band (mean and 95% CI over seeds) per variant. `x`:
+    compute/flops or compute/device_hours (default: the runs' budget unit)."""
+    from grpo_zoo.analysis.tables import compute_axis
+
+    x = x or compute_axis(data)
     curves = curve_on_grid(data.evals, x, "eval/reward")
     fig, ax = plt.subplots(figsize=(6, 4))
     if not curves.empty:
         sns.lineplot(data=curves, x=x, y="eval/reward", hue="variant", errorbar=("ci", 95), ax=ax)
     ax.set(
-        xlabel=hours_label(data) if x.endswith("hours") else x,
+        xlabel=compute_label(data, x),
         ylabel="eval reward (held-out prompts)",
         title="Reward versus compute",
     )
@@ -62,7 +72,34 @@ def reward_curves(data: Runs, out: Path) -> Path:
             data=data.evals, x="step", y="eval/reward", hue="variant", errorbar=("ci", 95), marker="o", ax=axes[1]
         )
     axes[1].set(xlabel="iteration", ylabel="eval reward (held-out prompts, ODE)", title="Evaluation reward")
+    _mark_collapses(data, axes)
     return _save(fig, out, "reward_curves")
+
+
+def _mark_collapses(data: Runs, axes) -> None:
+    """A red x where each run collapsed (train panel: smoothed train reward; eval panel)."""
+    if data.metrics.empty:
+        return
+    col = collapse_table(data)
+    labelled = False
+    for _, c in col[col["collapsed"]].iterrows():
+        for ax, key, kind, y in (
+            (axes[0], "train_collapse_step", "train", "reward/mean"),
+            (axes[1], "eval_collapse_step", "eval", "eval/reward"),
+        ):
+            step = c[key]
+            if step is None or not np.isfinite(step):
+                continue
+            rows = data.metrics[(data.metrics["run"] == c["run"]) & (data.metrics["kind"] == kind)]
+            at = rows[rows["step"] == step]
+            if at.empty:
+                continue
+            ax.scatter(
+                [step], [at[y].iloc[0]], marker="x", s=60, color="red", zorder=5, label=None if labelled else "collapse"
+            )
+            labelled = True
+    if labelled:
+        axes[1].legend()
 
 
 def ablation_bars(data: Runs, out: Path, column: str = "eval/reward") -> Path:
@@ -106,9 +143,9 @@ def grad_norm_by_timestep(data: Runs, out: Path) -> Path:
     return _save(fig, out, "grad_norm_by_timestep")
 
 
-def all_plots(data: Runs, out: Path) -> dict[str, Path]:
+def all_plots(data: Runs, out: Path, x: str | None = None) -> dict[str, Path]:
     return {
-        "reward_vs_compute": reward_vs_compute(data, out),
+        "reward_vs_compute": reward_vs_compute(data, out, x),
         "reward_curves": reward_curves(data, out),
         "ablation_bars": ablation_bars(data, out),
         "grad_norm_by_timestep": grad_norm_by_timestep(data, out),

@@ -26,6 +26,49 @@ def mean_ci(values, confidence: float = 0.95, seed: int = 0) -> tuple[float, flo
     return float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
+ALPHA = 0.05
+TEST_NAME = "Welch's t-test"
+
+
+def significance(a, b, alpha: float = ALPHA) -> tuple[float, str]:
+    """Two-sided Welch's t-test (scipy.stats.ttest_ind, unequal variances) between two samples
+    of per-seed values: the p-value and a label, "p=0.012" or "n.s." (p >= alpha, or fewer
+    than two finite values on a side, or no spread at all)."""
+    x = np.asarray([v for v in a if np.isfinite(v)], dtype=float)
+    y = np.asarray([v for v in b if np.isfinite(v)], dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        return float("nan"), "n.s."
+    if np.ptp(x) == 0 and np.ptp(y) == 0:
+        return (1.0, "n.s.") if x[0] == y[0] else (0.0, "p<0.001")
+    p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    if not np.isfinite(p) or p >= alpha:
+        return p, "n.s."
+    return p, "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def ratio_ci(num, den, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """mean(num) / mean(den) and a percentile bootstrap CI, resampling each side's seeds
+    independently (scipy.stats.bootstrap, unpaired)."""
+    x = np.asarray([v for v in num if np.isfinite(v)], dtype=float)
+    y = np.asarray([v for v in den if np.isfinite(v)], dtype=float)
+    if len(x) == 0 or len(y) == 0 or y.mean() <= 0:
+        return float("nan"), float("nan"), float("nan")
+    point = float(x.mean() / y.mean())
+    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
+        return point, float("nan"), float("nan")
+    res = stats.bootstrap(
+        (x, y),
+        lambda a, b, axis=-1: np.mean(a, axis=axis) / np.mean(b, axis=axis),
+        confidence_level=confidence,
+        n_resamples=2000,
+        method="percentile",
+        paired=False,
+        vectorized=True,
+        random_state=seed,
+    )
+    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def aggregate(runs: pd.DataFrame, columns: list[str], by: str = "variant") -> pd.DataFrame:
     """Per variant: n seeds, and mean / CI low / CI high of each column."""
     out = []
@@ -57,55 +100,123 @@ def curve_on_grid(evals: pd.DataFrame, x: str, y: str, points: int = 50) -> pd.D
 
 @dataclass
 class Collapse:
+    """One run's verdict. `step`: the first evaluation (or train iteration) that breaks the
+    rule; `depth`: the largest fall below the running best, as a share of that best;
+    `recovered`: the last point is back above both thresholds of the collapse point."""
+
     collapsed: bool
     step: int | None
     reason: str
+    depth: float = 0.0
+    recovered: bool | None = None
+
+
+DROP = 0.25
+"""Default share below the running best that counts as a collapse."""
+BELOW_BASE = 0.0
+"""Default share below the base model's reward that counts as a collapse (0: any fall below it)."""
+SMOOTH = 5
+"""Train rows in the trailing mean that smooths the training reward."""
+
+
+def curve_collapse(
+    steps: np.ndarray, rewards: np.ndarray, base: float, drop: float = DROP, below_base: float = BELOW_BASE
+) -> Collapse:
+    """Collapse on one reward curve, as a person reads it: at ANY point the reward falls below
+    the base model's (by more than `below_base`, a share of it) or more than `drop` (a share)
+    below its running best, even if it recovers later."""
+    ok = np.isfinite(rewards)
+    steps, rewards = steps[ok], rewards[ok]
+    if len(rewards) == 0:
+        return Collapse(False, None, "")
+    best = np.maximum.accumulate(rewards)
+    depth = float(np.max((best - rewards) / np.where(best > 0, best, np.inf)))
+    floor_base = base * (1 - below_base) if np.isfinite(base) else -np.inf
+    under_base = rewards < floor_base
+    under_best = rewards < best * (1 - drop)
+    hit = np.flatnonzero(under_base | under_best)
+    if len(hit) == 0:
+        return Collapse(False, None, "", depth=max(depth, 0.0))
+    i = int(hit[0])
+    if under_base[i]:
+        reason = f"{rewards[i]:.3g} below the base model's {base:.3g}"
+    else:
+        reason = f"{rewards[i]:.3g} is {1 - rewards[i] / best[i]:.0%} below its best {best[i]:.3g}"
+    last = rewards[-1]
+    recovered = bool(last >= floor_base and last >= best[i] * (1 - drop)) if i < len(rewards) - 1 else False
+    return Collapse(True, int(steps[i]), reason, depth=max(depth, 0.0), recovered=recovered)
 
 
 def detect_collapse(
     evals: pd.DataFrame,
     train: pd.DataFrame,
-    drop: float = 0.3,
+    drop: float = DROP,
+    below_base: float = BELOW_BASE,
     zero_std: float = 0.8,
     kl: float = 1.0,
-) -> Collapse:
-    """One run: collapsed when its eval reward falls `drop` (a fraction) below its best and
-    stays there to the end, or its zero-std ratio or approx-KL blows up (>= the thresholds on
-    the last three train rows)."""
-    if not evals.empty:
+    smooth: int = SMOOTH,
+) -> dict[str, Collapse]:
+    """One run's collapse verdicts: `eval` (the evaluation reward; its base is the step-0
+    evaluation of the base model), `train` (the training reward, a trailing mean over `smooth`
+    iterations; its base is the first full window), and `degenerate` (zero reward spread in
+    groups, or approx-KL >= `kl`, on three consecutive iterations)."""
+    out = {
+        "eval": Collapse(False, None, ""),
+        "train": Collapse(False, None, ""),
+        "degenerate": Collapse(False, None, ""),
+    }
+    if not evals.empty and "eval/reward" in evals:
         r = evals.sort_values("step")
         rewards, steps = r["eval/reward"].to_numpy(float), r["step"].to_numpy()
-        best = np.maximum.accumulate(rewards)
-        below = rewards < best * (1 - drop)
-        if below[-1]:
-            first = len(below) - 1
-            while first > 0 and below[first - 1]:
-                first -= 1
-            return Collapse(
-                True, int(steps[first]), f"eval reward {rewards[-1]:.3g} < {1 - drop:.0%} of best {best[-1]:.3g}"
-            )
-    if not train.empty:
-        t = train.sort_values("step").tail(3)
-        if "stats/zero_std_ratio" in t and (t["stats/zero_std_ratio"] >= zero_std).all():
-            return Collapse(True, int(t["step"].iloc[0]), "rewards in a group all equal (zero std)")
-        if "stats/approx_kl" in t and (t["stats/approx_kl"] >= kl).all():
-            return Collapse(True, int(t["step"].iloc[0]), "approx KL blew up")
-    return Collapse(False, None, "")
+        out["eval"] = curve_collapse(steps, rewards, float(rewards[0]), drop, below_base)
+    if not train.empty and "reward/mean" in train:
+        t = train.sort_values("step")
+        smooth_r = t["reward/mean"].rolling(smooth, min_periods=smooth).mean().to_numpy(float)
+        steps = t["step"].to_numpy()
+        ok = np.isfinite(smooth_r)
+        if ok.any():
+            out["train"] = curve_collapse(steps[ok], smooth_r[ok], float(smooth_r[ok][0]), drop, below_base)
+        for col, limit, why in (
+            ("stats/zero_std_ratio", zero_std, "rewards in a group all equal (zero std)"),
+            ("stats/approx_kl", kl, "approx KL blew up"),
+        ):
+            if col not in t:
+                continue
+            bad = (t[col].to_numpy(float) >= limit).astype(int)
+            run3 = np.convolve(bad, np.ones(3, dtype=int), mode="valid") == 3 if len(bad) >= 3 else np.array([])
+            if run3.any():
+                i = int(np.flatnonzero(run3)[0])
+                out["degenerate"] = Collapse(True, int(steps[i]), why, recovered=not bool(bad[-1]))
+                break
+    return out
 
 
-def collapse_table(data: Runs, drop: float = 0.3) -> pd.DataFrame:
+def collapse_table(data: Runs, drop: float = DROP, below_base: float = BELOW_BASE) -> pd.DataFrame:
+    """Per run: whether it collapsed (in eval reward, smoothed train reward, or by degenerate
+    outputs), the first step, the depth (largest fall below the running best, as a share) and
+    whether it recovered, per signal."""
     rows = []
+    has = not data.metrics.empty
     for run, info in data.runs.set_index("run").iterrows():
-        ev = data.evals[data.evals["run"] == run] if not data.metrics.empty else pd.DataFrame()
-        tr = data.train[data.train["run"] == run] if not data.metrics.empty else pd.DataFrame()
-        c = detect_collapse(ev, tr, drop=drop)
+        ev = data.evals[data.evals["run"] == run] if has else pd.DataFrame()
+        tr = data.train[data.train["run"] == run] if has else pd.DataFrame()
+        c = detect_collapse(ev, tr, drop=drop, below_base=below_base)
+        fired = [(k, v) for k, v in c.items() if v.collapsed]
+        first = min(fired, key=lambda kv: kv[1].step) if fired else None
         rows.append(
             {
                 "run": run,
                 "variant": info["variant"],
-                "collapsed": c.collapsed,
-                "collapse_step": c.step,
-                "collapse_reason": c.reason,
+                "collapsed": bool(fired),
+                "collapse_step": first[1].step if first else None,
+                "collapse_in": ", ".join(k for k, _ in fired),
+                "eval_collapse_step": c["eval"].step,
+                "eval_depth": round(c["eval"].depth, 3),
+                "eval_recovered": c["eval"].recovered,
+                "train_collapse_step": c["train"].step,
+                "train_depth": round(c["train"].depth, 3),
+                "train_recovered": c["train"].recovered,
+                "collapse_reason": "; ".join(f"{k}: {v.reason}" for k, v in fired),
             }
         )
     return pd.DataFrame(rows)

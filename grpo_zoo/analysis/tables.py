@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from grpo_zoo.analysis.load import Runs
-from grpo_zoo.analysis.stats import aggregate, collapse_table, compute_to_target
+from grpo_zoo.analysis.stats import TEST_NAME, aggregate, collapse_table, compute_to_target, ratio_ci, significance
 
 TABLE1_METRICS = {
     "eval/aesthetic_quality": "Aesthetic Quality",
@@ -18,6 +18,36 @@ TABLE1_METRICS = {
     "eval/reward": "Reward",
 }
 BASELINE = "flow_grpo"
+"""The variant that speed-ups are measured against when it is present (matched exactly)."""
+UNITS = {"compute/flops": "FLOPs", "compute/device_hours": "device-hours", "compute/nfe": "NFE"}
+
+
+def compute_axis(data: Runs) -> str:
+    """The compute column comparisons use: FLOPs (exact, load-independent) unless every run
+    was budgeted in wall time (device-hours / GPU-hours) only."""
+    units = set(data.runs.get("budget_unit", pd.Series(dtype=str)).dropna())
+    if units == {"device_hours"} or "compute/flops" not in data.metrics:
+        return "compute/device_hours"
+    return "compute/flops"
+
+
+def baseline_of(data: Runs, baseline: str | None = None) -> str:
+    """`baseline` if given, else BASELINE when such a variant exists, else the first variant."""
+    variants = list(dict.fromkeys(data.runs["variant"]))
+    if baseline is not None:
+        if baseline not in variants:
+            raise ValueError(f"baseline {baseline!r} is not a variant (variants: {', '.join(variants)})")
+        return baseline
+    return BASELINE if BASELINE in variants else variants[0]
+
+
+def _versus(data: Runs, column: str, reference: str) -> dict[str, str]:
+    """Per variant: the significance label of its per-seed `column` against `reference`'s."""
+    ref = data.runs.loc[data.runs["variant"] == reference, column].to_numpy(float)
+    out = {}
+    for variant, g in data.runs.groupby("variant", sort=False):
+        out[variant] = "-" if variant == reference else significance(g[column].to_numpy(float), ref)[1]
+    return out
 
 
 def _fmt(mean: float, lo: float = float("nan"), hi: float = float("nan"), digits: int = 3) -> str:
@@ -82,39 +112,70 @@ def table1(data: Runs) -> pd.DataFrame:
         steps = c["collapse_step"].dropna()
         row["Collapsed"] = f"{n_col}/{len(c)}" + (f" (step {int(steps.min())})" if n_col else "")
         rows.append(row)
+    if "eval/reward" in cols and len(agg) > 1:
+        best = agg.loc[agg["eval/reward"].idxmax(), "variant"]
+        vs = _versus(data, "eval/reward", best)
+        for row in rows:
+            row[f"Reward vs best ({TEST_NAME})"] = vs[row["Method"]]
     df = pd.DataFrame(rows)
     means = agg.rename(columns=names)
     return _mark_best(df, [names[c] for c in cols], means, {})
 
 
-def efficiency(data: Runs, target: float | None = None, x: str = "compute/device_hours") -> tuple[pd.DataFrame, float]:
+def efficiency(
+    data: Runs, target: float | None = None, x: str | None = None, baseline: str | None = None
+) -> tuple[pd.DataFrame, float]:
     """Compute each variant needs to reach `target` eval reward (default: halfway from the
     base model's eval reward to the best variant's mean final eval reward), and its speed-up
-    over Flow-GRPO."""
+    over the baseline with a 95% bootstrap CI. A seed that never reaches the target counts at
+    the whole compute it spent (so its speed-up is a bound, said in the table). `x` defaults to
+    the runs' budget unit (compute_axis)."""
+    x = x or compute_axis(data)
     evals = data.evals
     if target is None:
         init = float(data.runs["eval/reward_initial"].mean())
         best = float(data.runs.groupby("variant")["eval/reward"].mean().max())
         target = init + 0.5 * (best - init) if best > init else best
+    base_name = baseline_of(data, baseline)
     hits = compute_to_target(evals, target, x)
-    agg = aggregate(hits.assign(reached=np.isfinite(hits[x]).astype(float)), [x, "reached"])
-    base = agg[agg["variant"].str.startswith(BASELINE) & ~agg["variant"].str.startswith(BASELINE + "_fast")]
-    base_cost = float(base[x].iloc[0]) if len(base) else float("nan")
+    spent = data.runs.set_index("run")[x] if x in data.runs else pd.Series(dtype=float)
+    hits["cost"] = [h if np.isfinite(h) else float(spent.get(r, np.nan)) for r, h in zip(hits["run"], hits[x])]
+    hits["reached"] = np.isfinite(hits[x]).astype(float)
+    agg = aggregate(hits, ["cost", "reached"])
+    base_cost = hits.loc[hits["variant"] == base_name, "cost"].to_numpy(float)
+    unit = UNITS.get(x, x)
     rows = []
     for _, a in agg.iterrows():
-        cost = a[x]
-        speed = base_cost / cost if np.isfinite(cost) and cost > 0 and np.isfinite(base_cost) else float("nan")
+        cost = hits.loc[hits["variant"] == a["variant"], "cost"].to_numpy(float)
+        speed, lo, hi = ratio_ci(base_cost, cost)
+        reached = int(round(a["reached"] * a["seeds"]))
+        speed_text = "-" if math.isnan(speed) else f"{speed:.2f}x"
+        if np.isfinite(lo) and np.isfinite(hi):
+            speed_text += f" [{lo:.2f}, {hi:.2f}]"
         rows.append(
             {
                 "Method": a["variant"],
-                f"{'Device' if x.endswith('hours') else x} hours to reward {target:.3f}": _fmt(
-                    cost, a.get(f"{x} ci_low", np.nan), a.get(f"{x} ci_high", np.nan), 4
-                ),
-                "Seeds reaching it": f"{int(round(a['reached'] * a['seeds']))}/{int(a['seeds'])}",
-                f"Speed-up vs {BASELINE}": "-" if math.isnan(speed) else f"{speed:.2f}x",
+                f"{unit} to reward {target:.3f}": _fmt_sci(a["cost"], a.get("cost ci_low"), a.get("cost ci_high"))
+                + ("" if reached == a["seeds"] else " (bound)"),
+                "Seeds reaching it": f"{reached}/{int(a['seeds'])}",
+                f"Speed-up vs {base_name} (95% CI)": speed_text,
+                f"Cost vs {base_name} ({TEST_NAME})": "-"
+                if a["variant"] == base_name
+                else significance(cost, base_cost)[1],
             }
         )
     return pd.DataFrame(rows), target
+
+
+def _fmt_sci(mean: float, lo: float | None = None, hi: float | None = None) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "-"
+    if mean != 0 and (abs(mean) >= 1e4 or abs(mean) < 1e-2):
+        text = f"{mean:.3g}"
+        if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+            text += f" [{lo:.3g}, {hi:.3g}]"
+        return text
+    return _fmt(mean, lo if lo is not None else np.nan, hi if hi is not None else np.nan, 4)
 
 
 def ablation(data: Runs) -> pd.DataFrame:
@@ -137,10 +198,57 @@ def ablation(data: Runs) -> pd.DataFrame:
                 "Gain over base": _fmt(a["gain"]),
             }
         )
+    if len(agg) > 1:
+        best = agg.loc[agg["eval/reward"].idxmax(), "variant"]
+        vs = _versus(data, "eval/reward", best)
+        for row in rows:
+            row[f"vs best ({TEST_NAME})"] = vs[row["Variant"]]
     df = pd.DataFrame(rows)
     return _mark_best(
         df,
         ["Final eval reward", "Gain over base"],
         agg.rename(columns={"eval/reward": "Final eval reward", "gain": "Gain over base"}),
         {},
+    )
+
+
+def headline(data: Runs, drop: float | None = None) -> str:
+    """One sentence computed from the runs: who reached which eval reward with how much
+    compute, how the others compare (significance), and whether any run collapsed."""
+    from grpo_zoo.analysis.stats import DROP
+
+    x = compute_axis(data)
+    agg = aggregate(data.runs, [c for c in ("eval/reward", x) if c in data.runs])
+    if agg.empty or "eval/reward" not in agg or agg["eval/reward"].isna().all():
+        return f"{len(data)} runs, none evaluated yet."
+    agg = agg.sort_values("eval/reward", ascending=False)
+    best = agg.iloc[0]
+    seeds = sorted(set(agg["seeds"].astype(int)))
+    vs = _versus(data, "eval/reward", best["variant"])
+    unit = UNITS.get(x, x)
+    spent = f"{best[x]:.3g} {unit}" if x in best and np.isfinite(best[x]) else "its budget"
+    others = ", ".join(
+        f"{a['variant']} {_fmt(a['eval/reward'], a.get('eval/reward ci_low', np.nan), a.get('eval/reward ci_high', np.nan))}"
+        f" ({vs[a['variant']]})"
+        for _, a in agg.iloc[1:].iterrows()
+    )
+    base = float(data.runs["eval/reward_initial"].mean()) if "eval/reward_initial" in data.runs else float("nan")
+    col = collapse_table(data, drop=DROP if drop is None else drop)
+    fired = col[col["collapsed"]]
+    if fired.empty:
+        collapsed = "no run collapsed"
+    else:
+        parts = []
+        for variant, g in fired.groupby("variant", sort=False):
+            n = int((col["variant"] == variant).sum())
+            parts.append(f"{variant} in {len(g)} of {n} seeds (first at step {int(g['collapse_step'].min())})")
+        collapsed = "collapsed: " + "; ".join(parts)
+    seeds_text = "/".join(str(s) for s in seeds)
+    return (
+        f"{best['variant']} reached the highest eval reward, "
+        f"{_fmt(best['eval/reward'], best.get('eval/reward ci_low', np.nan), best.get('eval/reward ci_high', np.nan))}"
+        f" (mean ± 95% CI half-width over {seeds_text} seeds), with {spent} of training per run"
+        + (f", ahead of {others} ({TEST_NAME} against it)" if others else "")
+        + (f"; the base model scores {base:.3f}" if np.isfinite(base) else "")
+        + f"; {collapsed}."
     )
