@@ -269,10 +269,62 @@ def table(rows: list[Claim]) -> str:
     return df.to_markdown(index=False)
 
 
+PLOTS = {
+    "efficiency": ("reward_vs_compute", "reward_curves"),
+    "collapse": ("reward_curves", "reward_vs_compute"),
+    "ablation": ("ablation_bars", "grad_norm_by_timestep"),
+}
+SECTIONS = {"efficiency": "efficiency", "collapse": "collapse", "ablation": "ablation"}
+
+
+def results_page(root: Path, out: Path, assets: Path, command: str) -> str:
+    """RESULTS.md: the claims table, then per experiment its headline, tables and plots (the
+    plots copied into `assets`, linked relative to `out`)."""
+    import shutil
+
+    from grpo_zoo.report import write_report
+
+    rows = claims(root)
+    lines = [
+        "# The paper's claims on the toy world",
+        "",
+        f"Regenerate: `{command}` (after running the three experiments of `experiments/paper/`:",
+        "`python -m grpo_zoo.sweep experiments/paper/<name>.yaml --max-parallel 2`). Every figure below is computed",
+        "from the run directories; budgets are training FLOPs (exact, load-independent); CIs are 95% percentile",
+        "bootstraps over seeds; comparisons use Welch's t-test (p < 0.05, else n.s.).",
+        "",
+        table(rows),
+        "",
+    ]
+    assets.mkdir(parents=True, exist_ok=True)
+    for key, folder in FOLDERS.items():
+        report = write_report(root / folder)
+        tables = {"efficiency": "efficiency", "collapse": "collapse", "ablation": "ablation"}
+        lines += [
+            f"## {folder} (`{EXPERIMENTS[key]}`)",
+            "",
+            report.parent.joinpath("headline.txt").read_text().strip(),
+            "",
+        ]
+        lines += [report.parent.joinpath(f"{tables[key]}.md").read_text().strip(), ""]
+        for plot in PLOTS[key]:
+            src = report.parent / f"{plot}.png"
+            dst = assets / f"{folder}_{plot}.png"
+            shutil.copyfile(src, dst)
+            lines += [
+                f"![{folder}: {plot}]({dst.relative_to(out.parent) if dst.is_relative_to(out.parent) else dst})",
+                "",
+            ]
+    return "\n".join(lines)
+
+
 def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.claims", description=__doc__.split("\n")[0])
     p.add_argument("runs_dir", help="where the paper experiments' runs are (RUNS_DIR/efficiency, ...)")
-    p.add_argument("--out", default=None, help="write the claims table (Markdown) to this file")
+    p.add_argument("--out", default=None, help="write RESULTS.md (claims, tables, plots) to this file")
+    p.add_argument(
+        "--assets", default=None, help="folder for the plots RESULTS.md links (default: results/ beside --out)"
+    )
     return p
 
 
@@ -288,14 +340,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.out and Path(args.out).is_dir():
         raise ConfigError(f"--out: {args.out} is a directory; give a file path")
     try:
-        text = table(claims(root))
+        if args.out:
+            from grpo_zoo.runs import atomic_write
+
+            out = Path(args.out).resolve()
+            assets = Path(args.assets).resolve() if args.assets else out.parent / "results"
+            command = f"python -m grpo_zoo.claims {args.runs_dir} --out {args.out}"
+            text = results_page(root, out, assets, command)
+            atomic_write(out, text + "\n")
+            print(f"{args.out}: {len(text.splitlines())} lines, plots in {assets}")
+        else:
+            print(table(claims(root)))
     except ValueError as err:
         raise ConfigError(f"runs_dir: {err}") from None
-    if args.out:
-        from grpo_zoo.runs import atomic_write
-
-        atomic_write(Path(args.out), text + "\n")
-    print(text)
     return 0
 
 

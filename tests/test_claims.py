@@ -100,3 +100,14 @@ def test_claims_cli_needs_the_paper_runs(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "efficiency" in err[0]
+
+
+def test_results_page_links_copied_plots(paper_runs, tmp_path):
+    out = tmp_path / "site" / "RESULTS.md"
+    out.parent.mkdir()
+    assert claims.main([str(paper_runs), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("](results/") == 6 and "python -m grpo_zoo.claims" in text
+    for line in text.splitlines():
+        if line.startswith("!["):
+            assert (out.parent / line.split("](")[1].rstrip(")")).stat().st_size > 5000
