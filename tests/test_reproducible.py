@@ -51,3 +51,19 @@ def test_flops_budget_gives_identical_rows_under_load(tmp_path):
         json.loads(line)["compute/device_seconds"] for line in (tmp_path / "a/metrics.jsonl").read_text().splitlines()
     ]
     assert max(secs) > 0  # device time is still measured and reported beside FLOPs
+
+
+@pytest.mark.parametrize(
+    "path, min_seeds",
+    [("experiments/quickstart.yaml", 2)]
+    + [(str(p.relative_to(ROOT)), 3) for p in sorted((ROOT / "experiments/paper").glob("*.yaml"))],
+)
+def test_toy_experiments_budget_in_flops_with_pinned_threads(path, min_seeds, tmp_path):
+    from grpo_zoo.experiment import load_experiment
+
+    exp = load_experiment(str(ROOT / path), str(tmp_path))
+    assert len({s.seed for s in exp.runs}) >= min_seeds
+    for spec in exp.runs:
+        budget = spec.config["budget"]
+        assert budget["flops"] and budget["device_hours"] is None and budget["steps"] is None
+        assert spec.config["engine"]["threads"] == 1
