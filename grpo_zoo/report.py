@@ -104,7 +104,7 @@ def parser() -> ArgParser:
         "--below-base",
         type=float,
         default=None,
-        help="share below the base model's reward that flags collapse (default 0: any fall below it)",
+        help="share below the base model's reward that flags collapse (default 0.05; 0: any fall below it)",
     )
     p.add_argument(
         "--x", default=None, choices=("flops", "device_hours"), help="compute axis (default: the runs' budget unit)"

@@ -113,25 +113,36 @@ class Collapse:
 
 DROP = 0.25
 """Default share below the running best that counts as a collapse."""
-BELOW_BASE = 0.0
-"""Default share below the base model's reward that counts as a collapse (0: any fall below it)."""
-SMOOTH = 5
+BELOW_BASE = 0.05
+"""Default share below the base model's reward that counts as a collapse: a fall of more than
+5% below it (0 flags any fall, however small)."""
+SMOOTH = 10
 """Train rows in the trailing mean that smooths the training reward."""
+NOISE_Z = 4.0
+"""The smoothed training reward must fall this many standard errors below its base (the noise
+of a batch mean, estimated from the run's own iteration-to-iteration differences); 4, not 2,
+because the rule is checked at every iteration of a long run."""
 
 
 def curve_collapse(
-    steps: np.ndarray, rewards: np.ndarray, base: float, drop: float = DROP, below_base: float = BELOW_BASE
+    steps: np.ndarray,
+    rewards: np.ndarray,
+    base: float,
+    drop: float = DROP,
+    below_base: float = BELOW_BASE,
+    noise: float = 0.0,
 ) -> Collapse:
     """Collapse on one reward curve, as a person reads it: at ANY point the reward falls below
-    the base model's (by more than `below_base`, a share of it) or more than `drop` (a share)
-    below its running best, even if it recovers later."""
+    the base model's (by more than `below_base` as a share of it, and more than `noise`, an
+    absolute tolerance) or more than `drop` (a share) below its running best, even if it
+    recovers later."""
     ok = np.isfinite(rewards)
     steps, rewards = steps[ok], rewards[ok]
     if len(rewards) == 0:
         return Collapse(False, None, "")
     best = np.maximum.accumulate(rewards)
     depth = float(np.max((best - rewards) / np.where(best > 0, best, np.inf)))
-    floor_base = base * (1 - below_base) if np.isfinite(base) else -np.inf
+    floor_base = base - max(below_base * abs(base), noise) if np.isfinite(base) else -np.inf
     under_base = rewards < floor_base
     under_best = rewards < best * (1 - drop)
     hit = np.flatnonzero(under_base | under_best)
@@ -139,12 +150,22 @@ def curve_collapse(
         return Collapse(False, None, "", depth=max(depth, 0.0))
     i = int(hit[0])
     if under_base[i]:
-        reason = f"{rewards[i]:.3g} below the base model's {base:.3g}"
+        reason = f"{rewards[i]:.3g} below the base model's {base:.3g} (floor {floor_base:.3g})"
     else:
         reason = f"{rewards[i]:.3g} is {1 - rewards[i] / best[i]:.0%} below its best {best[i]:.3g}"
     last = rewards[-1]
     recovered = bool(last >= floor_base and last >= best[i] * (1 - drop)) if i < len(rewards) - 1 else False
     return Collapse(True, int(steps[i]), reason, depth=max(depth, 0.0), recovered=recovered)
+
+
+def smoothed_noise(raw: np.ndarray, window: int) -> float:
+    """Standard error of the difference of two `window`-row means of a noisy series: the raw
+    noise from first differences (std / sqrt(2), blind to slow trends), times sqrt(2 / window)."""
+    d = np.diff(raw[np.isfinite(raw)])
+    if len(d) < 2:
+        return 0.0
+    sigma = float(np.std(d, ddof=1)) / np.sqrt(2)
+    return float(sigma * np.sqrt(2 / window))
 
 
 def detect_collapse(
@@ -157,9 +178,10 @@ def detect_collapse(
     smooth: int = SMOOTH,
 ) -> dict[str, Collapse]:
     """One run's collapse verdicts: `eval` (the evaluation reward; its base is the step-0
-    evaluation of the base model), `train` (the training reward, a trailing mean over `smooth`
-    iterations; its base is the first full window), and `degenerate` (zero reward spread in
-    groups, or approx-KL >= `kl`, on three consecutive iterations)."""
+    evaluation of the base model), `train` (the training reward as a trailing mean over
+    `smooth` iterations; its base is the first full window, and a fall below it must also
+    exceed NOISE_Z standard errors of the run's own batch noise), and `degenerate` (zero
+    reward spread in groups, or approx-KL >= `kl`, on three consecutive iterations)."""
     out = {
         "eval": Collapse(False, None, ""),
         "train": Collapse(False, None, ""),
@@ -171,11 +193,14 @@ def detect_collapse(
         out["eval"] = curve_collapse(steps, rewards, float(rewards[0]), drop, below_base)
     if not train.empty and "reward/mean" in train:
         t = train.sort_values("step")
-        smooth_r = t["reward/mean"].rolling(smooth, min_periods=smooth).mean().to_numpy(float)
+        raw = t["reward/mean"].to_numpy(float)
+        window = max(1, min(smooth, len(raw) // 2))
+        smooth_r = t["reward/mean"].rolling(window, min_periods=window).mean().to_numpy(float)
         steps = t["step"].to_numpy()
         ok = np.isfinite(smooth_r)
         if ok.any():
-            out["train"] = curve_collapse(steps[ok], smooth_r[ok], float(smooth_r[ok][0]), drop, below_base)
+            noise = NOISE_Z * smoothed_noise(raw, window)
+            out["train"] = curve_collapse(steps[ok], smooth_r[ok], float(smooth_r[ok][0]), drop, below_base, noise)
         for col, limit, why in (
             ("stats/zero_std_ratio", zero_std, "rewards in a group all equal (zero std)"),
             ("stats/approx_kl", kl, "approx KL blew up"),
