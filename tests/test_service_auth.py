@@ -105,6 +105,14 @@ def request(url, path="/score", body=None, token=None, scheme="Bearer"):
         return err.code, json.loads(err.read() or b"{}"), err.headers
 
 
+def answers(url: str) -> bool:
+    """The service is up and takes our token."""
+    try:
+        return request(url, "/health", token=TOKEN)[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
 def frame(seed=0) -> str:
     g = torch.Generator().manual_seed(seed)
     return png_b64(torch.rand(3, 16, 16, generator=g) * 2 - 1)
@@ -266,7 +274,7 @@ def test_the_real_service_with_a_token(tiny_hpsv3, tmp_path, monkeypatch):  # no
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
-        while request(url, "/health", token=TOKEN)[0] != 200:
+        while not answers(url):
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
             assert time.time() < deadline, "the HPSv3 service did not start"
             time.sleep(0.5)
@@ -279,3 +287,42 @@ def test_the_real_service_with_a_token(tiny_hpsv3, tmp_path, monkeypatch):  # no
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+
+
+@pytest.mark.slow
+def test_service_job_on_slurm_hands_its_address_and_token_to_the_runs(tiny_hpsv3, tmp_path, slurm, monkeypatch):  # noqa: F811
+    """slurm/hpsv3-service.sbatch on the test cluster: it binds beyond loopback with a token file,
+    publishes its address; a client configured as the cluster profiles do (the two files) scores."""
+    from .test_hpsv3 import VENV
+
+    shared = tmp_path / "shared"
+    env = {**os.environ, **slurm, "HPSV3_DEVICE": "cpu", "HPSV3_PORT": str(free_port()), "HPSV3_VENV": str(VENV)}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.pop("HPSV3_TOKEN", None)
+    submit = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/svc-%j.log"]
+    submit += [str(ROOT / "slurm" / "hpsv3-service.sbatch"), str(tiny_hpsv3 / "HPSv3.safetensors")]
+    submit += [str(tiny_hpsv3 / "base"), str(shared), "--dtype", "fp32"]
+    job = subprocess.run(submit, capture_output=True, text=True, env=env, cwd=ROOT, check=True).stdout.strip()
+    try:
+        deadline = time.time() + 600
+        while not (shared / "url").exists():
+            state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True, env=env)
+            logs = "".join(p.read_text() for p in tmp_path.glob("svc-*.log"))
+            assert state.stdout.strip() in ("PENDING", "RUNNING", "CONFIGURING"), logs[-3000:]
+            assert time.time() < deadline, logs[-3000:]
+            time.sleep(1)
+        url = (shared / "url").read_text().strip()
+        assert not url.startswith("http://127.0.0.1") and (shared / "token").stat().st_mode & 0o077 == 0
+        assert request(url, body=body())[0] == 401  # reachable beyond loopback, and guarded
+        monkeypatch.delenv("HPSV3_TOKEN", raising=False)
+        monkeypatch.setenv("HPSV3_URL_FILE", str(shared / "url"))  # what the profiles' setup exports
+        monkeypatch.setenv("HPSV3_TOKEN_FILE", str(shared / "token"))
+        client = HPSv3Reward(frames=2, batch_size=2)
+        client.check()
+        assert client(videos(2), ["a cat", "a dog"])["hpsv3"].shape == (2,)
+    finally:
+        subprocess.run(["scancel", job], env=env)
+    deadline = time.time() + 60
+    while (shared / "url").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not (shared / "url").exists()  # a stopped service withdraws its address
