@@ -185,6 +185,7 @@ def test_client_sends_the_token_from_a_file_and_reports_401_and_413(guarded, tmp
         HPSv3Reward(url=guarded.url, frames=5, batch_size=2)(v, prompts)  # 10 frames per request, max 8
 
 
+@pytest.mark.slow
 def test_client_retries_a_restarting_service_without_losing_or_duplicating(tmp_path, monkeypatch):
     """Killed mid-scoring and started again on another port (its new address in the url file)."""
     monkeypatch.setenv("HPSV3_TOKEN", TOKEN)
@@ -210,6 +211,7 @@ def test_client_retries_a_restarting_service_without_losing_or_duplicating(tmp_p
         second.kill()
 
 
+@pytest.mark.slow
 def test_a_busy_service_answers_503_and_the_client_resubmits(monkeypatch):
     monkeypatch.setenv("HPSV3_TOKEN", TOKEN)
     srv = Service(max_pending=3, env={"HPSV3_TOKEN": TOKEN, "STANDIN_DELAY": "0.3"}).start()

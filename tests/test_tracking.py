@@ -132,3 +132,22 @@ def test_a_training_run_logs_to_every_backend(train, tmp_path):
     check_mirrors(tmp_path)
     names = {k for r in RunDir(tmp_path).rows() for k in r}
     assert {"reward/mean", "eval/reward", "loss/policy", "stats/clipfrac", "compute/flops"} <= names
+
+
+def test_a_resumed_run_rewrites_tensorboard_past_its_checkpoint(tmp_path):
+    """Killed after step 4 with a checkpoint at step 2: TensorBoard ends up with each step once."""
+    config = {"run_dir": str(tmp_path), "logging": {"backends": ["tensorboard"]}}
+    first = RunDir(tmp_path)
+    first.start(config, world_size=1, device="cpu", resume=False)
+    for step in range(5):
+        first.log({"step": step, "kind": "train", "reward/mean": float(step)})
+    first.tracker.close()  # the process dies
+    resumed = RunDir(tmp_path)
+    resumed.truncate_metrics(2)  # what the trainer does on resume
+    resumed.start(config, world_size=1, device="cpu", resume=True)
+    for step in (3, 4, 5):
+        resumed.log({"step": step, "kind": "train", "reward/mean": 10.0 + step})
+    resumed.complete({"step": 5})
+    series, _ = tensorboard_scalars(tmp_path)
+    assert series["reward/mean"] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0)]
+    assert expected_series(RunDir(tmp_path).rows()) == series
