@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -56,10 +57,11 @@ def test_srun_two_tasks_train_one_run_with_equal_checksums(tmp_path, slurm):
         "#SBATCH --ntasks=2\n#SBATCH --cpus-per-task=1\n"
         f"#SBATCH --output={tmp_path}/slurm-%j.out\n"
         f"cd {ROOT}\n"
-        f"srun --kill-on-bad-exit=1 python -m grpo_zoo.train {args}\n"
+        f"srun --kill-on-bad-exit=1 {sys.executable} -m grpo_zoo.train {args}\n"
     )
     env = {**os.environ, **slurm, **TWO_TASKS}
-    env.pop("RANK", None), env.pop("WORLD_SIZE", None), env.pop("MASTER_ADDR", None)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # SLURM's alone
+        env.pop(key, None)
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env, check=True)
     job_id = out.stdout.strip().split(";")[0]
     wait_for_job(job_id, env)

@@ -140,6 +140,10 @@ class HPSv3Reward:
                 ) from None
             raise ConfigError(f"reward.options.url: the HPSv3 service at {url} answered {err.code}") from None
         except (OSError, ValueError, ServiceError) as err:
+            if self.url_file and not Path(self.url_file).is_file():
+                raise ConfigError(
+                    f"reward.options.url_file: no {self.url_file} (is the service job running? see slurm/README.md)"
+                ) from None
             raise ConfigError(
                 f"reward.options.url: the HPSv3 service at {url} is unreachable ({err}); start it with "
                 "bash grpo_zoo/rewards/hpsv3_service/serve.sh (see its README)"
