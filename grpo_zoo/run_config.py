@@ -180,6 +180,25 @@ class BudgetConfig:
 
 
 @dataclass
+class LoggingConfig:
+    backends: list[str] = field(default_factory=lambda: ["jsonl"])
+    """Where metric rows go: jsonl (metrics.jsonl, always), tensorboard, wandb (see grpo_zoo/tracking.py)."""
+    project: str = "grpo-zoo"
+    """wandb project (runs are named after their directory, grouped by experiment)."""
+    wandb_mode: Literal["offline", "online"] = "offline"
+    """wandb: offline writes RUN/wandb/ with no network (`wandb sync` uploads it); online streams."""
+
+    def validate(self) -> None:
+        from grpo_zoo.tracking import BACKENDS, missing_package
+
+        for name in self.backends:
+            if name not in BACKENDS:
+                raise ConfigError(f"backends: unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+            if missing_package(name):
+                raise ConfigError(f"backends: {name} needs its package: pip install {missing_package(name)}")
+
+
+@dataclass
 class RunConfig:
     run_dir: str = "runs/default"
     """The run directory (config, metrics, checkpoints, eval videos)."""
@@ -201,6 +220,8 @@ class RunConfig:
     """DeepSpeed."""
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     """When to stop."""
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Experiment tracking: metrics.jsonl, plus TensorBoard and W&B mirrors."""
     checkpoint_every: int = 10
     """Save a resumable checkpoint every this many iterations (and at the end)."""
     save_eval_videos: bool = True

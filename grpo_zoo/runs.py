@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from grpo_zoo.tracking import open_tracker
+
 CONFIG, META, METRICS, STATUS, COMPLETED = "config.yaml", "meta.json", "metrics.jsonl", "status.json", "COMPLETED"
 
 
@@ -64,6 +66,8 @@ def package_versions() -> dict[str, str]:
 
 
 class RunDir:
+    tracker = None  # the TensorBoard / W&B mirrors of logging.backends, opened by start()
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
@@ -88,6 +92,7 @@ class RunDir:
         atomic_write(self.path / META, json.dumps(meta, indent=1))
         (self.path / COMPLETED).unlink(missing_ok=True)
         self.set_status("running")
+        self.tracker = open_tracker(self.path, config, resume)
 
     def set_status(self, status: str, **info: Any) -> None:
         atomic_write(self.path / STATUS, json.dumps({"status": status, **info}, indent=1))
@@ -112,11 +117,15 @@ class RunDir:
             f.write(json.dumps(row, allow_nan=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.tracker:
+            self.tracker.log(row)
 
     def complete(self, summary: dict, status: str = "completed") -> None:
         """Mark the run finished (`completed`, or `pruned` when a hook ended it early)."""
         self.set_status(status, **summary)
         atomic_write(self.path / COMPLETED, json.dumps(summary, indent=1))
+        if self.tracker:
+            self.tracker.close()
 
     # -- checkpoints ---------------------------------------------------------------------
     @property

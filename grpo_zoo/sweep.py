@@ -20,23 +20,12 @@ from pathlib import Path
 
 import yaml
 
+from grpo_zoo.cluster import CLUSTER_KEYS, submitit_parameters
 from grpo_zoo.errors import ArgParser, ConfigError, cli
 from grpo_zoo.experiment import Experiment, RunSpec, check_runs, load_experiment
 from grpo_zoo.runs import RunDir, atomic_write
 
 EXECUTORS = ("local", "slurm", "debug")
-CLUSTER_KEYS = {
-    "partition",
-    "gpus_per_node",
-    "cpus_per_task",
-    "mem_gb",
-    "time_min",
-    "account",
-    "constraint",
-    "setup",
-    "qos",
-    "exclusive",
-}
 
 
 def load_cluster(path: str | None) -> dict:
@@ -63,7 +52,7 @@ def run_state(spec: RunSpec) -> str:
         stored = run.config()
     except (FileNotFoundError, yaml.YAMLError):
         return "partial"
-    strip = lambda d: {k: v for k, v in d.items() if k != "run_dir"}  # noqa: E731
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("run_dir", "logging")}  # noqa: E731
     if strip(stored) != strip(spec.config):
         return "stale"
     status = run.status().get("status")
@@ -80,34 +69,7 @@ def make_executor(kind: str, folder: Path, cluster: dict, resources: dict, max_p
     import submitit
 
     ex = submitit.AutoExecutor(folder=folder, cluster=kind)
-    gpus = int(resources.get("gpus", cluster.get("gpus_per_node", 0) and 1 or 0))
-    nodes = int(resources.get("nodes", 1))
-    tasks = max(gpus // nodes, 1) if gpus else int(resources.get("tasks", 1))
-    params = {
-        "timeout_min": int(resources.get("time_min", cluster.get("time_min", 60 * 24))),
-        "tasks_per_node": tasks,
-        "nodes": nodes,
-        "cpus_per_task": int(resources.get("cpus_per_task", cluster.get("cpus_per_task", 1))),
-    }
-    if gpus:
-        params["gpus_per_node"] = tasks
-    if kind == "slurm":
-        params.update(
-            slurm_partition=cluster.get("partition"),
-            slurm_array_parallelism=max_parallel,
-            slurm_setup=list(cluster.get("setup") or []),
-        )
-        if cluster.get("mem_gb"):
-            params["mem_gb"] = cluster["mem_gb"]
-        extra = {}
-        for key in ("account", "constraint", "qos"):
-            if cluster.get(key):
-                extra[key] = cluster[key]
-        if cluster.get("exclusive"):
-            extra["exclusive"] = True
-        if extra:
-            params["slurm_additional_parameters"] = extra
-    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    ex.update_parameters(**submitit_parameters(kind, cluster, resources, max_parallel))
     return ex
 
 
@@ -185,7 +147,7 @@ def sweep(
                 continue
             spec = next(s for s in todo if s.name == name)
             try:
-                job.result()
+                job.results()  # every task of a multi-task job
                 final[name] = run_state(spec)
             except Exception as err:  # one failing run never stops the others
                 final[name] = "failed"

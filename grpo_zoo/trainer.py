@@ -175,9 +175,9 @@ class Trainer:
         latest = self.run.latest_checkpoint()
         if latest is not None:
             old = self.run.config()
-            for key in ("budget", "run_dir"):
+            for key in ("budget", "run_dir", "logging"):  # neither changes what is trained
                 old.pop(key, None)
-            new = {k: v for k, v in resolved.items() if k not in ("budget", "run_dir")}
+            new = {k: v for k, v in resolved.items() if k not in ("budget", "run_dir", "logging")}
             if old != new:
                 raise ConfigError(
                     f"run_dir: {self.run.path} holds a run with another config; resume it with that config "

@@ -89,7 +89,7 @@ def replay(tuner_args, studies, spec, bases, root: Path, executor_factory, out=s
         job = executor_factory().submit(TrainJob(config, threads))
         while not job.done():
             time.sleep(1)
-        job.result()
+        job.results()
     status = RunDir(run_dir).status()
     value = status.get("eval/reward")
     print(f"replay of {variant} trial {number} ({t.state.name.lower()}): objective {value:.6f}", file=out)

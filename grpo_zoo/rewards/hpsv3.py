@@ -12,8 +12,14 @@ restarts, a timeout, a 5xx) is retried with the same id after an exponential bac
 the reward raises. So a restart mid-run costs time, never a dropped, duplicated or
 misaligned reward; a service that stays down fails the run loudly (it resumes later).
 
-Options (reward.options): url, frames, aggregate, top_fraction, batch_size, timeout,
-retries, backoff, max_in_flight.
+On a cluster the service may run on another node behind a shared token: the client sends
+`Authorization: Bearer TOKEN`, the token read from $HPSV3_TOKEN or from a file
+(`token_file`, or $HPSV3_TOKEN_FILE); `url_file` (or $HPSV3_URL_FILE) names a file holding the
+service's address, read again at every attempt, so a service restarted elsewhere is found.
+A 401 or 413 is not retried: the token or the request size is wrong, and the error says which.
+
+Options (reward.options): url, url_file, token_file, frames, aggregate, top_fraction,
+batch_size, timeout, retries, backoff, max_in_flight.
 """
 
 from __future__ import annotations
@@ -22,12 +28,14 @@ import base64
 import io
 import json
 import math
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,6 +86,8 @@ class HPSv3Reward:
         retries: int = 6,
         backoff: float = 1.0,
         max_in_flight: int = 2,
+        url_file: str | None = None,
+        token_file: str | None = None,
     ):
         if aggregate not in AGGREGATES:
             raise ConfigError(f"reward.options.aggregate: one of {', '.join(AGGREGATES)}, got {aggregate!r}")
@@ -91,20 +101,55 @@ class HPSv3Reward:
         self.batch_size, self.timeout, self.retries, self.backoff = batch_size, timeout, retries, backoff
         self.pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="hpsv3")
         self.stats = {"requests": 0, "retries": 0}
+        self.url_file = url_file or os.environ.get("HPSV3_URL_FILE")
+        self.token_file = token_file or os.environ.get("HPSV3_TOKEN_FILE")
 
     # -- the service -------------------------------------------------------------------
+    def address(self) -> str:
+        """The service's URL: the url_file's content when there is one, else `url`."""
+        if self.url_file:
+            try:
+                return Path(self.url_file).read_text().strip().rstrip("/") or self.url
+            except OSError:
+                return self.url
+        return self.url
+
+    def headers(self) -> dict[str, str]:
+        token = os.environ.get("HPSV3_TOKEN", "").strip()
+        if not token and self.token_file:
+            try:
+                token = Path(self.token_file).read_text().strip()
+            except OSError as err:
+                raise ServiceError(
+                    f"reward.options.token_file: cannot read {self.token_file}: {err.strerror}"
+                ) from None
+        return {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+
     def check(self) -> None:
-        """Fail early and clearly when the service is not there (trainer.check calls this)."""
+        """Fail early and clearly when the service is not there or refuses us (trainer.check calls this)."""
+        url = self.address()
         try:
-            with urllib.request.urlopen(f"{self.url}/health", timeout=10) as r:
+            req = urllib.request.Request(f"{url}/health", headers=self.headers())
+            with urllib.request.urlopen(req, timeout=10) as r:
                 info = json.loads(r.read())
-        except (OSError, ValueError) as err:
+        except urllib.error.HTTPError as err:
+            if err.code == 401:
+                raise ConfigError(
+                    f"reward.options.token_file: the HPSv3 service at {url} wants a token and refused ours "
+                    "(set $HPSV3_TOKEN or reward.options.token_file to the service's token file)"
+                ) from None
+            raise ConfigError(f"reward.options.url: the HPSv3 service at {url} answered {err.code}") from None
+        except (OSError, ValueError, ServiceError) as err:
+            if self.url_file and not Path(self.url_file).is_file():
+                raise ConfigError(
+                    f"reward.options.url_file: no {self.url_file} (is the service job running? see slurm/README.md)"
+                ) from None
             raise ConfigError(
-                f"reward.options.url: the HPSv3 service at {self.url} is unreachable ({err}); start it with "
+                f"reward.options.url: the HPSv3 service at {url} is unreachable ({err}); start it with "
                 "bash grpo_zoo/rewards/hpsv3_service/serve.sh (see its README)"
             ) from None
         if info.get("status") != "ok":
-            raise ConfigError(f"reward.options.url: the HPSv3 service at {self.url} is not ready: {info}")
+            raise ConfigError(f"reward.options.url: the HPSv3 service at {url} is not ready: {info}")
 
     def _post(self, body: dict) -> dict:
         data = json.dumps(body).encode()
@@ -113,20 +158,28 @@ class HPSv3Reward:
             if attempt:
                 self.stats["retries"] += 1
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(
-                f"{self.url}/score", data=data, headers={"Content-Type": "application/json"}, method="POST"
-            )
+            url = self.address()
+            req = urllib.request.Request(f"{url}/score", data=data, headers=self.headers(), method="POST")
             try:
                 self.stats["requests"] += 1
                 with urllib.request.urlopen(req, timeout=self.timeout) as r:
                     return json.loads(r.read())
             except urllib.error.HTTPError as err:
+                if err.code == 401:
+                    raise ServiceError(
+                        f"HPSv3 service at {url} refused the token (401): set $HPSV3_TOKEN or reward.options.token_file"
+                    ) from None
+                if err.code == 413:
+                    raise ServiceError(
+                        f"HPSv3 service at {url} refused a request as too large (413: {err.read()[:200]!r}); "
+                        "lower reward.options.batch_size or frames, or raise the service's --max-body-mb/--max-frames"
+                    ) from None
                 if 400 <= err.code < 500:  # our request is wrong: retrying cannot help
                     raise ServiceError(f"HPSv3 service rejected the request: {err.code} {err.read()[:300]!r}") from None
-                last = f"HTTP {err.code}"
+                last = f"HTTP {err.code}"  # 5xx, 503 busy: the same request (same id) again
             except (OSError, ValueError) as err:  # refused while restarting, reset, timeout, torn body
                 last = f"{type(err).__name__}: {err}"
-        raise ServiceError(f"HPSv3 service at {self.url} failed {self.retries + 1} times; last: {last}")
+        raise ServiceError(f"HPSv3 service at {self.address()} failed {self.retries + 1} times; last: {last}")
 
     def _score_chunk(self, frames_b64: list[list[str]], prompts: list[str]) -> torch.Tensor:
         rid = uuid.uuid4().hex

@@ -165,7 +165,7 @@ class Tuner:
                 trial.set_user_attr("job_id", str(job.job_id))
                 while not job.done():
                     time.sleep(1)
-                job.result()
+                job.results()  # every task of a multi-task job
             except Exception as err:  # the job failed (or could not be submitted): the trial fails, the study goes on
                 lines = str(err).strip().splitlines()
                 error = lines[-1] if lines else type(err).__name__

@@ -16,6 +16,13 @@ Endpoints:
   Malformed requests get 400/422 with the reason; a failing batch gets 500; the server
   stays up either way. A repeated request_id (a client retrying a request whose answer it
   lost) is answered from a cache of recent results, not scored twice.
+
+Guarded for a cluster: it listens on loopback unless --host says otherwise, and bound beyond
+loopback it refuses to start without a shared token, read from $HPSV3_TOKEN or from a file
+(--token-file or $HPSV3_TOKEN_FILE; never from the command line). With a token every request
+needs `Authorization: Bearer TOKEN` (401 otherwise; compared in constant time). A body over
+--max-body-mb or a request of more than --max-frames frames gets 413; more than --max-pending
+frames waiting for the model gets 503 with Retry-After (the client retries the same request).
 """
 
 from __future__ import annotations
@@ -25,8 +32,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import hashlib
+import hmac
 import io
+import ipaddress
+import json
 import os
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -71,12 +83,12 @@ def import_torchvision() -> None:
 
 class Item(BaseModel):
     prompt: str = Field(max_length=4000)
-    frames: list[str] = Field(min_length=1, max_length=256)
+    frames: list[str] = Field(min_length=1)  # how many: --max-frames (413)
 
 
 class ScoreRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=128)
-    items: list[Item] = Field(min_length=1, max_length=4096)
+    items: list[Item] = Field(min_length=1)
 
 
 def inferencer_config(base_model: str, dtype: str) -> str:
@@ -108,6 +120,7 @@ class Scorer:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.lock = threading.Lock()
         self.scored = 0
+        self.pending = 0  # frames queued or being scored
 
     def forward(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         import torch
@@ -141,8 +154,12 @@ class Scorer:
 
     async def score(self, image: Image.Image, prompt: str) -> float:
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((image, prompt, fut))
-        return await fut
+        self.pending += 1
+        try:
+            await self.queue.put((image, prompt, fut))
+            return await fut
+        finally:
+            self.pending -= 1
 
 
 def decode_frame(text: str) -> Image.Image:
@@ -155,7 +172,74 @@ def decode_frame(text: str) -> Image.Image:
     return img.convert("RGB")
 
 
-def make_app(model, batch_size: int, device: str, cache_size: int = 512) -> FastAPI:
+def digest(token: str | bytes) -> bytes:
+    return hashlib.sha256(token.encode() if isinstance(token, str) else token).digest()
+
+
+class Guard:
+    """ASGI middleware in front of every route: the shared token (401), then the body size (413).
+
+    The body is read here, up to `max_body` bytes, before the app parses any of it; tokens
+    are compared as SHA-256 digests with hmac.compare_digest (constant time, any length).
+    """
+
+    def __init__(self, app, token: str | None, max_body: int):
+        self.app, self.max_body = app, max_body
+        self.token = digest(token) if token else None
+
+    @staticmethod
+    async def answer(send, status: int, detail: str, headers: list | None = None) -> None:
+        body = json.dumps({"detail": detail}).encode()
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": head + (headers or [])})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.token is not None:
+            auth = headers.get(b"authorization", b"")
+            given = auth[7:].strip() if auth[:7].lower() == b"bearer " else b""
+            if not hmac.compare_digest(digest(given), self.token) or not given:
+                return await self.answer(send, 401, "missing or wrong token", [(b"www-authenticate", b"Bearer")])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            return await self.answer(send, 413, f"request body over the limit of {self.max_body} bytes")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return await self.answer(send, 413, f"request body over the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+def make_app(
+    model,
+    batch_size: int,
+    device: str,
+    cache_size: int = 512,
+    token: str | None = None,
+    max_body_bytes: int = 256 * 2**20,
+    max_frames: int = 4096,
+    max_pending: int = 65536,
+):
+    """The service as an ASGI app: the FastAPI routes behind the Guard (token, body size)."""
     scorer = Scorer(model, batch_size)
     done: OrderedDict[str, dict] = OrderedDict()
 
@@ -175,6 +259,11 @@ def make_app(model, batch_size: int, device: str, cache_size: int = 512) -> Fast
     async def score(req: ScoreRequest) -> dict:
         if req.request_id in done:
             return done[req.request_id]
+        frames = sum(len(item.frames) for item in req.items)
+        if frames > max_frames:
+            raise HTTPException(413, f"{frames} frames in one request, over the limit of {max_frames}; send fewer")
+        if scorer.pending + frames > max_pending:
+            raise HTTPException(503, "busy: too many frames waiting; retry", headers={"Retry-After": "1"})
         decoded = [[decode_frame(f) for f in item.frames] for item in req.items]
         try:
             scores = await asyncio.gather(
@@ -191,14 +280,43 @@ def make_app(model, batch_size: int, device: str, cache_size: int = 512) -> Fast
             done.popitem(last=False)
         return out
 
-    return app
+    return Guard(app, token, max_body_bytes)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def read_token(token_file: str | None) -> str | None:
+    """$HPSV3_TOKEN, else the first line of --token-file / $HPSV3_TOKEN_FILE; None when neither is set."""
+    if os.environ.get("HPSV3_TOKEN"):
+        return os.environ["HPSV3_TOKEN"].strip()
+    path = token_file or os.environ.get("HPSV3_TOKEN_FILE")
+    if not path:
+        return None
+    try:
+        token = Path(path).read_text().strip()
+    except OSError as err:
+        raise ValueError(f"--token-file: cannot read {path}: {err.strerror}") from None
+    if not token:
+        raise ValueError(f"--token-file: {path} is empty")
+    return token
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="HPSv3 reward service")
+    p = argparse.ArgumentParser(description="HPSv3 reward service", allow_abbrev=False)
     p.add_argument("--checkpoint", required=True, help="HPSv3 weights (.safetensors or .pth)")
     p.add_argument("--base-model", required=True, help="local Qwen2-VL directory (HPSv3's base model)")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="beyond loopback a token is required (see --token-file)")
+    p.add_argument("--token-file", default=None, help="file holding the shared token (or set $HPSV3_TOKEN)")
+    p.add_argument("--max-body-mb", type=float, default=256, help="larger request bodies get 413")
+    p.add_argument("--max-frames", type=int, default=4096, help="requests with more frames get 413")
+    p.add_argument("--max-pending", type=int, default=65536, help="frames waiting beyond this get 503")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
@@ -207,6 +325,16 @@ def main() -> None:
     for name in ("checkpoint", "base_model"):
         if not Path(getattr(args, name)).exists():
             p.error(f"--{name.replace('_', '-')}: {getattr(args, name)} does not exist")
+    try:
+        token = read_token(args.token_file)
+        if token is None and not is_loopback(args.host):
+            raise ValueError(
+                f"--host {args.host}: beyond loopback the service needs a shared token "
+                "($HPSV3_TOKEN, or --token-file / $HPSV3_TOKEN_FILE naming a file that holds it)"
+            )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import_torchvision()
     from hpsv3 import HPSv3RewardInferencer
@@ -215,7 +343,16 @@ def main() -> None:
         config_path=inferencer_config(args.base_model, args.dtype), checkpoint_path=args.checkpoint, device=args.device
     )
     print(f"HPSv3 loaded on {args.device}; serving on http://{args.host}:{args.port}", flush=True)
-    uvicorn.run(make_app(model, args.batch_size, args.device), host=args.host, port=args.port, log_level="warning")
+    app = make_app(
+        model,
+        args.batch_size,
+        args.device,
+        token=token,
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        max_frames=args.max_frames,
+        max_pending=args.max_pending,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":
