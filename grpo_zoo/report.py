@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--collapse-drop: must lie in (0, 1), got {args.collapse_drop}")
     try:
         path = write_report(args.runs_dir, args.out, args.target, args.collapse_drop)
+    except ConfigError:  # a malformed metrics file: its file:line, as it is
+        raise
     except ValueError as err:
         raise ConfigError(f"runs_dir: {err}") from None
     print(f"report: {path}")
