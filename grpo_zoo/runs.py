@@ -34,7 +34,6 @@ of that step is written), `checkpoint_write` (a checkpoint staged, not yet publi
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import fcntl
 import json
@@ -46,6 +45,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -230,7 +230,7 @@ class RunLock:
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK
-        self.fd: int | None = None
+        self._release: weakref.finalize | None = None
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -251,18 +251,20 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         os.fsync(fd)
-        self.fd = fd
-        atexit.register(self.release)
+        # released by release(), when this object is collected (a trainer that failed to
+        # build) or at exit; only a SIGKILL leaves the file's content behind (a stale lock)
+        self._release = weakref.finalize(self, _unlock, fd)
         return self
 
     def release(self) -> None:
-        if self.fd is None:
-            return
-        fd, self.fd = self.fd, None
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # closing the last descriptor drops the flock
-        atexit.unregister(self.release)
+        if self._release is not None:
+            self._release()
+
+
+def _unlock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)  # closing the last descriptor drops the flock
 
 
 def git_commit() -> str | None:

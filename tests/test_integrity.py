@@ -5,6 +5,7 @@ The slow tests drive the real trainer on the toy world (3 iterations, checkpoint
 grpo_zoo/runs.py); every resumed run must end with the rows of an uninterrupted one.
 """
 
+import gc
 import json
 import os
 import shutil
@@ -349,3 +350,26 @@ def test_lock_refuses_a_second_writer_and_takes_over_a_dead_ones(tmp_path, capsy
     )
     assert json.loads((tmp_path / "lock").read_text())["pid"] == os.getpid()
     lock.release()
+    RunLock(tmp_path).acquire()  # dropped unreleased (a trainer that failed to build): freed when collected
+    gc.collect()
+    RunLock(tmp_path).acquire().release()
+
+
+def test_exit_signals_leave_a_handler_someone_else_installed():
+    """Under submitit TERM is its logged no-op and USR2 its requeue: the trainer keeps out."""
+    from grpo_zoo.runs import Terminated, exit_signals
+
+    def theirs(signum, frame):
+        pass
+
+    old = signal.signal(signal.SIGTERM, theirs)
+    try:
+        with exit_signals():
+            assert signal.getsignal(signal.SIGTERM) is theirs
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with pytest.raises(Terminated) as info, exit_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        assert info.value.status == "terminated" and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, old)
