@@ -183,7 +183,7 @@ class Trainer:
                 self.engine.load(path)
                 ok = 1.0
             except Exception as err:  # a damaged or partial checkpoint: try the one before
-                failures.append(f"{path.name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+                failures.append(f"{path.name}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}")
                 ok = 0.0
             if float(self.engine.all_reduce_sum(torch.tensor([ok]))[0]) == self.world:
                 loaded = path
