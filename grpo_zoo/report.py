@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     x = None if args.x is None else f"compute/{args.x}"
     try:
         path = write_report(args.runs_dir, args.out, args.target, args.collapse_drop, args.below_base, x)
+    except ConfigError:  # a malformed metrics file: its file:line, as it is
+        raise
     except ValueError as err:
         raise ConfigError(f"runs_dir: {err}") from None
     print(f"report: {path}")

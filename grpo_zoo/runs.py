@@ -8,41 +8,264 @@
                          and the compute/... counters
       checkpoints/       step-N/ (engine states + trainer state), `latest` names the newest
       eval/              the last evaluation's grid.png and videos
-      status.json        running | completed | pruned | diverged | failed, with the reason
+      status.json        running | completed | pruned | diverged | failed | terminated |
+                         interrupted, with the reason
       COMPLETED          the completion marker (written last, atomically)
+      lock               the writer's job id, host and pid while a trainer holds the directory
 
-Everything is written atomically (temporary name, then rename), so a crash or a kill
-leaves either the old file or the new one, never half of one; a killed run loses at most
-the row being written.
+A run directory is a small transactional store with one writer (`RunLock`, an flock that a
+SIGKILL releases). Everything is written atomically (temporary name, fsync, rename), so a
+crash or a kill leaves either the old file or the new one, never half of one. A checkpoint
+records how many metrics rows were written before it (and the last evaluation): a resume
+keeps exactly those rows and drops the rest, so no row is lost or doubled and a finished
+final evaluation is not repeated; with no checkpoint a rerun starts from an empty file. A
+newest checkpoint that cannot be read falls back to the newest one that can (one line,
+recorded in status.json and meta.json). A metrics file that does not parse is an error
+naming file:line (`MetricsError`), never silently shortened; the one repair is a last
+line without its newline, the row a kill cut mid-write.
+
+Test hooks (for the kill-point tests): GRPO_ZOO_KILL_AT=POINT[@STEP] SIGKILLs the process
+and GRPO_ZOO_STOP_AT=POINT[@STEP] SIGSTOPs it at a named point: `row` (after a metrics row
+of that step is written), `checkpoint_write` (a checkpoint staged, not yet published),
+`checkpoint_publish` (renamed into place, `latest` not yet updated), `before_complete`
+(final evaluation and checkpoint done, status not yet written), `after_complete`
+(COMPLETED written, the process not yet ended).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from grpo_zoo.tracking import open_tracker
+from grpo_zoo.errors import ConfigError
 
 CONFIG, META, METRICS, STATUS, COMPLETED = "config.yaml", "meta.json", "metrics.jsonl", "status.json", "COMPLETED"
+LOCK = "lock"
+
+
+class MetricsError(ConfigError):
+    """A metrics file that does not parse: the message names file:line."""
+
+
+class RunBusy(ConfigError):
+    """Another live process holds the run directory's lock (it must not be written to)."""
+
+
+def say(text: str) -> None:
+    """One line about the run directory, to stderr."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def test_point(name: str, step: int | None = None) -> None:
+    """GRPO_ZOO_KILL_AT / GRPO_ZOO_STOP_AT=POINT[@STEP]: SIGKILL / SIGSTOP this process here."""
+    for var, sig in (("GRPO_ZOO_KILL_AT", signal.SIGKILL), ("GRPO_ZOO_STOP_AT", signal.SIGSTOP)):
+        point, _, at = os.environ.get(var, "").partition("@")
+        if point == name and (not at or (step is not None and int(at) == step)):
+            os.kill(os.getpid(), sig)
+
+
+# -- exit signals -------------------------------------------------------------------------
+class Terminated(BaseException):
+    """SIGTERM or SIGINT arrived: the run records `terminated` / `interrupted` and ends."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.status = "interrupted" if signum == signal.SIGINT else "terminated"
+
+
+_critical = {"depth": 0, "pending": None}
+
+
+@contextlib.contextmanager
+def critical():
+    """A write that a TERM or INT must not cut in half: the signal takes effect after it."""
+    _critical["depth"] += 1
+    try:
+        yield
+    finally:
+        _critical["depth"] -= 1
+        if _critical["depth"] == 0 and _critical["pending"] is not None:
+            signum, _critical["pending"] = _critical["pending"], None
+            raise Terminated(signum)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    if _critical["depth"]:
+        _critical["pending"] = signum
+        return
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def exit_signals():
+    """TERM and INT raise `Terminated` inside this block (outside any `critical` write).
+
+    A handler someone else installed is left alone: under submitit, TERM stays its
+    logged no-op and USR2 its checkpoint-and-requeue, so preemption keeps working."""
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
+            if signal.getsignal(sig) is default:
+                installed[sig] = signal.signal(sig, _on_signal)
+    try:
+        yield
+    finally:
+        for sig, old in installed.items():
+            signal.signal(sig, old)
 
 
 def atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with critical():
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+# -- metrics files --------------------------------------------------------------------------
+def _parse_row(path: Path, lineno: int, raw: bytes) -> dict:
+    where = f"{path}:{lineno}"
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        what = "an empty line" if not raw.strip() else f"not JSON ({err})"
+        raise MetricsError(f"{where}: {what}; the metrics file is damaged") from None
+    if not isinstance(row, dict):
+        raise MetricsError(f"{where}: a {type(row).__name__}, not a row object; the metrics file is damaged")
+    step = row.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(row.get("kind"), str):
+        raise MetricsError(f"{where}: a row without an integer `step` and a `kind`; the metrics file is damaged")
+    return row
+
+
+def parse_metrics(path: Path, lines: list[bytes]) -> list[dict]:
+    """Complete lines into rows: each one JSON object; steps never go back, no train step twice."""
+    rows: list[dict] = []
+    last_step, last_train = None, None
+    for n, raw in enumerate(lines, 1):
+        row = _parse_row(path, n, raw)
+        if last_step is not None and row["step"] < last_step:
+            raise MetricsError(f"{path}:{n}: step {row['step']} after step {last_step}; rows are doubled or mixed")
+        if row["kind"] == "train" and last_train is not None and row["step"] <= last_train:
+            raise MetricsError(f"{path}:{n}: a second train row for step {row['step']}; rows are doubled")
+        last_step = row["step"]
+        last_train = row["step"] if row["kind"] == "train" else last_train
+        rows.append(row)
+    return rows
+
+
+def split_lines(path: Path) -> tuple[list[bytes], bytes]:
+    """(complete lines, the torn tail: a last line without its newline, b"" if none)."""
+    data = path.read_bytes() if path.exists() else b""
+    lines = data.split(b"\n")
+    tail = lines.pop()
+    return lines, tail
+
+
+def read_metrics(path: Path, torn_tail_ok: bool = True) -> tuple[list[dict], str | None]:
+    """The rows of a metrics file and a note when its last line was torn (MetricsError on damage).
+
+    A last line without its newline is the row a writer was writing (or a kill cut): it is
+    left out with a note when `torn_tail_ok` (a run that may still be writing), else an error."""
+    lines, tail = split_lines(path)
+    rows = parse_metrics(path, lines)
+    if not tail:
+        return rows, None
+    where = f"{path}:{len(lines) + 1}"
+    if not torn_tail_ok:
+        raise MetricsError(f"{where}: the last row is cut off (no newline) although the run ended; the file is damaged")
+    return rows, f"{where}: left out the last row, cut off mid-write"
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def config_difference(old: dict, new: dict) -> str | None:
+    """The first dotted key whose value differs, as `key: old -> new` (None if equal)."""
+    a, b = _flat(old), _flat(new)
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, "<unset>") != b.get(key, "<unset>"):
+            return f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
+    return None
+
+
+# -- one writer -----------------------------------------------------------------------------
+def _holder_text(raw: str) -> str:
+    try:
+        h = json.loads(raw)
+        job = f"job {h['job_id']}, " if h.get("job_id") else ""
+        return f"{job}host {h.get('host')}, pid {h.get('pid')}"
+    except (json.JSONDecodeError, TypeError, AttributeError):
+        return "another process"
+
+
+class RunLock:
+    """One writer per run directory: an exclusive flock on RUN/lock, which holds the writer's
+    job id (SLURM_JOB_ID), host and pid. The kernel drops the flock when its process dies
+    (SIGKILL included), so a lock left by a dead writer is taken over, said in one line."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK
+        self._release: weakref.finalize | None = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_text(os.pread(fd, 4096, 0).decode(errors="replace"))
+            os.close(fd)
+            raise RunBusy(
+                f"run_dir: {self.path.parent} is being written by {holder}; one writer per run directory "
+                "(wait for it to end, stop it, or choose another run_dir)"
+            ) from None
+        old = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if old:
+            say(f"note: run_dir: took over the lock of {_holder_text(old)}, which ended without releasing it")
+        me = {"job_id": os.environ.get("SLURM_JOB_ID"), "host": platform.node(), "pid": os.getpid()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.fsync(fd)
+        # released by release(), when this object is collected (a trainer that failed to
+        # build) or at exit; only a SIGKILL leaves the file's content behind (a stale lock)
+        self._release = weakref.finalize(self, _unlock, fd)
+        return self
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+
+def _unlock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)  # closing the last descriptor drops the flock
 
 
 def git_commit() -> str | None:
@@ -70,9 +293,10 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.rows_written = 0  # rows in metrics.jsonl, as this writer knows it
 
     # -- writing -----------------------------------------------------------------------
-    def start(self, config: dict, world_size: int, device: str, resume: bool) -> None:
+    def start(self, config: dict, world_size: int, device: str, resume: bool, fallback: str | None = None) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         header = f"# python -m grpo_zoo.train {self.path / CONFIG}\n"
         atomic_write(self.path / CONFIG, header + yaml.safe_dump(config, sort_keys=False))
@@ -85,47 +309,102 @@ class RunDir:
             "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        if resume and (self.path / META).exists():
-            old = json.loads((self.path / META).read_text())
+        old = {}
+        if (self.path / META).exists():
+            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
+                old = json.loads((self.path / META).read_text())
+        if resume and old:
             meta["resumes"] = old.get("resumes", []) + [meta["started"]]
             meta["started"] = old.get("started", meta["started"])
+        fallbacks = old.get("checkpoint_fallbacks", []) if resume else []
+        if fallback:
+            fallbacks = fallbacks + [{"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "note": fallback}]
+        if fallbacks:
+            meta["checkpoint_fallbacks"] = fallbacks
         atomic_write(self.path / META, json.dumps(meta, indent=1))
         (self.path / COMPLETED).unlink(missing_ok=True)
-        self.set_status("running")
+        self.set_status("running", **({"checkpoint_fallback": fallback} if fallback else {}))
         self.tracker = open_tracker(self.path, config, resume)
 
     def set_status(self, status: str, **info: Any) -> None:
         atomic_write(self.path / STATUS, json.dumps({"status": status, **info}, indent=1))
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop rows past `after_step` (a resumed run rewrites them) and any torn last line."""
-        path = self.path / METRICS
-        if not path.exists():
+    def check_config(self, config: dict, ignore: tuple[str, ...] = ("budget", "run_dir", "logging")) -> None:
+        """ConfigError when the directory holds a run of another config (`ignore`d keys aside)."""
+        if not (self.path / CONFIG).exists():
             return
-        keep = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the row a kill interrupted
-            if row.get("step", 0) <= after_step:
-                keep.append(line)
-        atomic_write(path, "".join(line + "\n" for line in keep))
+        try:
+            old = self.config()
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"run_dir: {self.path / CONFIG} is unreadable ({type(err).__name__}); repair it or choose a new run_dir"
+            ) from None
+        strip = lambda d: {k: v for k, v in (d or {}).items() if k not in ignore}  # noqa: E731
+        diff = config_difference(strip(old), strip(config))
+        if diff:
+            what = "a completed run" if self.is_complete() else "a run"
+            raise ConfigError(
+                f"run_dir: {self.path} holds {what} with another config ({diff}); "
+                "resume it with that config or choose a new run_dir"
+            )
+
+    def resume_metrics(self, keep_rows: int | None, after_step: int, checkpoint: str | None) -> None:
+        """Keep the rows written before the resumed checkpoint, drop the rest (atomically).
+
+        `keep_rows`: how many rows the checkpoint recorded (None for an older checkpoint:
+        then rows up to `after_step`). No checkpoint: an empty file (nothing stale kept).
+        A row before the checkpoint that does not parse, or fewer rows than it recorded,
+        is a MetricsError naming file:line: the file is never silently shortened."""
+        path = self.path / METRICS
+        lines, tail = split_lines(path)
+        if checkpoint is None:
+            keep: list[bytes] = []
+            if lines or tail:
+                say(
+                    f"note: run_dir: no checkpoint to resume from; starting afresh, dropping {len(lines) + bool(tail)} "
+                    "rows of an earlier attempt"
+                )
+        elif keep_rows is not None:
+            if len(lines) < keep_rows:
+                raise MetricsError(
+                    f"{path}:{len(lines) + 1}: the file ends after {len(lines)} rows but checkpoint {checkpoint} "
+                    f"was taken after row {keep_rows}; it was cut (restore it, or delete the run directory)"
+                )
+            keep = lines[:keep_rows]
+            parse_metrics(path, keep)
+        else:
+            rows = parse_metrics(path, lines)
+            keep = [line for line, row in zip(lines, rows) if row["step"] <= after_step]
+        dropped = len(lines) - len(keep) + bool(tail)
+        if checkpoint is not None:
+            cut = ", the last one cut off mid-write" if tail else ""
+            say(
+                f"note: run_dir: resuming from checkpoint {checkpoint}; "
+                f"{len(keep)} rows kept, {dropped} past it dropped{cut}"
+            )
+        if dropped or path.exists():
+            atomic_write(path, "".join(line.decode() + "\n" for line in keep))
+        self.rows_written = len(keep)
 
     def log(self, row: dict) -> None:
-        with open(self.path / METRICS, "a") as f:
+        with critical(), open(self.path / METRICS, "a") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
+            self.rows_written += 1
         if self.tracker:
             self.tracker.log(row)
+        test_point("row", row.get("step"))
 
     def complete(self, summary: dict, status: str = "completed") -> None:
         """Mark the run finished (`completed`, or `pruned` when a hook ended it early)."""
-        self.set_status(status, **summary)
-        atomic_write(self.path / COMPLETED, json.dumps(summary, indent=1))
+        test_point("before_complete")
+        with critical():
+            self.set_status(status, **summary)
+            atomic_write(self.path / COMPLETED, json.dumps(summary, indent=1))
         if self.tracker:
             self.tracker.close()
+        test_point("after_complete")
 
     # -- checkpoints ---------------------------------------------------------------------
     @property
@@ -135,42 +414,54 @@ class RunDir:
     def staging(self, step: int) -> Path:
         return self.checkpoints / f".staging-step-{step}"
 
+    def _steps(self) -> list[int]:
+        return sorted(
+            int(p.name.split("-")[1])
+            for p in self.checkpoints.glob("step-*")
+            if p.is_dir() and p.name.split("-")[1].isdigit()
+        )
+
     def commit_checkpoint(self, step: int, keep: int = 2) -> Path:
         """Publish a staged checkpoint: rename it, then point `latest` at it, then prune."""
+        test_point("checkpoint_write", step)
         final = self.checkpoints / f"step-{step}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(self.staging(step), final)
-        atomic_write(self.checkpoints / "latest", final.name)
-        steps = sorted(
-            (int(p.name.split("-")[1]) for p in self.checkpoints.glob("step-*") if p.is_dir()),
-        )
-        for old in steps[:-keep]:
-            shutil.rmtree(self.checkpoints / f"step-{old}", ignore_errors=True)
+        with critical():
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(self.staging(step), final)
+            test_point("checkpoint_publish", step)
+            atomic_write(self.checkpoints / "latest", final.name)
+            for old in self._steps()[:-keep]:
+                shutil.rmtree(self.checkpoints / f"step-{old}", ignore_errors=True)
         return final
 
-    def latest_checkpoint(self) -> Path | None:
+    def checkpoint_candidates(self) -> tuple[list[Path], str | None]:
+        """Checkpoints to try, newest first, and the newest one's name (even if it is gone).
+
+        The newest is the highest step-N directory or the one `latest` names, whichever is
+        higher (a kill between the rename and the pointer leaves the directory newer)."""
+        steps = self._steps()
+        newest = f"step-{steps[-1]}" if steps else None
         pointer = self.checkpoints / "latest"
-        if not pointer.exists():
-            return None
-        path = self.checkpoints / pointer.read_text().strip()
-        return path if path.is_dir() else None
+        if pointer.exists():
+            named = pointer.read_text(errors="replace").strip()
+            tail = named.split("-")[-1]
+            if tail.isdigit() and (newest is None or int(tail) > int(newest.split("-")[1])):
+                newest = named
+        return [self.checkpoints / f"step-{s}" for s in reversed(steps)], newest
+
+    def latest_checkpoint(self) -> Path | None:
+        cands, _ = self.checkpoint_candidates()
+        return cands[0] if cands else None
 
     # -- reading -------------------------------------------------------------------------
     def is_complete(self) -> bool:
         return (self.path / COMPLETED).exists()
 
     def rows(self) -> list[dict]:
-        path = self.path / METRICS
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        """Every row (MetricsError naming file:line if one does not parse; a last row cut
+        off mid-write, by a writer that is still going or by a kill, is left out)."""
+        return read_metrics(self.path / METRICS, torn_tail_ok=not self.is_complete())[0]
 
     def config(self) -> dict:
         return yaml.safe_load((self.path / CONFIG).read_text())

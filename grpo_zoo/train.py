@@ -3,7 +3,9 @@
 The config file sets fields of the run config (a top-level `base: other.yaml` is
 loaded first and merged under it); `dotted.key=value` arguments override
 them (values are YAML: `optim.lr=3e-4`, `algorithm.k_range=[0,5]`, `budget.steps=null`).
-`run_dir=...` picks the run directory; an existing one with a checkpoint is resumed.
+`run_dir=...` picks the run directory; an existing one is resumed from its newest readable
+checkpoint (one trainer per directory; a completed one given another config is refused).
+Exit status: 0 done, 1 diverged (NaN/inf loss or reward), 2 bad input, 128+N ended by signal N.
 `--help` lists every field with its one-line doc. Bad input: one line, exit status 2.
 """
 
@@ -46,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     cfg = resolve(argv)
-    from grpo_zoo.runs import RunDir
+    from grpo_zoo.config import to_dict
+    from grpo_zoo.runs import RunDir, Terminated
     from grpo_zoo.trainer import NonFiniteError, Trainer
 
-    if RunDir(cfg.run_dir).is_complete():
+    run = RunDir(cfg.run_dir)
+    if run.is_complete():
+        run.check_config(to_dict(cfg), ignore=("run_dir", "logging"))  # another config (budget included): exit 2
         print(f"{cfg.run_dir}: already completed (delete it to train again)")
         return 0
     try:
@@ -57,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as err:
         print(f"error: run diverged: {err}", file=sys.stderr)
         return 1
+    except Terminated as err:  # status.json says terminated / interrupted; rerun to resume
+        print(f"{cfg.run_dir}: {err.status} by {err}; run the same command to resume", file=sys.stderr)
+        return 128 + err.signum
     print(
         f"{cfg.run_dir}: {summary['reason']}; eval/reward {summary['eval/reward']:.4f}; "
         f"{summary['compute/device_hours'] * 3600:.1f} device-seconds, {summary['compute/nfe']:.0f} NFE"

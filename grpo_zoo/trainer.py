@@ -16,6 +16,7 @@ a resumed run draws exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -34,7 +35,7 @@ from grpo_zoo.meter import Meter, measure_flops
 from grpo_zoo.prompts import load_prompts
 from grpo_zoo.rollout import generate_ode, rollout
 from grpo_zoo.run_config import RunConfig
-from grpo_zoo.runs import RunDir
+from grpo_zoo.runs import RunDir, RunLock, Terminated, exit_signals, say
 
 
 class NonFiniteError(RuntimeError):
@@ -129,6 +130,8 @@ class Trainer:
         self.train_prompts = load_prompts(cfg.data.prompts)
         self.eval_prompts = load_prompts(cfg.data.eval_prompts)
         self.run = RunDir(cfg.run_dir)
+        self.run.check_config(to_dict(cfg))  # before any compute; one writer from here on
+        self.lock = RunLock(cfg.run_dir).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
 
         from grpo_zoo.models import load_policy
 
@@ -171,30 +174,45 @@ class Trainer:
         return {n: p.detach().clone() for n, p in self._trainable().items()}
 
     def _resume(self) -> None:
+        """Load the newest readable checkpoint (falling back past unreadable ones, said in one
+        line) and keep exactly the metrics rows written before it (see runs.py)."""
         resolved = to_dict(self.cfg)
-        latest = self.run.latest_checkpoint()
-        if latest is not None:
-            old = self.run.config()
-            for key in ("budget", "run_dir", "logging"):  # neither changes what is trained
-                old.pop(key, None)
-            new = {k: v for k, v in resolved.items() if k not in ("budget", "run_dir", "logging")}
-            if old != new:
-                raise ConfigError(
-                    f"run_dir: {self.run.path} holds a run with another config; resume it with that config "
-                    "or choose a new run_dir"
-                )
-            self.engine.load(latest)
-            state = torch.load(latest / f"trainer_rank{self.rank}.pt", weights_only=False)
+        candidates, newest = self.run.checkpoint_candidates()
+        loaded, failures = None, []
+        for path in candidates:
+            try:
+                state = torch.load(path / f"trainer_rank{self.rank}.pt", weights_only=False)
+                self.engine.load(path)
+                ok = 1.0
+            except Exception as err:  # a damaged or partial checkpoint: try the one before
+                failures.append(f"{path.name}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}")
+                ok = 0.0
+            if float(self.engine.all_reduce_sum(torch.tensor([ok]))[0]) == self.world:
+                loaded = path
+                break
+        fallback = None
+        if newest is not None and (loaded is None or loaded.name != newest):
+            missing = [] if newest in [p.name for p in candidates] else [f"{newest}: missing"]
+            why = "; ".join(missing + failures)
+            to = (
+                f"resuming from {loaded.name}" if loaded is not None else "no readable checkpoint, starting from step 0"
+            )
+            fallback = f"checkpoint {newest} cannot be read ({why}); {to}"
+            if self.rank == 0:
+                say(f"warning: run_dir: {fallback}")
+        keep_rows = None
+        if loaded is not None:
             self.step = state["step"]
             self.meter.load_state_dict(state["meter"])
             if self.ema is not None:
                 self.ema = state["ema"]
             torch.set_rng_state(state["torch_rng"])
-            if self.rank == 0:
-                self.run.truncate_metrics(self.step)
+            self.last_eval = state.get("last_eval")
+            keep_rows = state.get("metrics_rows")
         if self.rank == 0:
+            self.run.resume_metrics(keep_rows, self.step, loaded.name if loaded is not None else None)
             device = str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
-            self.run.start(resolved, self.world, device, resume=latest is not None)
+            self.run.start(resolved, self.world, device, resume=loaded is not None, fallback=fallback)
         self.engine.barrier()
 
     # -- one iteration -------------------------------------------------------------------
@@ -410,6 +428,8 @@ class Trainer:
             "meter": self.meter.state_dict(),
             "ema": self.ema,
             "torch_rng": torch.get_rng_state(),
+            "last_eval": self.last_eval,  # a resumed run does not repeat a finished evaluation
+            "metrics_rows": self.run.rows_written if self.rank == 0 else None,  # the rows a resume keeps
         }
         tmp = staging / f".trainer_rank{self.rank}.pt.tmp"
         torch.save(state, tmp)
@@ -432,6 +452,8 @@ class Trainer:
     def evaluate_and_log(self) -> dict:
         row = self.evaluate()
         self._log(row)
+        if not math.isfinite(row["eval/reward"]):
+            raise NonFiniteError(f"non-finite eval reward at step {self.step}")
         self.last_eval = (self.step, row)
         for hook in self.hooks:
             hook.on_eval(self, row)
@@ -449,6 +471,10 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict:
+        with exit_signals():  # TERM / INT: status `terminated` / `interrupted`, then re-raised
+            return self._train()
+
+    def _train(self) -> dict:
         cfg = self.cfg
         try:
             bar = tqdm(
@@ -506,9 +532,16 @@ class Trainer:
             if self.rank == 0:
                 self.run.set_status("diverged", step=self.step, reason=str(err))
             raise
-        except BaseException as err:  # a crash or a kill (KeyboardInterrupt) is recorded, then raised
+        except (Terminated, KeyboardInterrupt, SystemExit) as err:  # ended from outside: resumable
+            if self.rank == 0:
+                status = getattr(err, "status", "interrupted" if isinstance(err, KeyboardInterrupt) else "terminated")
+                self.run.set_status(status, step=self.step, reason=f"{type(err).__name__}: {err}")
+            raise
+        except BaseException as err:  # a crash is recorded, then raised
             if self.rank == 0:
                 self.run.set_status("failed", step=self.step, reason=f"{type(err).__name__}: {err}")
             raise
         finally:
             self.engine.close()
+            if self.lock is not None:
+                self.lock.release()

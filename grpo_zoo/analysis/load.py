@@ -6,12 +6,16 @@ a 96-GPU sweep) and returns a `Runs` with
   `algorithm` columns prepended;
 - `runs`: one row per run: identity, config flags, status, final eval metrics, compute.
 
+Metrics are read strictly: a malformed file is a `MetricsError` (a ConfigError: one line
+naming file:line, exit status 2 in the report), never a silently shorter table.
+
 A run's variant is its directory name without the `_seed<N>` suffix, so seeds of one
 variant aggregate together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from grpo_zoo.runs import CONFIG, METRICS, RunDir
+from grpo_zoo.runs import COMPLETED, CONFIG, METRICS, MetricsError, RunDir, read_metrics
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 
@@ -59,6 +63,28 @@ def budget_unit(budget: dict) -> str | None:
     return None
 
 
+def metrics_rows(run: RunDir, info: dict) -> list[dict]:
+    """A run's rows, checked: a line that does not parse, or a completed run's file that is
+    empty, cut, or ends before the run's last step, is a MetricsError naming file:line. A
+    last row cut off mid-write in a run that has not ended is left out and flagged in
+    `info["metrics_note"]`."""
+    path = run.path / METRICS
+    rows, note = read_metrics(path, torn_tail_ok=not info["completed"])
+    if note:
+        info["metrics_note"] = note
+    if info["completed"]:
+        if not rows:
+            raise MetricsError(f"{path}:1: empty, but the run completed; the metrics file is damaged")
+        with contextlib.suppress(json.JSONDecodeError, OSError, AttributeError):
+            step = json.loads((run.path / COMPLETED).read_text()).get("step")
+            if isinstance(step, int) and rows[-1]["step"] != step:
+                raise MetricsError(
+                    f"{path}:{len(rows)}: ends at step {rows[-1]['step']} but the run completed at step {step}; "
+                    "rows are missing"
+                )
+    return rows
+
+
 def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
     run = RunDir(path)
     cfg = run.config()
@@ -82,7 +108,7 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
     if vbench.exists():  # VBench's scores of the final eval videos (python -m grpo_zoo.vbench ingest)
         for dim, score in json.loads(vbench.read_text()).items():
             info[f"vbench/{dim}"] = score
-    rows = pd.DataFrame(run.rows())
+    rows = pd.DataFrame(metrics_rows(run, info))
     if rows.empty:
         return rows, info
     for key in ("run", "variant", "seed", "algorithm"):
