@@ -51,8 +51,8 @@ from typing import Any
 
 import yaml
 
-from grpo_zoo.tracking import open_tracker
 from grpo_zoo.errors import ConfigError
+from grpo_zoo.tracking import open_tracker
 
 CONFIG, META, METRICS, STATUS, COMPLETED = "config.yaml", "meta.json", "metrics.jsonl", "status.json", "COMPLETED"
 LOCK = "lock"
