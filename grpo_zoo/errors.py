@@ -27,7 +27,8 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int | None]:
         try:
             return main(*args, **kwargs)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
+            text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line, always
+            print(f"error: {text}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper

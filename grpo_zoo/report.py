@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from grpo_zoo.errors import ArgParser, ConfigError, cli
+from grpo_zoo.errors import FINITE, ArgParser, ConfigError, cli, number, readable_dir, writable_dir
 
 
 def write_report(
@@ -77,16 +77,18 @@ def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.report", description=__doc__.split("\n")[0])
     p.add_argument("runs_dir")
     p.add_argument("--out", default=None, help="output directory (default RUNS_DIR/report)")
-    p.add_argument("--target", type=float, default=None, help="eval reward for the efficiency table")
-    p.add_argument("--collapse-drop", type=float, default=0.3, help="fraction below best that flags collapse")
+    p.add_argument("--target", type=number(float, FINITE), default=None, help="eval reward for the efficiency table")
+    p.add_argument(
+        "--collapse-drop", type=number(float, FINITE), default=0.3, help="fraction below best that flags collapse"
+    )
     return p
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not Path(args.runs_dir).is_dir():
-        raise ConfigError(f"runs_dir: no directory {args.runs_dir!r}")
+    readable_dir(args.runs_dir, "runs_dir")
+    writable_dir(args.out or Path(args.runs_dir) / "report", "--out")
     if not 0 < args.collapse_drop < 1:
         raise ConfigError(f"--collapse-drop: must lie in (0, 1), got {args.collapse_drop}")
     try:

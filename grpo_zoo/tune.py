@@ -127,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = parse_tune(exp.tune, variants, sorted({r.seed for r in exp.runs}), f"{exp.path}: tune")
     if args.n_trials is not None:
         spec.n_trials = args.n_trials
+    from grpo_zoo.tuning.study import make_pruner, make_sampler
+
+    make_pruner(spec.pruner), make_sampler(spec.sampler)  # bad options: one line now, not at the first trial
     bases = bases_for(exp, spec)
     check_spaces(spec, bases, f"{exp.path}: tune")  # every value, before the first trial
     cluster = load_cluster(args.cluster)

@@ -81,7 +81,8 @@ def open_storage(url: str, create: bool = True):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
         except Exception as err:  # not a database, or an unwritable one: say so before any compute
-            raise ConfigError(f"--storage: cannot open {url!r}: {type(err).__name__}: {str(err)[:200]}") from None
+            first = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+            raise ConfigError(f"--storage: cannot open {url!r}: {type(err).__name__}: {first}") from None
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # a missing driver or an unreachable server: say so before any compute
