@@ -212,7 +212,7 @@ TRAIN = [
 ]
 
 SWEEP_EXPS = [k for k in EXPERIMENTS if not k.startswith("tune_") and k != "ok"]
-SWEEP = [["{exp:%s}" % k, "--runs-dir", "{runs}", "--dry-run"] for k in SWEEP_EXPS] + [
+SWEEP = [[f"{{exp:{k}}}", "--runs-dir", "{runs}", "--dry-run"] for k in SWEEP_EXPS] + [
     ["{missing}/exp.yaml", "--runs-dir", "{runs}"],
     ["{dir}", "--runs-dir", "{runs}"],
     ["{yaml_bad}", "--runs-dir", "{runs}"],
@@ -232,7 +232,7 @@ SWEEP = [["{exp:%s}" % k, "--runs-dir", "{runs}", "--dry-run"] for k in SWEEP_EX
     ["{exp:ok}", "--runs-dir", "{runs}", "--cluster", "{yaml_bad}"],
     ["{exp:ok}", "--runs-dir", "{runs}", "--cluster", "{binary}"],
     ["{exp:ok}", "--runs-dir", "{runs}", "--cluster", "{dir}"],
-    *[["{exp:ok}", "--runs-dir", "{runs}", "--cluster", "{cluster:%s}" % k] for k in CLUSTERS if k != "ok"],
+    *[["{exp:ok}", "--runs-dir", "{runs}", "--cluster", f"{{cluster:{k}}}"] for k in CLUSTERS if k != "ok"],
     ["{exp:ok}", "--runs-dir", "{runs}", "--bogus"],
     ["{exp:ok}", "{exp:ok}", "--runs-dir", "{runs}"],
     [],
@@ -241,7 +241,7 @@ SWEEP = [["{exp:%s}" % k, "--runs-dir", "{runs}", "--dry-run"] for k in SWEEP_EX
 ]
 
 TUNE_EXPS = [k for k in EXPERIMENTS if k.startswith("tune_")]
-TUNE = [["{exp:%s}" % k, "--runs-dir", "{runs}", "--storage", "{store}"] for k in TUNE_EXPS] + [
+TUNE = [[f"{{exp:{k}}}", "--runs-dir", "{runs}", "--storage", "{store}"] for k in TUNE_EXPS] + [
     ["{exp:config_lr_nan}", "--runs-dir", "{runs}"],
     ["{exp:variant_name}", "--runs-dir", "{runs}"],
     ["{missing}/exp.yaml", "--runs-dir", "{runs}"],
@@ -551,7 +551,7 @@ def fill(argv: list[str], paths: dict) -> list[str]:
     out = []
     for arg in argv:
         for key, value in paths.items():
-            arg = arg.replace("{%s}" % key, value)
+            arg = arg.replace(f"{{{key}}}", value)
         out.append(arg.replace("{{", "{").replace("}}", "}"))
     return out
 
