@@ -608,3 +608,31 @@ def test_the_run_directory_is_unchanged_by_all_of_them(place):
     assert json.loads((run / "status.json").read_text()) == {"status": "running", "step": 1}
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     assert stat.S_ISDIR((run / "checkpoints" / "step-1").stat().st_mode)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_run_directory_and_its_checkpoint_as_the_run_did(tmp_path, capsys):
+    from grpo_zoo.toy.evaluate import main as evaluate
+
+    from .conftest import run_module
+
+    run = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in {"data.eval_samples": 4, "sampling.eval_steps": 4, "budget.steps": 1}.items()]
+    out = run_module(
+        "grpo_zoo.train",
+        str(ROOT / "experiments" / "toy" / "flash_grpo.yaml"),
+        f"run_dir={run}",
+        "data.prompts_per_step=2",
+        "data.group_size=4",
+        "data.eval_every=0",
+        "sampling.steps=6",
+        "save_eval_videos=false",
+        *overrides,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    final = json.loads((run / "status.json").read_text())["eval/reward"]
+    latest = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    for model in (run, latest):  # the run's evaluation: its eval seed, steps and samples
+        assert evaluate(["--model", str(model), "--n", "4", "--steps", "4", "--seed", "1234"]) == 0
+        scores = json.loads(capsys.readouterr().out)
+        assert abs(scores["toy_hps"] - final) < 1e-4, (model, scores, final)

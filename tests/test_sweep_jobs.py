@@ -93,8 +93,7 @@ def test_a_cancelled_job_ends_a_waiting_sweep_and_a_rerun_resumes_it(tmp_path, s
 @pytest.mark.slow
 def test_a_rerun_never_submits_a_second_job_onto_a_run(tmp_path, slurm):
     variants = {"flash": {"algorithm": {"name": "flash_grpo"}}}
-    config = {"budget": {"steps": 12}}
-    (tmp_path / "reference").mkdir()
+    config = {"budget": {"steps": 5000}}  # it runs for as long as the test looks at it; cancelled at the end
     exp = write_experiment(tmp_path, "rerun", variants, config)
     runs = tmp_path / "runs"
     run = runs / "rerun" / "flash_seed0"
@@ -118,12 +117,25 @@ def test_a_rerun_never_submits_a_second_job_onto_a_run(tmp_path, slurm):
     assert is_active(job_state("slurm", job_id))
     held = slurm_sweep(exp, runs, slurm, "--no-wait")
     assert "submitting 0" in held.stdout and recorded_job(runs, "rerun", "flash_seed0") == job_id, held.stdout
+
+    # a waiting rerun waits on that same job (released, resumed), and returns once SLURM ends it
     subprocess.run(["scontrol", "release", job_id], check=True, env=env)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env)
-
-    # a waiting rerun waits for that same job, and the run ends as an uninterrupted one
-    waited = slurm_sweep(exp, runs, slurm)
-    assert waited.returncode == 0, waited.stdout[-3000:] + waited.stderr[-3000:]
-    assert "submitting 0" in waited.stdout and RunDir(run).is_complete()
-    assert recorded_job(runs, "rerun", "flash_seed0") == job_id
-    assert rows_without_time(run) == uninterrupted(tmp_path, "rerun", variants, config)
+    cmd = [sys.executable, "-m", "grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
+    cmd += ["--cluster", "slurm/clusters/local-test.yaml", "--threads", "1", "--no-report"]
+    waiting = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        resumed_from = steps_done(run)
+        wait_for(lambda: job_state("slurm", job_id) == "RUNNING", "the released job runs again")
+        wait_for(lambda: steps_done(run) >= resumed_from + 2, "the resumed job trains on")
+        assert waiting.poll() is None  # still waiting on the job it did not submit
+        subprocess.run(["scancel", job_id], check=True, env=env)
+        out, err = waiting.communicate(timeout=300)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 1, out[-3000:] + err[-3000:]
+    assert "submitting 0" in out and f"flash_seed0: ENDED (job {job_id} ended" in out, out[-3000:]
+    assert recorded_job(runs, "rerun", "flash_seed0") == job_id  # one job, all along
+    steps = [r["step"] for r in RunDir(run).rows() if r["kind"] == "train"]
+    assert steps == list(range(1, len(steps) + 1))  # one writer: no step twice, none lost
