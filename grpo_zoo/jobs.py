@@ -73,17 +73,20 @@ def is_active(state: str | None) -> bool:
 
 
 def _local_alive(job_id: str) -> bool:
-    """A local submitit job is a process on this host: alive, not a zombie."""
+    """A local submitit job (or a tune driver) is a process on this host: alive, not a zombie, ours."""
     try:
         pid = int(job_id)
         os.kill(pid, 0)
     except (ValueError, ProcessLookupError, PermissionError, OverflowError):
         return False
-    stat = Path(f"/proc/{pid}/stat")
+    proc = Path(f"/proc/{pid}")
     try:
-        return not stat.read_text().split(") ")[-1].startswith("Z")
+        if proc.joinpath("stat").read_text().split(") ")[-1].startswith("Z"):
+            return False
+        command = proc.joinpath("cmdline").read_bytes()
     except OSError:
-        return True
+        return True  # no /proc here: the signal said it lives
+    return b"submitit" in command or b"grpo_zoo" in command  # not another process that reused the pid
 
 
 class TrainJob(submitit.helpers.Checkpointable):

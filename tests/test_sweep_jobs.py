@@ -97,10 +97,19 @@ def test_a_rerun_never_submits_a_second_job_onto_a_run(tmp_path, slurm):
     exp = write_experiment(tmp_path, "rerun", variants, config)
     runs = tmp_path / "runs"
     run = runs / "rerun" / "flash_seed0"
-    env = {**os.environ, **slurm}
     first = slurm_sweep(exp, runs, slurm, "--no-wait")
     assert first.returncode == 0, first.stderr[-2000:]
     job_id = recorded_job(runs, "rerun", "flash_seed0")
+    try:
+        look_while_it_runs(exp, runs, run, job_id, slurm)
+    finally:  # never leave a long job on the shared cluster
+        subprocess.run(
+            ["scancel", job_id, str(recorded_job(runs, "rerun", "flash_seed0"))], env={**os.environ, **slurm}
+        )
+
+
+def look_while_it_runs(exp, runs, run, job_id: str, slurm: dict) -> None:
+    env = {**os.environ, **slurm}
     wait_for(lambda: steps_done(run) >= 1, "the job started training")
 
     # while it runs: a rerun submits nothing, and --status shows SLURM's state beside the run's
@@ -123,14 +132,20 @@ def test_a_rerun_never_submits_a_second_job_onto_a_run(tmp_path, slurm):
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env)
     cmd = [sys.executable, "-m", "grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
     cmd += ["--cluster", "slurm/clusters/local-test.yaml", "--threads", "1", "--no-report"]
-    waiting = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    unbuffered = {**env, "PYTHONUNBUFFERED": "1"}
+    waiting = subprocess.Popen(cmd, cwd=ROOT, env=unbuffered, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         resumed_from = steps_done(run)
         wait_for(lambda: job_state("slurm", job_id) == "RUNNING", "the released job runs again")
+        seen = waiting.stdout.readline()  # it has asked SLURM and decided
+        assert f"its job {job_id} is RUNNING" in seen, seen
+        seen += waiting.stdout.readline()
+        assert "submitting 0" in seen, seen
         wait_for(lambda: steps_done(run) >= resumed_from + 2, "the resumed job trains on")
         assert waiting.poll() is None  # still waiting on the job it did not submit
         subprocess.run(["scancel", job_id], check=True, env=env)
         out, err = waiting.communicate(timeout=300)
+        out = seen + out
     finally:
         if waiting.poll() is None:
             waiting.kill()
