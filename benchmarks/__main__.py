@@ -26,7 +26,15 @@ def parse(argv):
     p.add_argument("--only", nargs="+", choices=NAMES, default=None)
     p.add_argument("--runs-dir", default="runs/benchmarks", help="where time_to_target's runs live")
     p.add_argument("--out", default=None, help="also write the JSON here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    from grpo_zoo.errors import writable_dir, writable_file
+
+    # checked before measuring: a bad path must not cost minutes of measurements and then lose them
+    if "time_to_target" in (args.only or ([] if args.quick else NAMES)):
+        writable_dir(args.runs_dir, "--runs-dir")
+    if args.out:
+        writable_file(args.out, "--out")
+    return args
 
 
 def main(argv=None) -> int:
@@ -59,6 +67,7 @@ def main(argv=None) -> int:
     result["seconds"] = time.time() - start
     text = json.dumps(_clean(result), indent=1)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
     if args.format == "json":
         print(text)
@@ -72,6 +81,7 @@ def main(argv=None) -> int:
 def _save(args, result) -> None:
     """Write what is measured so far (a long run that fails later keeps it)."""
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(_clean(result), indent=1) + "\n")
 
 

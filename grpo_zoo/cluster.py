@@ -16,17 +16,18 @@ import math
 from grpo_zoo.errors import ConfigError
 
 CLUSTER_KEYS = {
-    "partition",
-    "nodes",
-    "gpus_per_node",
-    "cpus_per_task",
-    "mem_gb",
-    "time_min",
-    "account",
-    "constraint",
-    "setup",
-    "qos",
-    "exclusive",
+    # key: (kind, least value) -- what a cluster profile may say
+    "partition": ("str", None),
+    "nodes": ("int", 1),
+    "gpus_per_node": ("int", 0),
+    "cpus_per_task": ("int", 1),
+    "mem_gb": ("int", 1),
+    "time_min": ("int", 1),
+    "account": ("str", None),
+    "constraint": ("str", None),
+    "setup": ("list", None),
+    "qos": ("str", None),
+    "exclusive": ("bool", None),
 }
 
 

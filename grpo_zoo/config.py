@@ -8,6 +8,16 @@ A field's documentation is the string literal right below it, as in::
         lr: float = 1e-4
         \"\"\"Learning rate.\"\"\"
 
+A numeric field declares its valid range where it is defined, and a path field what it
+must be, through `num` and `path` (field metadata)::
+
+        lr: float = num(1e-4, gt=0)
+        \"\"\"Learning rate.\"\"\"
+        run_dir: str = path("runs/default", "dir")
+
+`build` checks them all with one validator (`check_declared`): every float must be finite,
+every declared range hold, every declared path be usable, before any `validate()`.
+
 `field_docs` reads those strings from the source, `describe` turns a config class into
 the `--help` listing, `build` turns a nested dict into the dataclass, failing with a
 ConfigError that names the dotted field and the fix.
@@ -28,7 +38,49 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from grpo_zoo.errors import ConfigError
+from grpo_zoo.errors import (
+    FINITE,
+    ConfigError,
+    Range,
+    readable_file,
+    writable_dir,
+)
+
+
+def num(
+    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+) -> Any:
+    """A numeric field with its valid range: `num(1e-4, gt=0)`, `num(0.5, ge=0, le=1)`."""
+    low = gt if gt is not None else ge
+    high = lt if lt is not None else le
+    return dataclasses.field(
+        default=default, metadata={"range": Range(low, high, low_open=gt is not None, high_open=lt is not None)}
+    )
+
+
+def path(default: Any, kind: Literal["dir", "file"]) -> Any:
+    """A path field: `dir` must be a writable (or creatable) directory, `file` a readable file."""
+    return dataclasses.field(default=default, metadata={"path": kind})
+
+
+def check_declared(obj: Any, where: str = "") -> None:
+    """The one validator of declared ranges and paths (and finiteness of every float)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = f"{where}.{f.name}" if where else f.name
+        if value is None:
+            continue
+        rng = f.metadata.get("range")
+        if isinstance(value, int | float) and not isinstance(value, bool) and (rng or isinstance(value, float)):
+            problem = (rng or FINITE).problem(value)
+            if problem:
+                fix = f"; the default is {f.default!r}" if f.default not in (None, dataclasses.MISSING) else ""
+                raise ConfigError(f"{name}: {problem}{fix}")
+        kind = f.metadata.get("path")
+        if kind == "dir" and isinstance(value, str):
+            writable_dir(value, name)
+        elif kind == "file" and isinstance(value, str):
+            readable_file(value, name)
 
 
 @functools.cache
@@ -169,6 +221,7 @@ def build(cls: type, data: Any, where: str = "") -> Any:
         obj = cls(**kwargs)
     except TypeError as err:  # a required field is missing
         raise ConfigError(f"{where or cls.__name__}: {err}") from None
+    check_declared(obj, where)
     for f in dataclasses.fields(obj):
         # Nested defaults built by default_factory still need their own validate().
         value = getattr(obj, f.name)
@@ -242,6 +295,10 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: no such config file")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: not readable") from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
@@ -287,7 +344,9 @@ def describe(cls: type, prefix: str = "", obj: Any = None) -> list[str]:
             lines.append(f"{name}:  {docs.get(f.name, '')}".rstrip())
             lines.extend(describe(type(value), prefix=f"{name}.", obj=value))
             continue
-        lines.append(f"  {name} ({_type_name(hints[f.name])}, default {value!r}): {docs.get(f.name, '')}")
+        rng = f.metadata.get("range")
+        valid = f", {rng.describe()}" if rng else ""
+        lines.append(f"  {name} ({_type_name(hints[f.name])}{valid}, default {value!r}): {docs.get(f.name, '')}")
     return lines
 
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import math
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class ConfigError(ValueError):
@@ -23,7 +27,8 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int | None]:
         try:
             return main(*args, **kwargs)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
+            text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line, always
+            print(f"error: {text}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper
@@ -34,3 +39,136 @@ class ArgParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise ConfigError(message)
+
+
+# -- declared ranges -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The valid values of a number: finite, and within [low, high] (open ends where said)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return "finite"
+
+    def problem(self, value: float) -> str | None:
+        """None when `value` is valid, else what is wrong with it (for one error line)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number {self.describe()}, got {value}"
+        lo, hi = self.low, self.high
+        if (lo is not None and (value <= lo if self.low_open else value < lo)) or (
+            hi is not None and (value >= hi if self.high_open else value > hi)
+        ):
+            return f"must be {self.describe()}, got {value:g}"
+        return None
+
+
+FINITE = Range()
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+UNIT = Range(0, 1)
+"""[0, 1]: a probability or a fraction."""
+
+
+def number(kind: type = float, valid: Range = FINITE) -> Callable[[str], float]:
+    """An argparse `type=` that parses an int or a finite float and checks its declared range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        problem = valid.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+# -- path arguments --------------------------------------------------------------------------
+
+
+def writable_dir(path: str | os.PathLike, name: str) -> Path:
+    """A directory we may write into: an existing writable one, or one that can be created
+    (its nearest existing ancestor is a writable directory). ConfigError otherwise."""
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        if not p.is_dir():
+            raise ConfigError(f"{name}: {str(p)!r} is a file, not a directory (give a directory path)")
+        if not _can_write_in(p):
+            raise ConfigError(f"{name}: directory {str(p)!r} is not writable (give a directory you can write to)")
+        return p
+    ancestor = p.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{name}: cannot create {str(p)!r}: {str(ancestor)!r} is a file, not a directory")
+    if not _can_write_in(ancestor):
+        raise ConfigError(f"{name}: cannot create {str(p)!r}: {str(ancestor)!r} is not writable")
+    return p
+
+
+def _can_write_in(directory: Path) -> bool:
+    """Whether a file can be created in `directory` (tried: permission bits do not bind root)."""
+    import tempfile
+
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".grpo-zoo-probe-", dir=directory)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def writable_file(path: str | os.PathLike, name: str) -> Path:
+    """A file we may (over)write: not a directory, in a directory that exists or can be created."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{name}: {str(p)!r} is a directory, not a file (give a file path)")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ConfigError(f"{name}: file {str(p)!r} is not writable")
+    writable_dir(p.absolute().parent, name)
+    return p
+
+
+def readable_file(path: str | os.PathLike, name: str) -> Path:
+    """An existing file we may read."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{name}: no file {str(p)!r}")
+    if not p.is_file():
+        raise ConfigError(f"{name}: {str(p)!r} is not a file")
+    if not os.access(p, os.R_OK):
+        raise ConfigError(f"{name}: file {str(p)!r} is not readable")
+    return p
+
+
+def readable_dir(path: str | os.PathLike, name: str) -> Path:
+    """An existing directory we may read."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{name}: no directory {str(p)!r}")
+    if not p.is_dir():
+        raise ConfigError(f"{name}: {str(p)!r} is a file, not a directory")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise ConfigError(f"{name}: directory {str(p)!r} is not readable")
+    return p

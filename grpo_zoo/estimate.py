@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from grpo_zoo.errors import ArgParser, ConfigError, cli
+from grpo_zoo.errors import AT_LEAST_ONE, POSITIVE, ArgParser, ConfigError, Range, cli, number
 
 # dense bf16 peak, FLOP/s per GPU (vendor datasheets, no sparsity)
 GPUS = {"h100": 989e12, "h200": 989e12, "h800": 989e12, "a100": 312e12, "a800": 312e12, "l40s": 362e12, "b200": 2250e12}
@@ -159,11 +159,18 @@ def load_configs(path: str) -> list[tuple[str, object]]:
 def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.estimate", description=__doc__.split("\n")[0])
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="run config or experiment YAML")
-    p.add_argument("--gpus", type=int, required=True, help="GPUs the run uses")
+    p.add_argument("--gpus", type=number(int, AT_LEAST_ONE), required=True, help="GPUs the run uses")
     p.add_argument("--gpu", default="h100", choices=sorted(GPUS))
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed (default 0.4)")
-    p.add_argument("--budget-gpu-hours", type=float, default=350.0, help="budget to turn into iterations")
-    p.add_argument("--plans", type=int, default=64, help="iterations whose plans are averaged")
+    p.add_argument(
+        "--mfu",
+        type=number(float, Range(0, 1, low_open=True)),
+        default=0.4,
+        help="model FLOPs utilisation assumed (default 0.4)",
+    )
+    p.add_argument(
+        "--budget-gpu-hours", type=number(float, POSITIVE), default=350.0, help="budget to turn into iterations"
+    )
+    p.add_argument("--plans", type=number(int, AT_LEAST_ONE), default=64, help="iterations whose plans are averaged")
     p.add_argument("--format", choices=("md", "json"), default="md")
     return p
 

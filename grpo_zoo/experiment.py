@@ -33,6 +33,8 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.run_config import RunConfig
 
 KNOWN_KEYS = {"name", "base", "config", "seeds", "variants", "grid", "resources", "tune", "report"}
+RESOURCES = {"gpus": 0, "nodes": 1, "tasks": 1, "time_min": 1, "cpus_per_task": 1}
+"""What `resources:` may say per run, each an integer at least this."""
 
 
 @dataclass
@@ -96,6 +98,10 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
     if unknown:
         raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(KNOWN_KEYS))})")
     name = str(raw.get("name") or path.stem)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name):
+        raise ConfigError(f"{path}: name {name!r} must be letters, digits, '_', '-', '.' (it names a folder)")
+    if raw.get("base") is not None and not isinstance(raw["base"], str):
+        raise ConfigError(f"{path}: base: expected the path of a run config, got {raw['base']!r}")
     base = load_config_file(path.parent / raw["base"]) if raw.get("base") else {}
     common = deep_merge(base, _overrides(raw.get("config"), f"{path}: config"))
     seeds = raw.get("seeds", [0])
@@ -129,7 +135,23 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two runs share a name; make variant names and grid values distinct")
-    return Experiment(name, path, runs, dict(raw.get("resources") or {}), dict(raw.get("tune") or {}), raw)
+    tune = raw.get("tune") or {}
+    if not isinstance(tune, dict):
+        raise ConfigError(f"{path}: tune: expected a mapping (see grpo_zoo/tuning/space.py)")
+    return Experiment(name, path, runs, check_resources(raw.get("resources"), path), dict(tune), raw)
+
+
+def check_resources(data: Any, path: Path) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: resources: expected a mapping of {', '.join(RESOURCES)}")
+    for key, value in data.items():
+        if key not in RESOURCES:
+            raise ConfigError(f"{path}: resources.{key}: unknown (known: {', '.join(RESOURCES)})")
+        if not isinstance(value, int) or isinstance(value, bool) or value < RESOURCES[key]:
+            raise ConfigError(f"{path}: resources.{key}: expected an integer >= {RESOURCES[key]}, got {value!r}")
+    return dict(data)
 
 
 def check_runs(exp: Experiment) -> None:

@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from grpo_zoo.errors import ArgParser, ConfigError, cli
+from grpo_zoo.errors import FINITE, ArgParser, ConfigError, cli, number, readable_dir, writable_dir
 
 
 def write_report(
@@ -93,16 +93,16 @@ def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.report", description=__doc__.split("\n")[0])
     p.add_argument("runs_dir")
     p.add_argument("--out", default=None, help="output directory (default RUNS_DIR/report)")
-    p.add_argument("--target", type=float, default=None, help="eval reward for the efficiency table")
+    p.add_argument("--target", type=number(float, FINITE), default=None, help="eval reward for the efficiency table")
     p.add_argument(
         "--collapse-drop",
-        type=float,
+        type=number(float, FINITE),
         default=None,
         help="share below the running best that flags collapse (default 0.25)",
     )
     p.add_argument(
         "--below-base",
-        type=float,
+        type=number(float, FINITE),
         default=None,
         help="share below the base model's reward that flags collapse (default 0.05; 0: any fall below it)",
     )
@@ -115,8 +115,8 @@ def parser() -> ArgParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if not Path(args.runs_dir).is_dir():
-        raise ConfigError(f"runs_dir: no directory {args.runs_dir!r}")
+    readable_dir(args.runs_dir, "runs_dir")
+    writable_dir(args.out or Path(args.runs_dir) / "report", "--out")
     if args.collapse_drop is not None and not 0 < args.collapse_drop < 1:
         raise ConfigError(f"--collapse-drop: must lie in (0, 1), got {args.collapse_drop}")
     if args.below_base is not None and not 0 <= args.below_base < 1:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 from grpo_zoo.algorithm import AlgorithmConfig
-from grpo_zoo.errors import ConfigError
+from grpo_zoo.config import num, path
+from grpo_zoo.errors import ConfigError, readable_file
 
 
 @dataclass
@@ -22,52 +23,40 @@ class ModelConfig:
     """toy: a shipped checkpoint name or a directory; wan: a local diffusers Wan2.1 directory."""
     arch: str | None = None
     """wan: the architecture (wan2.1-t2v-1.3b, wan2.1-t2v-14b), for estimates without the weights."""
-    lora_rank: int = 0
+    lora_rank: int = num(0, ge=0)
     """LoRA rank through peft; 0 trains every weight (the reference is then a frozen copy)."""
-    lora_alpha: float = 32.0
+    lora_alpha: float = num(32.0, gt=0)
     """LoRA alpha."""
     lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     """Module names that get LoRA adapters (the attention projections)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (memory for compute)."""
-    height: int = 480
+    height: int = num(480, ge=1)
     """wan: video height in pixels (the toy world's size is fixed)."""
-    width: int = 832
+    width: int = num(832, ge=1)
     """wan: video width in pixels."""
-    frames: int = 81
+    frames: int = num(81, ge=1)
     """wan: number of frames."""
-    max_tokens: int = 512
+    max_tokens: int = num(512, ge=1)
     """wan: prompt length the text encoder pads to (WanPipeline's max_sequence_length)."""
-
-    def validate(self) -> None:
-        if self.lora_rank < 0:
-            raise ConfigError(f"lora_rank: must be >= 0, got {self.lora_rank}")
 
 
 @dataclass
 class SamplingConfig:
     schedule: Literal["wan", "flow_match"] = "wan"
     """Sigma schedule (matches diffusers: wan = UniPC flow sigmas, flow_match = FlowMatchEuler)."""
-    steps: int = 10
+    steps: int = num(10, ge=1)
     """T: sampling steps of a training rollout."""
-    shift: float = 3.0
+    shift: float = num(3.0, gt=0)
     """Timestep shift s (Wan 480p uses 3)."""
     noise: Literal["flow_sde", "wan_linear", "cps"] = "flow_sde"
     """Noise kind of the stochastic steps."""
-    noise_level: float | None = None
+    noise_level: float | None = num(None, ge=0)
     """a of flow_sde / cps, scale of wan_linear; null takes the kind's default (0.7, 1, 0.7)."""
-    guidance: float = 1.0
+    guidance: float = num(1.0, ge=1)
     """Classifier-free guidance scale for rollouts and evaluation (1 = off; CFG doubles the NFE)."""
-    eval_steps: int = 20
+    eval_steps: int = num(20, ge=1)
     """ODE steps of evaluation sampling."""
-
-    def validate(self) -> None:
-        if self.steps < 1 or self.eval_steps < 1:
-            raise ConfigError("steps: must be a positive integer")
-        if self.shift <= 0:
-            raise ConfigError(f"shift: must be positive, got {self.shift}")
-        if self.guidance < 1:
-            raise ConfigError(f"guidance: must be >= 1 (1 turns CFG off), got {self.guidance}")
 
 
 @dataclass
@@ -77,6 +66,25 @@ class RewardConfig:
     options: dict = field(default_factory=dict)
     """Keyword options of the reward (e.g. the hpsv3 server URL)."""
 
+    def validate(self) -> None:
+        import inspect
+
+        from grpo_zoo import rewards
+
+        factory = rewards._REGISTRY.get(self.name)
+        if factory is None:
+            rewards.get(self.name)  # unknown name: its one line, with the choices
+        params = inspect.signature(factory).parameters.values()
+        if any(p.kind is p.VAR_KEYWORD for p in params):
+            return  # the factory checks its own options (hpsv3 does)
+        known = sorted(p.name for p in params)
+        for key in self.options:
+            if key not in known:
+                raise ConfigError(
+                    f"options: {self.name} takes no option {key!r} "
+                    f"({'known: ' + ', '.join(known) if known else 'it takes none; remove reward.options'})"
+                )
+
 
 @dataclass
 class DataConfig:
@@ -84,65 +92,55 @@ class DataConfig:
     """Training prompts: toy:train, toy:test, or a text file with one prompt per line."""
     eval_prompts: str = "toy:test"
     """Held-out evaluation prompts (same forms)."""
-    prompts_per_step: int = 4
+    prompts_per_step: int = num(4, ge=1)
     """P: prompt groups per iteration (over all ranks; each rank takes P / world size)."""
-    group_size: int = 8
+    group_size: int = num(8, ge=2)
     """G: rollouts per prompt."""
-    eval_every: int = 5
+    eval_every: int = num(5, ge=0)
     """Evaluate every this many iterations (0: only at the start and the end)."""
-    eval_samples: int = 32
+    eval_samples: int = num(32, ge=1)
     """Evaluation videos (the eval prompts cycle), sampled by ODE at fixed seeds."""
-    eval_seed: int = 1234
+    eval_seed: int = num(1234, ge=0)
     """Seed of the evaluation noise (the same for every run, so evals compare)."""
 
     def validate(self) -> None:
-        if self.group_size < 2:
-            raise ConfigError(f"group_size: GRPO needs groups of at least 2 rollouts, got {self.group_size}")
-        if self.prompts_per_step < 1:
-            raise ConfigError(f"prompts_per_step: must be at least 1, got {self.prompts_per_step}")
         for name in ("prompts", "eval_prompts"):
             value = getattr(self, name)
             if not value.startswith("toy:") and not Path(value).is_file():
                 raise ConfigError(f"{name}: no prompt file {value!r} (give toy:train, toy:test or a text file)")
+            if not value.startswith("toy:"):
+                readable_file(value, name)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-4
+    lr: float = num(1e-4, gt=0)
     """AdamW learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = num(0.0, ge=0)
     """AdamW weight decay."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = num(1.0, gt=0)
     """Gradient clipping (global norm)."""
-    clip_range: float = 1e-3
+    clip_range: float = num(1e-3, gt=0)
     """PPO clip epsilon of the ratio."""
-    beta: float = 0.0
+    beta: float = num(0.0, ge=0)
     """Weight of the KL to the reference policy (0 skips the reference forward)."""
-    adv_clip: float = 5.0
+    adv_clip: float = num(5.0, gt=0)
     """Advantages are clipped to +-adv_clip."""
     global_std: bool = False
     """Normalise advantages by the batch's reward std instead of each group's."""
-    minibatches: int = 1
+    minibatches: int = num(1, ge=1)
     """Optimizer steps per rollout batch (the trained transitions are split)."""
-    inner_epochs: int = 1
+    inner_epochs: int = num(1, ge=1)
     """Passes over the rollout batch."""
-    micro_batch: int = 32
+    micro_batch: int = num(32, ge=1)
     """Transitions per forward/backward (gradient accumulation inside a minibatch)."""
-    ema_decay: float = 0.0
+    ema_decay: float = num(0.0, ge=0, lt=1)
     """EMA of the trainable weights for evaluation; 0 turns it off."""
-
-    def validate(self) -> None:
-        if self.lr <= 0 or self.clip_range <= 0:
-            raise ConfigError("lr and clip_range: must be positive")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"ema_decay: must lie in [0, 1), got {self.ema_decay}")
-        if self.minibatches < 1 or self.inner_epochs < 1 or self.micro_batch < 1:
-            raise ConfigError("minibatches, inner_epochs, micro_batch: must be positive")
 
 
 @dataclass
 class EngineConfig:
-    zero_stage: int = 0
+    zero_stage: int = num(0, ge=0, le=3)
     """DeepSpeed ZeRO stage 0-3."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Training precision (the log-prob is always float32)."""
@@ -150,33 +148,23 @@ class EngineConfig:
     """torch.distributed backend: auto picks nccl on GPUs, gloo on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: auto picks cuda when available."""
-    threads: int | None = None
+    threads: int | None = num(None, ge=1)
     """torch intra-op threads on CPU (null: torch's default). Part of the config because CPU
     kernels reduce in a thread-dependent order: a fixed count makes reruns bit-identical."""
-
-    def validate(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ConfigError(f"zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"engine.threads: must be at least 1 (or null), got {self.threads}")
 
 
 @dataclass
 class BudgetConfig:
-    steps: int | None = 20
+    steps: int | None = num(20, ge=1)
     """Stop after this many iterations (null: no limit)."""
-    device_hours: float | None = None
+    device_hours: float | None = num(None, gt=0)
     """Stop once this many device-hours (wall time x devices) are spent."""
-    flops: float | None = None
+    flops: float | None = num(None, gt=0)
     """Stop once this many training FLOPs (rollout + update) are spent."""
 
     def validate(self) -> None:
         if self.steps is None and self.device_hours is None and self.flops is None:
             raise ConfigError("steps: set at least one budget (steps, device_hours or flops)")
-        for name in ("steps", "device_hours", "flops"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ConfigError(f"{name}: must be positive, got {v}")
 
 
 @dataclass
@@ -200,9 +188,9 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    run_dir: str = "runs/default"
+    run_dir: str = path("runs/default", "dir")
     """The run directory (config, metrics, checkpoints, eval videos)."""
-    seed: int = 0
+    seed: int = num(0, ge=0)
     """Seed of everything random in the run."""
     algorithm: AlgorithmConfig = field(default_factory=lambda: AlgorithmConfig.resolve_type({})())
     """The algorithm and its own fields (algorithm.name picks it)."""
@@ -222,11 +210,7 @@ class RunConfig:
     """When to stop."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Experiment tracking: metrics.jsonl, plus TensorBoard and W&B mirrors."""
-    checkpoint_every: int = 10
+    checkpoint_every: int = num(10, ge=1)
     """Save a resumable checkpoint every this many iterations (and at the end)."""
     save_eval_videos: bool = True
     """Write the last evaluation's videos (grid.png) into the run directory."""
-
-    def validate(self) -> None:
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"checkpoint_every: must be at least 1, got {self.checkpoint_every}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from grpo_zoo.errors import ArgParser, ConfigError, cli
+from grpo_zoo.errors import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ArgParser, ConfigError, cli, number
 from grpo_zoo.flow import NOISE_KINDS, SCHEDULES, make_sigmas, step_table
 
 COLUMNS = ("step", "sigma", "dt", "std", "step_std", "lambda", "inv_lambda")
@@ -38,10 +38,14 @@ def format_table(rows: list[dict]) -> str:
 def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.schedule", description=__doc__.split("\n")[0])
     p.add_argument("--schedule", default="wan", help=f"one of {', '.join(SCHEDULES)} (default wan)")
-    p.add_argument("--steps", type=int, default=20, help="number of sampling steps N (default 20)")
-    p.add_argument("--shift", type=float, default=3.0, help="timestep shift s (default 3, Wan 480p)")
+    p.add_argument(
+        "--steps", type=number(int, AT_LEAST_ONE), default=20, help="number of sampling steps N (default 20)"
+    )
+    p.add_argument("--shift", type=number(float, POSITIVE), default=3.0, help="timestep shift s (default 3, Wan 480p)")
     p.add_argument("--noise", default="flow_sde", help=f"one of {', '.join(NOISE_KINDS)} (default flow_sde)")
-    p.add_argument("--noise-level", type=float, default=None, help="a for flow_sde/cps, scale for wan_linear")
+    p.add_argument(
+        "--noise-level", type=number(float, NON_NEGATIVE), default=None, help="a for flow_sde/cps, scale for wan_linear"
+    )
     p.add_argument("--format", default="table", choices=("table", "json"))
     return p
 
@@ -53,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--schedule: unknown schedule {args.schedule!r} (choose one of {', '.join(SCHEDULES)})")
     if args.noise not in NOISE_KINDS:
         raise ConfigError(f"--noise: unknown noise kind {args.noise!r} (choose one of {', '.join(NOISE_KINDS)})")
-    if args.steps < 1:
-        raise ConfigError(f"--steps: must be a positive integer, got {args.steps}")
+    if args.steps > 100_000:
+        raise ConfigError(f"--steps: at most 100000 sampling steps, got {args.steps}")
     rows = table_rows(args.schedule, args.steps, args.shift, args.noise, args.noise_level)
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1)

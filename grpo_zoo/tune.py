@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from grpo_zoo.errors import ArgParser, ConfigError, cli
+from grpo_zoo.errors import AT_LEAST_ONE, ArgParser, ConfigError, cli, number, readable_file, writable_dir
 
 EXECUTORS = ("local", "slurm")
 
@@ -27,17 +27,22 @@ EXECUTORS = ("local", "slurm")
 def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.tune", description=__doc__.split("\n")[0])
     p.add_argument("experiment", help="experiment YAML with a tune: section")
-    p.add_argument("--n-trials", type=int, default=None, help="trials per variant's study (default: tune.n_trials)")
+    p.add_argument(
+        "--n-trials",
+        type=number(int, AT_LEAST_ONE),
+        default=None,
+        help="trials per variant's study (default: tune.n_trials)",
+    )
     p.add_argument(
         "--storage", default=None, help="sqlite:///PATH (default in the tuning folder), journal:PATH, or a DB URL"
     )
     p.add_argument("--executor", default="local", choices=EXECUTORS)
-    p.add_argument("--workers", type=int, default=1, help="trials at a time (this command)")
+    p.add_argument("--workers", type=number(int, AT_LEAST_ONE), default=1, help="trials at a time (this command)")
     p.add_argument("--cluster", default=None, help="cluster profile YAML (slurm/clusters/NAME.yaml)")
     p.add_argument("--runs-dir", default="runs", help="trials land in RUNS_DIR/<experiment>-tune (default runs)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads per trial (CPU)")
+    p.add_argument("--threads", type=number(int, AT_LEAST_ONE), default=None, help="torch threads per trial (CPU)")
     p.add_argument("--replay", default=None, metavar="[VARIANT:]N", help="run trial N again and compare its objective")
-    p.add_argument("--report-only", action="store_true", help="write tuning.md from the storage; run nothing")
+    p.add_argument("--report-only", action="store_true", help="write tuning.md from an existing storage; run nothing")
     return p
 
 
@@ -92,6 +97,13 @@ def replay(tuner_args, studies, spec, bases, root: Path, executor_factory, out=s
         job.results()
     status = RunDir(run_dir).status()
     value = status.get("eval/reward")
+    if value is None:
+        print(
+            f"replay of {variant} trial {number}: the run ended {status.get('status')!r} without an objective "
+            f"({status.get('reason', '')})",
+            file=out,
+        )
+        return 1
     print(f"replay of {variant} trial {number} ({t.state.name.lower()}): objective {value:.6f}", file=out)
     if t.value is not None:
         print(f"trial's objective {t.value:.6f}, difference {abs(value - t.value):.2e}", file=out)
@@ -102,52 +114,51 @@ def replay(tuner_args, studies, spec, bases, root: Path, executor_factory, out=s
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from grpo_zoo.config import build
     from grpo_zoo.experiment import load_experiment
-    from grpo_zoo.run_config import RunConfig
     from grpo_zoo.sweep import load_cluster, make_executor
-    from grpo_zoo.trainer import check
-    from grpo_zoo.tuning.space import check_spaces, parse_tune, trial_config
+    from grpo_zoo.tuning.space import check_spaces, parse_tune
 
-    if args.workers < 1:
-        raise ConfigError(f"--workers: must be at least 1, got {args.workers}")
-    if args.n_trials is not None and args.n_trials < 1:
-        raise ConfigError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    if args.report_only and args.replay:
+        raise ConfigError("--report-only and --replay: give one of them")
+    readable_file(args.experiment, "experiment")
+    writable_dir(args.runs_dir, "--runs-dir")
     exp = load_experiment(args.experiment, args.runs_dir)
     variants = list(dict.fromkeys(r.variant for r in exp.runs))
     spec = parse_tune(exp.tune, variants, sorted({r.seed for r in exp.runs}), f"{exp.path}: tune")
     if args.n_trials is not None:
         spec.n_trials = args.n_trials
+    from grpo_zoo.tuning.study import make_pruner, make_sampler
+
+    make_pruner(spec.pruner), make_sampler(spec.sampler)  # bad options: one line now, not at the first trial
     bases = bases_for(exp, spec)
-    check_spaces(spec, bases, f"{exp.path}: tune")
-    for v, base in bases.items():
-        try:
-            check(build(RunConfig, trial_config(base, spec, {}, "/tmp/check")))
-        except ConfigError as err:
-            raise ConfigError(f"{exp.path}: {v}: {err}") from None
+    check_spaces(spec, bases, f"{exp.path}: tune")  # every value, before the first trial
     cluster = load_cluster(args.cluster)
     if args.executor == "slurm" and shutil.which("sbatch") is None:
         raise ConfigError(
             "--executor slurm: no sbatch on PATH (start slurm/test-cluster/start.sh or use --executor local)"
         )
     root = Path(args.runs_dir) / f"{exp.name}-tune"
+    writable_dir(root, "--runs-dir")
     replay_of = parse_replay(args.replay, spec.variants) if args.replay else None
 
     from grpo_zoo.tuning.driver import Tuner, summary_lines
     from grpo_zoo.tuning.report import write_tuning_report
-    from grpo_zoo.tuning.study import load_study, normalize_storage
+    from grpo_zoo.tuning.study import check_storage, load_study, normalize_storage
 
     url = normalize_storage(args.storage, root)
+    existing = bool(args.report_only or replay_of)  # these read a study: they never create one
+    check_storage(url, must_exist=existing)
+    if existing:
+        studies = {
+            v: load_study(url, f"{exp.name}.{v}", spec.pruner, spec.sampler, salt=i, create=False)
+            for i, v in enumerate(spec.variants)
+        }
     root.mkdir(parents=True, exist_ok=True)
 
     def executor_factory():
         return make_executor(args.executor, root / ".submitit", cluster, exp.resources, args.workers)
 
-    if args.report_only or replay_of:
-        studies = {
-            v: load_study(url, f"{exp.name}.{v}", spec.pruner, spec.sampler, salt=i)
-            for i, v in enumerate(spec.variants)
-        }
+    if existing:
         if replay_of:
             return replay(replay_of, studies, spec, bases, root, executor_factory)
     else:

@@ -165,3 +165,93 @@ def test_trials_run_as_slurm_jobs_with_journal_storage(tmp_path, slurm):
     ts = trials(storage, "tiny.flash_grpo")
     assert len(ts) == 2 and all(t.state == TrialState.COMPLETE for t in ts), [t.state for t in ts]
     assert all(t.user_attrs["job_id"].isdigit() for t in ts)  # SLURM job ids
+
+
+def test_drivers_sharing_a_storage_draw_their_own_sampler_streams(tmp_path):
+    import io
+
+    from grpo_zoo.tuning.driver import Tuner
+    from grpo_zoo.tuning.study import make_sampler
+
+    for sampler in ({"name": "random", "seed": 0}, {"name": "tpe", "seed": 0}):
+        space = {"optim.lr": {"low": 1e-5, "high": 1e-2, "log": True}, "optim.beta": {"low": 0.0, "high": 0.1}}
+        spec = parse_tune({"space": space, "sampler": sampler}, ["a"], [0], "tune")
+        url = f"journal:{tmp_path / (sampler['name'] + '.log')}"
+
+        def driver(spec=spec, url=url):  # a driver process: its own Tuner, its own sampler, the one storage
+            return Tuner("x", spec, {"a": {}}, url, "local", lambda: None, tmp_path, None, io.StringIO())
+
+        first, second = driver(), driver()
+        tasks = [first.next_task(), second.next_task(), first.next_task()]
+        restarted = driver()  # after a kill: a fresh sampler, the trial numbers go on
+        tasks.append(restarted.next_task())
+        assert [t.number for t in tasks] == [0, 1, 2, 3]
+        proposals = {tuple(sorted(t.params.items())) for t in tasks}
+        assert len(proposals) == 4, proposals  # nobody proposes what another already runs
+        # the stream is the study's and the trial number's: the same history gives the same proposal
+        again = optuna.create_study(study_name="x.a", sampler=make_sampler(spec.sampler), direction="maximize")
+        trial = again.ask()
+        assert {k: p.suggest(trial) for k, p in spec.spaces["a"].items()} == tasks[0].params
+
+
+def test_a_failed_trial_records_the_runs_own_reason(tmp_path):
+    import json
+
+    from grpo_zoo.tuning.driver import outcome
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"status": "failed", "reason": "RuntimeError: CUDA out of memory"}))
+    state, value, reason = outcome(run, "submitit.core.utils.FailedJobError: see log /x/123_0_log.err")
+    assert (state, value, reason) == (TrialState.FAIL, None, "RuntimeError: CUDA out of memory")
+
+
+def test_report_only_and_replay_refuse_a_missing_storage_or_study(tmp_path, capsys):
+    exp = write_tune(tmp_path, {"space": {"optim.lr": [1e-4, 3e-4]}})
+    runs = tmp_path / "runs"
+    journal = tmp_path / "other.log"
+    optuna.create_study(study_name="not.this", storage=open_storage(f"journal:{journal}"))
+    before = journal.read_bytes()
+    from grpo_zoo.tune import main
+
+    for args, needle in [
+        (["--report-only"], "no study storage"),
+        (["--replay", "0", "--storage", f"journal:{tmp_path / 'none.log'}"], "no study storage"),
+        (["--report-only", "--storage", f"sqlite:///{tmp_path / 'none.db'}"], "no study storage"),
+        (["--replay", "flash_grpo:0", "--storage", f"journal:{journal}"], "no study 'tiny.flash_grpo'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            main([str(exp), "--runs-dir", str(runs), *args])
+        assert exit_.value.code == 2, args
+        assert needle in capsys.readouterr().err, args
+    assert not (runs / "tiny-tune").exists() and not (tmp_path / "none.log").exists()
+    assert not (tmp_path / "none.db").exists() and journal.read_bytes() == before
+
+
+def test_the_search_space_is_checked_against_the_run_config_before_the_first_trial(tmp_path):
+    # the toy runs here sample 6 steps: a k_range reaching step 9 cannot run; said before any trial
+    exp = write_tune(tmp_path, {"space": {"algorithm.k_range": [[0, 3], [0, 9]]}})
+    from grpo_zoo.tune import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main([str(exp), "--runs-dir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_two_drivers_in_parallel_on_one_storage_propose_distinct_params(tmp_path):
+    exp = write_tune(tmp_path, {"space": {"optim.lr": {"low": 1e-4, "high": 1e-3, "log": True}}, "n_trials": 4})
+    runs = tmp_path / "runs"
+    storage = f"journal:{tmp_path / 'study.log'}"
+    cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
+    cmd += ["--storage", storage]
+    drivers = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
+    outs = [d.communicate(timeout=1800)[0] for d in drivers]
+    assert all(d.returncode == 0 for d in drivers), outs[0][-2000:] + outs[1][-2000:]
+    ts = trials(storage, "tiny.flash_grpo")
+    assert len(ts) == 4 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts), ts
+    assert len({t.params["optim.lr"] for t in ts}) == 4, [t.params for t in ts]
+    owners = {str(t.user_attrs["owner"]).rsplit(":", 1)[0] for t in ts}
+    assert len(owners) == 2, owners  # both drivers ran trials

@@ -54,7 +54,8 @@ def outcome(run_dir: Path, error: str | None) -> tuple[TrialState, float | None,
         return TrialState.PRUNED, None, status.get("reason", "")
     if kind == "diverged":
         return TrialState.FAIL, None, f"diverged: {status.get('reason', '')}"
-    return TrialState.FAIL, None, error or status.get("reason") or f"run ended as {kind!r}"
+    # the run's own reason (its status.json) says why; the job's error is only the fallback
+    return TrialState.FAIL, None, status.get("reason") or error or f"run ended as {kind!r}"
 
 
 class Tuner:

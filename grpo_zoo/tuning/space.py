@@ -24,11 +24,12 @@ dotted override on the run config, so a trial is an ordinary run with a few fiel
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from grpo_zoo.config import apply_overrides, build, deep_merge
-from grpo_zoo.errors import ConfigError
+from grpo_zoo.errors import UNIT, ConfigError
 from grpo_zoo.run_config import RunConfig
 
 TUNE_KEYS = {
@@ -96,6 +97,13 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
     kind = spec.get("type") or ("int" if isinstance(spec["low"], int) and isinstance(spec["high"], int) else "float")
     if kind not in ("int", "float"):
         raise ConfigError(f"{where}.{key}.type: int or float, got {kind!r}")
+    bounds = (spec["low"], spec["high"], spec.get("step") or 1)
+    if not all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds):
+        raise ConfigError(f"{where}.{key}: low, high and step must be finite numbers, got {bounds}")
+    if spec.get("step") is not None and spec["step"] <= 0:
+        raise ConfigError(f"{where}.{key}.step: must be > 0, got {spec['step']}")
+    if not isinstance(spec.get("log", False), bool):
+        raise ConfigError(f"{where}.{key}.log: true or false, got {spec['log']!r}")
     low, high = float(spec["low"]), float(spec["high"])
     if not low < high or (spec.get("log") and low <= 0):
         raise ConfigError(f"{where}.{key}: need low < high (and low > 0 with log), got {low}, {high}")
@@ -123,6 +131,12 @@ def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> 
     unknown = set(raw) - TUNE_KEYS
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(TUNE_KEYS))})")
+    for name, section in (("pruner", raw.get("pruner")), ("sampler", raw.get("sampler"))):
+        if section is not None and not isinstance(section, dict):
+            raise ConfigError(f"{where}.{name}: a mapping with name and options, got {section!r}")
+    for name, kind in (("variants", list), ("space", dict), ("spaces", dict)):
+        if raw.get(name) is not None and not isinstance(raw[name], kind):
+            raise ConfigError(f"{where}.{name}: expected a {'list' if kind is list else 'mapping'}, got {raw[name]!r}")
     chosen = list(raw.get("variants") or variants)
     for v in chosen:
         if v not in variants:
@@ -134,7 +148,10 @@ def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> 
     common = raw.get("space") or {}
     spaces = {}
     for v in chosen:
-        merged = {**common, **(spaces_raw.get(v) or {})}
+        own = spaces_raw.get(v) or {}
+        if not isinstance(own, dict):
+            raise ConfigError(f"{where}.spaces.{v}: expected a mapping of dotted.key -> space, got {own!r}")
+        merged = {**common, **own}
         if not merged:
             raise ConfigError(f"{where}.space: nothing to tune for {v!r}")
         spaces[v] = {k: parse_param(k, s, f"{where}.space") for k, s in merged.items()}
@@ -155,8 +172,14 @@ def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> 
         raise ConfigError(f"{where}.budget: a mapping with steps, device_hours or flops")
     try:
         budget = {k: (None if v is None else float(v) if k != "steps" else int(v)) for k, v in budget.items()}
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{where}.budget: numbers expected, got {budget}") from None
+    drop = raw.get("collapse_drop", 0.3)
+    if isinstance(drop, bool) or not isinstance(drop, int | float) or UNIT.problem(drop):
+        raise ConfigError(f"{where}.collapse_drop: a fraction in [0, 1], got {drop!r}")
+    seed = raw.get("seed", seeds[0])
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{where}.seed: a non-negative integer, got {seed!r}")
     enqueue = raw.get("enqueue") or []
     if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
         raise ConfigError(f"{where}.enqueue: a list of {{dotted.key: value}} mappings")
@@ -167,8 +190,8 @@ def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> 
         rungs=rungs,
         pruner=pruner,
         sampler=sampler,
-        collapse_drop=float(raw.get("collapse_drop", 0.3)),
-        seed=int(raw.get("seed", seeds[0])),
+        collapse_drop=drop,
+        seed=seed,
         spaces=spaces,
         enqueue=enqueue,
     )
@@ -187,15 +210,30 @@ def trial_config(base: dict, spec: TuneSpec, params: dict[str, Any], run_dir: st
 
 
 def check_spaces(spec: TuneSpec, bases: dict[str, dict], where: str) -> None:
-    """Every parameter names a real config field and its example value builds a valid config."""
+    """Before the first trial: every value of every search space (each choice; low and high of a
+    range), and every enqueued trial, gives a run config that passes the sweep's checks (the
+    trainer's `check`: algorithm against schedule, reward, prompts, model path)."""
+    from grpo_zoo.trainer import check
+
+    def checked(v: str, params: dict) -> None:
+        check(build(RunConfig, trial_config(bases[v], spec, params, "/tmp/grpo-zoo-tune-check")))
+
     for v, space in spec.spaces.items():
+        try:
+            checked(v, {})
+        except ConfigError as err:
+            raise ConfigError(f"{where} ({v}): {err}") from None
         for key, param in space.items():
             for value in param.choices if param.kind == "categorical" else [param.low, param.high]:
                 try:
-                    trial_config(bases[v], spec, {key: value if param.kind != "int" else int(value)}, "/tmp/x")
+                    checked(v, {key: value if param.kind != "int" else int(value)})
                 except ConfigError as err:
-                    raise ConfigError(f"{where}.space.{key} ({v}): {err}") from None
+                    raise ConfigError(f"{where}.space.{key} = {value!r} ({v}): {err}") from None
         for entry in spec.enqueue:
             unknown = set(entry) - set(space)
             if unknown:
                 raise ConfigError(f"{where}.enqueue: {sorted(unknown)[0]!r} is not in the search space of {v!r}")
+            try:
+                checked(v, dict(entry))
+            except ConfigError as err:
+                raise ConfigError(f"{where}.enqueue {entry} ({v}): {err}") from None

@@ -14,13 +14,12 @@ as `pruned` when the pruner says so or when the reward has collapsed.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
+import zlib
 from pathlib import Path
 
 import optuna
 
-from grpo_zoo.errors import ConfigError
+from grpo_zoo.errors import ConfigError, readable_file, writable_file
 from grpo_zoo.trainer import Hook, StopRun
 
 DIRECTION = "maximize"
@@ -41,17 +40,49 @@ def normalize_storage(url: str | None, default_dir: Path) -> str:
     return url
 
 
-def open_storage(url: str):
+def storage_file(url: str) -> Path | None:
+    """The file a journal or sqlite storage lives in (None for a database server)."""
+    if url.startswith("journal:"):
+        return Path(url[len("journal:") :])
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def check_storage(url: str, must_exist: bool) -> None:
+    """Before any compute: a storage file is readable (must_exist) or can be created."""
+    path = storage_file(url)
+    if path is None:
+        return
+    if must_exist:
+        if not path.is_file():
+            raise ConfigError(f"--storage: no study storage at {str(path)!r} (give the --storage the study ran with)")
+        readable_file(path, "--storage")
+    elif path.exists():
+        if not path.is_file():
+            raise ConfigError(f"--storage: {str(path)!r} is not a file")
+        writable_file(path, "--storage")
+    else:
+        writable_file(path, "--storage")
+
+
+def open_storage(url: str, create: bool = True):
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         path = Path(url[len("journal:") :])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         # several processes write one file: wait on its lock instead of failing
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        except Exception as err:  # not a database, or an unwritable one: say so before any compute
+            first = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+            raise ConfigError(f"--storage: cannot open {url!r}: {type(err).__name__}: {first}") from None
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as err:  # a missing driver or an unreachable server: say so before any compute
@@ -65,25 +96,93 @@ def make_pruner(spec: dict) -> optuna.pruners.BasePruner:
             return optuna.pruners.MedianPruner(**{"n_startup_trials": 2, "n_warmup_steps": 0, **opts})
         if spec["name"] == "successive_halving":
             return optuna.pruners.SuccessiveHalvingPruner(**{"min_resource": 1, "reduction_factor": 2, **opts})
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"tune.pruner: {err}") from None
     return optuna.pruners.NopPruner()
 
 
-def make_sampler(spec: dict, salt: int = 0) -> optuna.samplers.BaseSampler:
-    opts = {k: v for k, v in spec.items() if k != "name"}
-    if "seed" in opts and opts["seed"] is not None:
-        opts["seed"] = int(opts["seed"]) + salt  # each study its own stream
+def _sampler(spec: dict, seed: int | None) -> optuna.samplers.BaseSampler:
+    opts = {k: v for k, v in spec.items() if k not in ("name", "seed")}
     try:
         if spec["name"] == "random":
-            return optuna.samplers.RandomSampler(**opts)
-        return optuna.samplers.TPESampler(**opts)
-    except TypeError as err:
+            return optuna.samplers.RandomSampler(seed=seed, **opts)
+        return optuna.samplers.TPESampler(seed=seed, **opts)
+    except (TypeError, ValueError) as err:
         raise ConfigError(f"tune.sampler: {err}") from None
 
 
-def load_study(storage_url: str, name: str, pruner_spec: dict, sampler_spec: dict | None = None, salt: int = 0):
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A seeded sampler whose stream is drawn per trial: trial N of study S samples with the seed
+    (seed, S, N). The storage hands out trial numbers, so drivers that share it (in parallel, or
+    one restarted after a kill) never replay one stream and propose the same parameters, while
+    the same study history and trial number still give the same proposal."""
+
+    def __init__(self, spec: dict, seed: int):
+        self.spec, self.seed = spec, int(seed)
+        self._by_trial: dict[tuple[str, int], optuna.samplers.BaseSampler] = {}
+        _sampler(spec, 0)  # bad options fail now, not at the first trial
+
+    def inner(self, study, trial) -> optuna.samplers.BaseSampler:
+        key = (study.study_name, trial.number)
+        if key not in self._by_trial:
+            if len(self._by_trial) > 256:
+                self._by_trial.clear()
+            seed = zlib.crc32(f"{self.seed}:{study.study_name}:{trial.number}".encode())
+            self._by_trial[key] = _sampler(self.spec, seed)
+        return self._by_trial[key]
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner(study, trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner(study, trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner(study, trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self.inner(study, trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.inner(study, trial).after_trial(study, trial, state, values)
+        self._by_trial.pop((study.study_name, trial.number), None)
+
+    def reseed_rng(self) -> None:  # the streams are fixed by (seed, study, trial number)
+        pass
+
+
+def make_sampler(spec: dict, salt: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler: seeded per trial when the spec has a seed (see TrialSeededSampler)."""
+    seed = spec.get("seed")
+    if seed is None:
+        return _sampler(spec, None)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"tune.sampler.seed: an integer, got {seed!r}")
+    return TrialSeededSampler(spec, seed + salt)
+
+
+def load_study(
+    storage_url: str,
+    name: str,
+    pruner_spec: dict,
+    sampler_spec: dict | None = None,
+    salt: int = 0,
+    create: bool = True,
+):
+    """The study `name` in the storage; with create=False a missing storage or study is a
+    ConfigError and nothing is created."""
     sampler = make_sampler(sampler_spec, salt) if sampler_spec else None
+    if not create:
+        check_storage(storage_url, must_exist=True)
+        storage = open_storage(storage_url, create=False)
+        try:
+            names = [s.study_name for s in storage.get_all_studies()]
+        except Exception as err:  # a file that is no storage
+            raise ConfigError(f"--storage: cannot read {storage_url}: {type(err).__name__}") from None
+        if name not in names:
+            have = f"it holds {', '.join(names)}" if names else "it holds no study"
+            raise ConfigError(f"--storage: no study {name!r} in {storage_url} ({have})")
+        return optuna.load_study(study_name=name, storage=storage, pruner=make_pruner(pruner_spec), sampler=sampler)
     return optuna.create_study(
         study_name=name,
         storage=open_storage(storage_url),
@@ -154,19 +253,7 @@ class TrialReporter(Hook):
 
 
 def job_alive(executor: str, job_id: str | None) -> bool:
-    """Whether a trial's job (from a driver that died) still runs: then it is waited for."""
-    if not job_id:
-        return False
-    if executor == "slurm":
-        try:
-            out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            return False
-        return out.returncode == 0 and bool(out.stdout.strip())
-    try:
-        pid = int(job_id)
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError, PermissionError):
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(") ")[-1].startswith("Z"))
+    """Whether a trial's job (from a driver that died) still runs (or is queued): then it is waited for."""
+    from grpo_zoo.jobs import is_active, job_state
+
+    return is_active(job_state(executor, job_id))
