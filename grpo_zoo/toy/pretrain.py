@@ -26,8 +26,8 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from grpo_zoo.config import apply_overrides, build, describe, load_yaml, to_dict
-from grpo_zoo.errors import ConfigError, cli
+from grpo_zoo.config import apply_overrides, build, describe, load_yaml, num, path, to_dict
+from grpo_zoo.errors import cli
 from grpo_zoo.flow.schedules import NUM_TRAIN_TIMESTEPS, shift_sigmas
 from grpo_zoo.toy import world
 from grpo_zoo.toy.model import CHECKPOINT_DIR, PromptEncoder, new_transformer, save_checkpoint
@@ -35,45 +35,36 @@ from grpo_zoo.toy.model import CHECKPOINT_DIR, PromptEncoder, new_transformer, s
 
 @dataclass
 class PretrainConfig:
-    out: str = str(CHECKPOINT_DIR / "toy-base")
+    out: str = path(str(CHECKPOINT_DIR / "toy-base"), "dir")
     """Checkpoint directory to write (replaced atomically at the end)."""
-    steps: int = 2000
+    steps: int = num(2000, ge=1)
     """Optimizer steps."""
-    batch_size: int = 48
+    batch_size: int = num(48, ge=1)
     """Videos per step."""
-    lr: float = 1e-3
+    lr: float = num(1e-3, gt=0)
     """Peak AdamW learning rate (linear warmup, cosine decay)."""
-    warmup: int = 100
+    warmup: int = num(100, ge=0)
     """Warmup steps."""
-    weight_decay: float = 0.01
+    weight_decay: float = num(0.01, ge=0)
     """AdamW weight decay."""
-    label_noise: float = 0.3
+    label_noise: float = num(0.3, ge=0, le=1)
     """Probability that each caption attribute (color, shape, direction) is replaced."""
-    static_prob: float = 0.3
+    static_prob: float = num(0.3, ge=0, le=1)
     """Share of training videos whose object does not move."""
-    slow_min: float = 0.2
+    slow_min: float = num(0.2, ge=0, le=1)
     """Moving objects go at SPEED times a factor drawn in [slow_min, 1]."""
-    cfg_dropout: float = 0.1
+    cfg_dropout: float = num(0.1, ge=0, le=1)
     """Probability of an empty caption (for classifier-free guidance)."""
-    timestep_shift: float = 3.0
+    timestep_shift: float = num(3.0, gt=0)
     """Half the training sigmas are drawn uniformly, half shifted by this (as sampling is)."""
     seed: int = 0
     """Seed of the model init, the data and the noise."""
     init: str | None = None
     """Start from this checkpoint (a name or directory) instead of random weights."""
-    data_seed_offset: int = 0
+    data_seed_offset: int = num(0, ge=0)
     """Added to the data seed (so a continued pretraining sees fresh samples)."""
-    ema: float = 0.0
+    ema: float = num(0.0, ge=0, lt=1)
     """Decay of an exponential moving average of the weights, saved instead of the raw ones (0 = off)."""
-
-    def validate(self) -> None:
-        for name in ("label_noise", "static_prob", "slow_min", "cfg_dropout"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name}: must lie in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.ema < 1:
-            raise ConfigError(f"ema: must lie in [0, 1), got {self.ema}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("steps and batch_size: must be positive")
 
 
 def corrupt(prompt: world.Prompt, p: float, gen: torch.Generator) -> world.Prompt:
