@@ -11,6 +11,7 @@ from grpo_zoo.config import build
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.loss import gaussian_kl, normalize_weights, ppo_clip
+from tests import golden
 
 P, G = 6, 4
 
@@ -30,6 +31,23 @@ def make_plan(cfg: dict, table, seed=0):
 
 def test_registry_lists_the_three_families():
     assert {"flow_grpo", "flow_grpo_fast", "flash_grpo"} <= set(algorithm.names())
+
+
+@pytest.mark.parametrize("variant", list(golden.variants()))
+@pytest.mark.parametrize("kind", ["flow_sde", "cps"])
+def test_every_registered_algorithm_plans_within_the_invariants(variant, kind):
+    """Whatever the algorithm (enumerated from the registry, with its ablation switches): the plan
+    trains at least one noisy SDE step per trajectory with positive weights, and is reproducible."""
+    tab = step_table(make_sigmas("wan", 10, 3.0), kind)
+    alg = algorithm.build(golden.variants()[variant])
+    alg.check(tab, G)
+    plan = alg.plan(P, G, tab, torch.Generator().manual_seed(0))
+    plan.check(tab)
+    assert plan.sde.shape == (P * G, 10) and plan.group_size == G and plan.num_prompts == P
+    assert (plan.train.sum(1) >= 1).all()
+    assert set(plan.train.nonzero()[:, 1].tolist()) <= set(alg.trainable_steps(tab))
+    again = alg.plan(P, G, tab, torch.Generator().manual_seed(0))
+    assert torch.equal(again.train, plan.train) and torch.equal(again.weight, plan.weight)
 
 
 def test_flow_grpo_trains_floor_fraction_of_every_trajectory(table):
