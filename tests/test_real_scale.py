@@ -148,3 +148,103 @@ def test_ode_rollout_is_wanpipeline_sampling(tiny_wan, dtype):
     # latents in bf16 between steps (we keep float32), a rounding of 2^-9 per step (measured: 1.9e-6
     # in float32, 1.9e-2 in bf16).
     assert err < (1e-4 if dtype == torch.float32 else 0.05), err
+
+
+# -- 3. memory before launch -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gpu_check_model(tmp_path_factory):
+    from benchmarks.gpu import register_reward, write_model
+
+    register_reward()
+    return write_model(tmp_path_factory.mktemp("gpu") / "model", "tiny", torch.device("cpu"))
+
+
+def _profiled_peak(fn) -> float:
+    """The largest live total of the allocations torch's profiler records while fn runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return float(peak)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_memory_of_the_update_matches_the_profiled_peak(gpu_check_model, tmp_path, checkpointing):
+    """The update phase as the memory model counts it on fake tensors, against torch's profiler
+    on the same computation with real tensors (LoRA, bf16, CFG rows, forward and backward)."""
+    from diffusers import WanTransformer3DModel
+
+    from benchmarks.gpu import ALGORITHMS, run_config
+    from grpo_zoo.estimate import model_shapes
+    from grpo_zoo.memory import estimate_memory
+    from grpo_zoo.models.lora import apply_lora
+
+    cfg = run_config(gpu_check_model, ALGORITHMS["flash_grpo"], "tiny", 17, 10, 4, tmp_path / "run")
+    cfg.model.height = cfg.model.width = 128
+    cfg.model.gradient_checkpointing = checkpointing
+    cfg.optim.micro_batch = 2
+    predicted = estimate_memory(cfg, 1).phases["update (forward + backward)"]
+
+    net = WanTransformer3DModel.from_pretrained(gpu_check_model / "transformer")
+    if checkpointing:
+        net.enable_gradient_checkpointing()
+    net = apply_lora(net, cfg.model).to(torch.bfloat16).train()
+    _, latent, text_dim = model_shapes(cfg.model)
+    rows = cfg.optim.micro_batch * 2  # CFG: conditional and unconditional rows in one forward
+
+    def update():
+        x = torch.zeros(rows, *latent, dtype=torch.bfloat16)
+        emb = torch.zeros(rows, cfg.model.max_tokens, text_dim, dtype=torch.bfloat16)
+        out = net(x, torch.ones(rows) * 500.0, emb, return_dict=False)[0]
+        out.float().square().mean().backward()
+
+    measured = _profiled_peak(update)
+    assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
+
+
+def test_estimate_prints_memory_and_a_verdict(tmp_path):
+    import json
+
+    from .conftest import run_module
+
+    out = run_module("grpo_zoo.estimate", str(WAN / "1.3b.yaml"), "--gpus", "8", "--format", "json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    mem = json.loads(out.stdout)[0]["memory"]
+    held = ("transformer weights", "optimizer states", "EMA", "text encoder", "VAE", "ZeRO gradient bucket")
+    phases = ("rollout forward", "update (forward + backward)", "VAE decode")
+    assert all(k in mem["memory_gb"] for k in held + phases)
+    assert mem["peak_gb"] == pytest.approx(
+        sum(mem["memory_gb"][k] for k in mem["memory_gb"] if k not in phases and not k.startswith("loading"))
+        + max(v for k, v in mem["memory_gb"].items() if k in phases or k.startswith("loading")),
+        rel=1e-9,
+    )
+    assert mem["fits"] == (mem["peak_gb"] <= mem["usable_gb"]) and mem["usable_gb"] < 80
+    assert 2.5 < mem["memory_gb"]["transformer weights"] < 3.0  # 1.42e9 parameters in bf16
+    assert 11 < mem["memory_gb"]["text encoder"] < 12  # UMT5-XXL's 5.7e9 in bf16
+
+
+# -- 4. the prepared GPU check, on a CPU at tiny width -------------------------------------------------
+@pytest.mark.slow
+def test_gpu_check_runs_on_cpu_at_tiny_width():
+    import json
+
+    from .conftest import run_module
+
+    out = run_module("benchmarks.gpu", "--width", "tiny", "--steps", "10", "--group", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout)  # one JSON object
+    assert (res["device"], res["backend"], res["width"]) == ("cpu", "gloo", "tiny")
+    assert set(res["algorithms"]) == {"flow_grpo", "flow_grpo_fast1", "flash_grpo"}
+    for r in res["algorithms"].values():
+        assert r["rollout_mfu"] is None and r["update_mfu"] is None  # no datasheet peak for a CPU
+        assert r["seconds_per_iteration"] > r["update_seconds"] > 0 and r["rollout_seconds"] > 0
+        assert r["logprobs_agree"] and r["first_minibatch_ratio_max_dev"] < res["clip_range"]
+        # ZeRO-2's 1 GB gradient bucket dominates at this width; the phases are checked above
+        assert r["predicted_peak_memory_gb"] == pytest.approx(r["peak_memory_gb"], rel=0.15)
+    bad = run_module("benchmarks.gpu", "--frames", "10")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--frames" in bad.stderr
