@@ -285,7 +285,10 @@ def fixes(cfg, world: int, gpu: str, mem: Memory) -> list[str]:
         shardable = ("transformer weights", "trainable weights", "optimizer states")
         for k in shardable:
             m.held[k] = mem.held[k] if k == "optimizer states" and cfg.engine.zero_stage >= 2 else mem.held[k] / world
-        out.append(("engine.zero_stage=3", m.peak))
+        if cfg.optim.ema_decay > 0:  # the trainer's EMA needs whole parameters on each rank
+            m.held["EMA"] = 0.0
+        what = "engine.zero_stage=3" + (" optim.ema_decay=0 (no EMA under ZeRO-3)" if cfg.optim.ema_decay > 0 else "")
+        out.append((what, m.peak))
     offload = mem.peak - mem.held["optimizer states"]
     out.append(("optimizer states offloaded to CPU (DeepSpeed offload_optimizer; not an engine option yet)", offload))
     for frames in (65, 49, 33, 17):
