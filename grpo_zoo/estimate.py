@@ -11,6 +11,11 @@ variants, first seed). For each:
 3. GPU-hours per iteration = FLOPs / (peak x MFU), the wall time on N GPUs, and how many
    iterations a budget of --budget-gpu-hours buys (the paper's 350 by default).
 The MFU is an assumption (--mfu, default 0.4): say which one you used.
+4. Memory per GPU (grpo_zoo/memory.py): what the run holds (weights, LoRA and optimizer states
+   under the ZeRO stage, EMA, reference model, text encoder, VAE) plus its largest transient
+   phase (rollout forward, update with or without checkpointing, VAE decode, loading), and a
+   verdict for --gpu; when it does not fit, the single changes that would make it fit.
+   --no-memory skips it.
 """
 
 from __future__ import annotations
@@ -172,6 +177,7 @@ def parser() -> ArgParser:
     )
     p.add_argument("--plans", type=number(int, AT_LEAST_ONE), default=64, help="iterations whose plans are averaged")
     p.add_argument("--format", choices=("md", "json"), default="md")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-GPU memory estimate")
     return p
 
 
@@ -192,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, cfg in configs:
         rows.append({"config": name, **estimate(cfg, args.gpus, args.gpu, args.mfu, args.budget_gpu_hours, args.plans)})
+        if not args.no_memory:
+            from grpo_zoo.memory import report
+
+            rows[-1]["memory"] = report(cfg, args.gpus, args.gpu)
     if args.format == "json":
         print(json.dumps(rows, indent=1))
         return 0
@@ -209,7 +219,29 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['flops_per_iteration'] / 1e15:.1f} | {r['gpu_hours_per_iteration']:.2f} | "
             f"{r['wall_minutes_per_iteration']:.1f} | {r['iterations_in_budget']:.0f} |"
         )
+    if not args.no_memory:
+        print_memory(rows, args.gpu)
     return 0
+
+
+def print_memory(rows: list[dict], gpu: str) -> None:
+    """Per-GPU memory in GB: a column per config, a row per component and phase, the verdict."""
+    print(f"\nMemory per GPU (GB; peak = held + the largest phase) on {gpu.upper()}:")
+    print("| | " + " | ".join(r["config"] for r in rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for key in rows[0]["memory"]["memory_gb"]:
+        print(f"| {key} | " + " | ".join(f"{r['memory']['memory_gb'][key]:.1f}" for r in rows) + " |")
+    print("| **peak** | " + " | ".join(f"**{r['memory']['peak_gb']:.1f}**" for r in rows) + " |")
+    for r in rows:
+        m = r["memory"]
+        verdict = "fits" if m["fits"] else "does NOT fit"
+        print(
+            f"{r['config']}: {m['peak_gb']:.1f} GB at the {m['peak_phase']} {verdict} in {m['usable_gb']:.0f} GB usable"
+        )
+        for fix in m["fixes"]:
+            print(f"  would fit with {fix}")
+        if not m["fits"] and not m["fixes"]:
+            print("  no single change fits: combine them (fewer frames with ZeRO-3, ...)")
 
 
 if __name__ == "__main__":

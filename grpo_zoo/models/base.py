@@ -44,8 +44,11 @@ class Policy(torch.nn.Module):
         return self._frozen_ref if (self._use_ref and self._frozen_ref is not None) else self.net
 
     def raw_velocity(self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """One transformer forward: v for x_t at noise level sigma [B] with embeddings emb."""
-        t = (sigma * NUM_TRAIN_TIMESTEPS).to(x.dtype)
+        """One transformer forward: v for x_t at noise level sigma [B] with embeddings emb.
+
+        The timestep 1000 * sigma goes in as float32 whatever the model's dtype, as WanPipeline
+        passes its scheduler's timesteps: bf16 would round it to a multiple of 4 above 512."""
+        t = sigma.to(torch.float32) * NUM_TRAIN_TIMESTEPS
         return self._model()(x, t, emb.to(x.dtype), return_dict=False)[0]
 
     def velocity(

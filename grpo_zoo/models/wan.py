@@ -18,6 +18,8 @@ from grpo_zoo.models.base import Policy
 from grpo_zoo.models.lora import apply_lora
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
+DECODE_BATCH = 1
+"""Videos the VAE decodes at once."""
 
 
 class WanPolicy(Policy):
@@ -52,7 +54,9 @@ class WanPolicy(Policy):
             transformer.enable_gradient_checkpointing()
         transformer = apply_lora(transformer, cfg)
         vae = AutoencoderKLWan.from_pretrained(root / "vae")
-        text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder")
+        text_encoder = UMT5EncoderModel.from_pretrained(
+            root / "text_encoder", dtype="auto"
+        )  # as stored (bf16 in the release)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         return cls(transformer, vae, text_encoder, tokenizer, cfg.frames, cfg.height, cfg.width, cfg.max_tokens)
 
@@ -73,9 +77,15 @@ class WanPolicy(Policy):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """One video at a time (DECODE_BATCH): the VAE's activations at full resolution grow with
+        the batch (about 8 GB per 81-frame 480x832 video), the videos themselves are small."""
         c = self.vae.config
         mean = torch.tensor(c.latents_mean).view(1, c.z_dim, 1, 1, 1).to(latents.device)
         std = torch.tensor(c.latents_std).view(1, c.z_dim, 1, 1, 1).to(latents.device)
         x = latents.float() * std + mean
         dtype = next(self.vae.parameters()).dtype
-        return self.vae.decode(x.to(dtype), return_dict=False)[0].float().clamp(-1, 1)
+        videos = [
+            self.vae.decode(x[i : i + DECODE_BATCH].to(dtype), return_dict=False)[0].float().clamp(-1, 1)
+            for i in range(0, len(x), DECODE_BATCH)
+        ]
+        return torch.cat(videos)

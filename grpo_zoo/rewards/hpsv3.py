@@ -1,8 +1,10 @@
 """The `hpsv3` reward: a client of the HPSv3 service (grpo_zoo/rewards/hpsv3_service/).
 
-HPSv3 scores images, so a video is scored by `frames` frames sampled evenly over its length;
-the frame scores are aggregated per video by `mean` or `top_fraction` (the mean of the best
-`top_fraction` of the frames: the paper's top 30%). Videos go to the service in requests of
+HPSv3 scores images, so a video is scored frame by frame: every decoded frame (`frames: all`,
+as Flash-GRPO's `video_hpsv3_remote` does) or `frames` frames sampled evenly over its length.
+The frame scores are aggregated per video by `mean` or `top_fraction`: the mean of the best
+floor(top_fraction x frames) of them (at least one), the reference's `int(l * 0.3)`, so the
+paper's top 30% of 81 frames is the best 24. Videos go to the service in requests of
 `batch_size` videos, several in flight at once (`submit` returns a future, so the trainer
 decodes the next chunk while the service scores this one).
 
@@ -27,7 +29,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import math
 import os
 import threading
 import time
@@ -45,9 +46,9 @@ from grpo_zoo.errors import ConfigError
 AGGREGATES = ("mean", "top_fraction")
 
 
-def sample_frames(num_frames: int, k: int) -> list[int]:
-    """k frame indices spread evenly over the video, first and last included."""
-    if k >= num_frames:
+def sample_frames(num_frames: int, k: int | str) -> list[int]:
+    """k frame indices spread evenly over the video, first and last included ("all": every frame)."""
+    if k == "all" or k >= num_frames:
         return list(range(num_frames))
     return [round(i * (num_frames - 1) / (k - 1)) for i in range(k)] if k > 1 else [num_frames // 2]
 
@@ -56,7 +57,7 @@ def aggregate(scores: torch.Tensor, how: str, top_fraction: float) -> torch.Tens
     """[B, K] frame scores -> [B] video scores."""
     if how == "mean":
         return scores.mean(1)
-    k = max(1, math.ceil(top_fraction * scores.shape[1]))
+    k = max(1, int(top_fraction * scores.shape[1]))  # floor, as the reference: int(l * 0.3)
     return scores.topk(k, dim=1).values.mean(1)
 
 
@@ -78,7 +79,7 @@ class HPSv3Reward:
     def __init__(
         self,
         url: str = "http://127.0.0.1:8765",
-        frames: int = 8,
+        frames: int | str = 8,
         aggregate: str = "top_fraction",
         top_fraction: float = 0.3,
         batch_size: int = 8,
@@ -91,9 +92,17 @@ class HPSv3Reward:
     ):
         if aggregate not in AGGREGATES:
             raise ConfigError(f"reward.options.aggregate: one of {', '.join(AGGREGATES)}, got {aggregate!r}")
-        if not 0 < top_fraction <= 1 or frames < 1 or batch_size < 1 or retries < 0 or max_in_flight < 1:
+        if frames != "all" and not (isinstance(frames, int) and not isinstance(frames, bool)):
+            raise ConfigError(f"reward.options.frames: a number of frames or 'all', got {frames!r}")
+        if (
+            not 0 < top_fraction <= 1
+            or (frames != "all" and frames < 1)
+            or batch_size < 1
+            or retries < 0
+            or max_in_flight < 1
+        ):
             raise ConfigError(
-                "reward.options: need 0 < top_fraction <= 1, frames >= 1, batch_size >= 1, retries >= 0, "
+                "reward.options: need 0 < top_fraction <= 1, frames >= 1 (or 'all'), batch_size >= 1, retries >= 0, "
                 "max_in_flight >= 1"
             )
         self.url = url.rstrip("/")
