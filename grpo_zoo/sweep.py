@@ -157,10 +157,12 @@ def sweep(
     max_parallel: int,
     wait: bool,
     threads: int | None,
-    out=sys.stdout,
+    out=None,
 ) -> dict[str, str]:
     """Submit what is not done and has no live job; return each run's final state (when waiting)."""
     from tqdm import tqdm
+
+    out = out or sys.stdout  # read at call time: a caller may have redirected it
 
     from grpo_zoo.jobs import TrainJob
 

@@ -67,7 +67,8 @@ def parse_replay(text: str, variants: list[str]) -> tuple[str, int]:
     return variant, int(number)
 
 
-def replay(tuner_args, studies, spec, bases, root: Path, executor_factory, out=sys.stdout) -> int:
+def replay(tuner_args, studies, spec, bases, root: Path, executor_factory, out=None) -> int:
+    out = out or sys.stdout  # read at call time: a caller may have redirected it
     from optuna.trial import TrialState
 
     from grpo_zoo.config import build, to_dict

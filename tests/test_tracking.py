@@ -143,7 +143,7 @@ def test_a_resumed_run_rewrites_tensorboard_past_its_checkpoint(tmp_path):
         first.log({"step": step, "kind": "train", "reward/mean": float(step)})
     first.tracker.close()  # the process dies
     resumed = RunDir(tmp_path)
-    resumed.truncate_metrics(2)  # what the trainer does on resume
+    resumed.resume_metrics(3, after_step=2, checkpoint="step-2")  # what the trainer does on resume
     resumed.start(config, world_size=1, device="cpu", resume=True)
     for step in (3, 4, 5):
         resumed.log({"step": step, "kind": "train", "reward/mean": 10.0 + step})
