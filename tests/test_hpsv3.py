@@ -189,7 +189,8 @@ def test_one_iteration_on_a_tiny_wan_with_hpsv3(algorithm, server, tmp_path):
     run = tmp_path / "run"
     out = run_module(
         "grpo_zoo.train",
-        str(ROOT / "experiments/wan2.1/1.3b.yaml"),
+        str(ROOT / "experiments/wan2.1/base.yaml"),  # 1.3b.yaml fixes Flash-GRPO's k range for 20 steps
+        "model.arch=wan2.1-t2v-1.3b",
         f"model.path={model}",
         f"run_dir={run}",
         f"reward.options.url={server.url}",
