@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="grpo-zoo-gpu-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
-        print(json.dumps(check(args.width, args.frames, args.steps, args.group, out), indent=1))
+        # one JSON object on the last line (libraries may log to stdout before it)
+        print(json.dumps(check(args.width, args.frames, args.steps, args.group, out)))
     return 0
 
 

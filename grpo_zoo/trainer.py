@@ -73,6 +73,16 @@ def generator(*parts: object) -> torch.Generator:
     return torch.Generator().manual_seed(seed_of(*parts))
 
 
+def rank_from_env() -> int:
+    """This process's rank before torch.distributed is up: RANK (torchrun, deepspeed), else
+    SLURM_PROCID in a multi-task srun job, else 0."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return int(os.environ.get("SLURM_PROCID", "0"))
+    return 0
+
+
 def world_size_from_env() -> int:
     for key in ("WORLD_SIZE", "SLURM_NTASKS"):
         if key in os.environ:
@@ -131,7 +141,7 @@ class Trainer:
         self.eval_prompts = load_prompts(cfg.data.eval_prompts)
         self.run = RunDir(cfg.run_dir)
         self.run.check_config(to_dict(cfg))  # before any compute; one writer from here on
-        self.lock = RunLock(cfg.run_dir).acquire() if int(os.environ.get("RANK", "0")) == 0 else None
+        self.lock = RunLock(cfg.run_dir).acquire() if rank_from_env() == 0 else None  # rank 0 writes
 
         from grpo_zoo.models import load_policy
 

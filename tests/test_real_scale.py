@@ -237,7 +237,7 @@ def test_gpu_check_runs_on_cpu_at_tiny_width():
 
     out = run_module("benchmarks.gpu", "--width", "tiny", "--steps", "10", "--group", "2")
     assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout)  # one JSON object
+    res = json.loads(out.stdout.strip().splitlines()[-1])  # one JSON object, on the last line
     assert (res["device"], res["backend"], res["width"]) == ("cpu", "gloo", "tiny")
     assert set(res["algorithms"]) == {"flow_grpo", "flow_grpo_fast1", "flash_grpo"}
     for r in res["algorithms"].values():

@@ -63,7 +63,9 @@ def test_a_cancelled_job_ends_a_waiting_sweep_and_a_rerun_resumes_it(tmp_path, s
     exp = write_experiment(tmp_path, "cancel", variants, config)
     runs = tmp_path / "runs"
     run = runs / "cancel" / "flash_seed0"
-    env = {**os.environ, **slurm}
+    # the job pauses itself (SIGSTOP) at its step-4 row, so a fast machine cannot finish the run
+    # before the test cancels it; the rerun below runs without this
+    env = {**os.environ, **slurm, "GRPO_ZOO_STOP_AT": "row@4"}
     cmd = [sys.executable, "-m", "grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
     cmd += ["--cluster", "slurm/clusters/local-test.yaml", "--threads", "1", "--no-report"]
     sweep = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,7 +93,8 @@ def test_a_cancelled_job_ends_a_waiting_sweep_and_a_rerun_resumes_it(tmp_path, s
 
 
 @pytest.mark.slow
-def test_a_rerun_never_submits_a_second_job_onto_a_run(tmp_path, slurm):
+def test_a_rerun_never_submits_a_second_job_onto_a_run(tmp_path, slurm, monkeypatch):
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])  # job_state() below asks SLURM from this process
     variants = {"flash": {"algorithm": {"name": "flash_grpo"}}}
     config = {"budget": {"steps": 5000}}  # it runs for as long as the test looks at it; cancelled at the end
     exp = write_experiment(tmp_path, "rerun", variants, config)
