@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from grpo_zoo.errors import ArgParser, ConfigError, cli
+from grpo_zoo.errors import ArgParser, ConfigError, cli, readable_dir, writable_dir, writable_file
 
 EXPERIMENTS = {
     "efficiency": "experiments/paper/efficiency.yaml",
@@ -378,14 +378,15 @@ def parser() -> ArgParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    root = Path(args.runs_dir)
+    root = readable_dir(args.runs_dir, "runs_dir")
+    if args.out:  # every path checked before any compute
+        out = writable_file(args.out, "--out")
+        writable_dir(args.assets or out.resolve().parent / "results", "--assets")
     missing = [f for f in FOLDERS.values() if not (root / f).is_dir()]
     if missing:
         raise ConfigError(
             f"runs_dir: no {root / missing[0]} (run: python -m grpo_zoo.sweep {EXPERIMENTS[next(k for k, v in FOLDERS.items() if v == missing[0])]})"
         )
-    if args.out and Path(args.out).is_dir():
-        raise ConfigError(f"--out: {args.out} is a directory; give a file path")
     try:
         if args.out:
             from grpo_zoo.runs import atomic_write

@@ -111,3 +111,22 @@ def test_results_page_links_copied_plots(paper_runs, tmp_path):
     for line in text.splitlines():
         if line.startswith("!["):
             assert (out.parent / line.split("](")[1].rstrip(")")).stat().st_size > 5000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["{runs}", "--out", "/etc/passwd/x.md"],  # a file where a folder belongs
+        ["{runs}", "--out", "{tmp}"],  # a folder where a file belongs
+        ["{runs}", "--out", "{tmp}/R.md", "--assets", "/etc/passwd"],
+        ["/etc/passwd"],
+        ["{tmp}/no-such-runs"],
+    ],
+)
+def test_claims_cli_paths_are_checked_before_compute(paper_runs, tmp_path, capsys, args):
+    argv = [a.format(runs=paper_runs, tmp=tmp_path) for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        claims.main(argv)
+    assert exit_.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
