@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, register
+from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -46,15 +46,16 @@ class FlashGRPO(Algorithm):
             raise ConfigError(f"k_range: step {hi} lies outside the {num_steps}-step schedule (0..{num_steps - 1})")
         return range(lo, hi + 1)
 
-    def plan(self, num_prompts: int, group_size: int, table, gen: torch.Generator) -> Plan:
-        b, t = num_prompts * group_size, table.num_steps
-        candidates = torch.tensor(list(self.trainable_steps(table)))
-        draws = num_prompts if self.cfg.grouping == "iso_temporal" else b
-        k = candidates[torch.randint(len(candidates), (draws,), generator=gen)]
-        if self.cfg.grouping == "iso_temporal":
-            k = k.repeat_interleave(group_size)
-        sde, _, weight = self._empty(b, t)
-        sde[torch.arange(b), k] = True
-        c = table.inv_lam[k] if self.cfg.rectify else torch.ones(b, dtype=torch.float64)
-        weight[torch.arange(b), k] = c
-        return Plan(sde, sde.clone(), weight, group_size, self.cfg.initial_noise == "shared")
+    def plan(self, ctx: PlanContext) -> Plan:
+        candidates = torch.tensor(list(self.trainable_steps(ctx.table)))
+        iso = self.cfg.grouping == "iso_temporal"
+        k = candidates[torch.randint(len(candidates), (ctx.num_prompts if iso else ctx.batch_size,), generator=ctx.gen)]
+        if iso:
+            k = k.repeat_interleave(ctx.group_size)
+        rows = torch.arange(ctx.batch_size)
+        sde = self.empty(ctx)
+        sde[rows, k] = True
+        c = ctx.table.inv_lam[k] if self.cfg.rectify else torch.ones(ctx.batch_size, dtype=torch.float64)
+        weight = torch.zeros(sde.shape, dtype=torch.float64)
+        weight[rows, k] = c
+        return self.make_plan(ctx, sde, weight=weight)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
-
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, register
+from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -36,10 +34,9 @@ class FlowGRPO(Algorithm):
             )
         return range(n)
 
-    def plan(self, num_prompts: int, group_size: int, table, gen: torch.Generator) -> Plan:
-        b, t = num_prompts * group_size, table.num_steps
-        sde, train, weight = self._empty(b, t)
-        sde[:] = table.step_std > 0  # explore at every step that has noise
-        train[:, self.trainable_steps(table)] = True
-        weight[train] = 1.0
-        return Plan(sde, train, weight, group_size, self.cfg.initial_noise == "shared")
+    def plan(self, ctx: PlanContext) -> Plan:
+        sde = self.empty(ctx)
+        sde[:] = ctx.table.step_std > 0  # explore at every step that has noise
+        train = self.empty(ctx)
+        train[:, self.trainable_steps(ctx.table)] = True
+        return self.make_plan(ctx, sde, train)

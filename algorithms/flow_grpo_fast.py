@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, register
+from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -52,11 +52,9 @@ class FlowGRPOFast(Algorithm):
         lo, hi = self.starts(table)
         return range(lo, hi + self.cfg.window)
 
-    def plan(self, num_prompts: int, group_size: int, table, gen: torch.Generator) -> Plan:
-        b, t = num_prompts * group_size, table.num_steps
-        lo, hi = self.starts(table)
-        start = torch.randint(lo, hi + 1, (b,), generator=gen)
-        steps = torch.arange(t)
+    def plan(self, ctx: PlanContext) -> Plan:
+        lo, hi = self.starts(ctx.table)
+        start = torch.randint(lo, hi + 1, (ctx.batch_size,), generator=ctx.gen)
+        steps = torch.arange(ctx.table.num_steps)
         sde = (steps >= start[:, None]) & (steps < start[:, None] + self.cfg.window)
-        weight = sde.double()
-        return Plan(sde, sde.clone(), weight, group_size, self.cfg.initial_noise == "shared")
+        return self.make_plan(ctx, sde)

@@ -162,7 +162,9 @@ def measure(cfg) -> dict:
         prof.__enter__()
         trainer = Trainer(cfg, progress=False)
     update, decode = _Clock(), _Clock()
-    trainer._update = update.wrap(trainer._update)
+    import grpo_zoo.trainer as trainer_module
+
+    trainer_module.update = update.wrap(trainer_module.update)
     trainer.policy.decode = decode.wrap(trainer.policy.decode)
     sync()
     t0 = time.perf_counter()

@@ -17,9 +17,10 @@ import time
 import torch
 
 from benchmarks.common import iteration_costs, make_trainer, release
+from grpo_zoo.algorithm import PlanContext
 from grpo_zoo.flow.sde import ode_step
 from grpo_zoo.rollout import rollout
-from grpo_zoo.trainer import generator
+from grpo_zoo.seeding import generator
 
 
 @torch.no_grad()
@@ -37,7 +38,7 @@ def sampler_overhead(algorithm: str, steps: int, group_size: int, reps: int) -> 
     p = trainer.cfg.data.prompts_per_step
     prompts = trainer._prompts(0)
     emb = trainer.policy.encode(prompts).repeat_interleave(group_size, 0)
-    plan = trainer.algorithm.plan(p, group_size, trainer.table, generator(0, "plan"))
+    plan = trainer.algorithm.plan(PlanContext.of(p, group_size, trainer.table, generator(0, "plan")))
     trainer.policy.eval()
     bare_nfe = len(emb) * steps
     nfe, ratios, times = 0, [], {"sampler": [], "bare": []}

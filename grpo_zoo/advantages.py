@@ -27,3 +27,21 @@ def zero_std_ratio(rewards: torch.Tensor) -> float:
     """Share of groups whose rewards are all equal (they give no learning signal)."""
     spread = rewards.max(dim=1).values - rewards.min(dim=1).values
     return float((spread <= 1e-8).double().mean())
+
+
+def normalize_within(values: torch.Tensor, groups: torch.Tensor, global_std: bool = False, clip: float = 5.0):
+    """Advantages [N] of `values` [N] normalised within the items sharing a group id [N]:
+    (v - mean_group) / (std + 1e-4), std over the group (or all N with `global_std`)."""
+    v = values.double()
+    _, inverse = torch.unique(groups, return_inverse=True)
+    count = torch.zeros(int(inverse.max()) + 1 if len(v) else 0, dtype=torch.float64).index_add_(
+        0, inverse, torch.ones_like(v)
+    )
+    mean = torch.zeros_like(count).index_add_(0, inverse, v) / count
+    dev = v - mean[inverse]
+    if global_std:
+        std = v.std(unbiased=False).expand_as(v)
+    else:
+        var = torch.zeros_like(count).index_add_(0, inverse, dev**2) / count
+        std = var.sqrt()[inverse]
+    return (dev / (std + STD_EPS)).clamp(-clip, clip).float()

@@ -46,28 +46,110 @@ class AlgorithmConfig:
         pass
 
 
-@dataclass
+@dataclass(kw_only=True)
+class PlanContext:
+    """What an algorithm knows when it plans one iteration on one rank."""
+
+    iteration: int
+    """The training iteration (0-based) this plan is for; a resumed run passes the same."""
+    prompts: list[str]
+    """This rank's P prompts; row b = p * G + g of the plan belongs to prompts[b // G]."""
+    group_size: int
+    """G: rollouts per prompt."""
+    table: StepTable
+    """The sampling schedule's per-step constants (sigma, noise std, lambda, ...)."""
+    gen: torch.Generator
+    """Seeded from (seed, iteration, rank): draw every random choice of the plan from it."""
+    global_std: bool = False
+    """Advantages divide by the whole batch's reward std instead of the group's."""
+    adv_clip: float = 5.0
+    """Advantages are clipped to +-adv_clip."""
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def of(
+        cls, num_prompts: int, group_size: int, table: StepTable, gen: torch.Generator, iteration: int = 0, **kw
+    ) -> PlanContext:
+        """A context for P anonymous prompts (tools and tests that need no prompt text)."""
+        prompts = [f"prompt {i}" for i in range(num_prompts)]
+        return cls(iteration=iteration, prompts=prompts, group_size=group_size, table=table, gen=gen, **kw)
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def batch_size(self) -> int:
+        """B = P * G trajectories."""
+        return len(self.prompts) * self.group_size
+
+
+@dataclass(kw_only=True)
 class Plan:
-    """What a rollout of B = P * G trajectories over T steps does; row b = p * G + g."""
+    """What a rollout of B = P * G trajectories over T steps does; row b = p * G + g.
+
+    Trajectories may share a prefix: row b follows row `parent[b]` (an earlier row) up to
+    step `branch_at[b]`: it has the same initial noise and the same transitions before
+    that step, and the same velocity at it, computed once; from that step on it draws its
+    own noise. Several depths of branching (a tree) are parents that branch themselves.
+    """
 
     sde: torch.Tensor
     """[B, T] bool: step j of trajectory b is stochastic (SDE); ODE otherwise."""
     train: torch.Tensor
-    """[B, T] bool: transition (b, j) is trained; always a subset of `sde`."""
+    """[B, T] bool: transition (b, j) is trained; always a subset of `sde`, and only where b
+    computes the step itself (not inside a prefix it shares)."""
     weight: torch.Tensor
     """[B, T] float64: raw weight of each trained transition (0 elsewhere)."""
     group_size: int
     """G: consecutive rows form one prompt's group."""
-    shared_noise: bool = False
-    """A group's rollouts start from the same initial noise."""
+    parent: torch.Tensor | None = None
+    """[B] long: the row whose prefix row b shares (b itself: a root with its own initial noise)."""
+    branch_at: torch.Tensor | None = None
+    """[B] long: the step at which row b leaves its parent (ignored for roots)."""
+    group: torch.Tensor | None = None
+    """[B, T] long: the advantage group of each trained transition (None: the prompt's group)."""
+
+    def __post_init__(self) -> None:
+        b = self.sde.shape[0]
+        if self.parent is None:
+            self.parent = torch.arange(b)
+        if self.branch_at is None:
+            self.branch_at = torch.zeros(b, dtype=torch.long)
 
     @property
     def num_prompts(self) -> int:
         return self.sde.shape[0] // self.group_size
 
+    @property
+    def shared_noise(self) -> bool:
+        """Some rows share their initial noise (and a prefix) with another row."""
+        return bool((self.parent != torch.arange(len(self.parent))).any())
+
     def trained_steps(self) -> list[tuple[int, int]]:
         """(trajectory, step) of every trained transition, in row-major order."""
         return [tuple(ix) for ix in self.train.nonzero().tolist()]
+
+    def sources(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, T] long each: the row whose velocity row b uses at step j, and the row whose
+        transition (x_j -> x_{j+1}) it takes. A row owns step j when both are itself."""
+        b, t = self.sde.shape
+        steps = torch.arange(t)
+        src_v = torch.empty(b, t, dtype=torch.long)
+        src_x = torch.empty(b, t, dtype=torch.long)
+        for r, (p, at) in enumerate(zip(self.parent.tolist(), self.branch_at.tolist())):
+            if p == r:
+                src_v[r] = src_x[r] = r
+            else:
+                src_v[r] = torch.where(steps > at, r, src_v[p])
+                src_x[r] = torch.where(steps >= at, r, src_x[p])
+        return src_v, src_x
+
+    def forward_rows(self) -> torch.Tensor:
+        """[B, T] bool: which rows run a transformer forward at each step."""
+        src_v, _ = self.sources()
+        return src_v == torch.arange(len(src_v))[:, None]
 
     def check(self, table: StepTable) -> None:
         """Invariants every plan satisfies, whatever the algorithm."""
@@ -83,13 +165,48 @@ class Plan:
         zero = self.sde & (table.step_std <= 0).unsqueeze(0)
         if zero.any():
             raise ValueError(f"plan makes a step with zero noise stochastic (step {int(zero.nonzero()[0, 1])})")
+        rows = torch.arange(b)
+        if self.parent.shape != (b,) or self.branch_at.shape != (b,):
+            raise ValueError(f"plan parent and branch_at must have shape ({b},)")
+        if (self.parent > rows).any() or (self.parent < 0).any():
+            raise ValueError("plan rows must branch from an earlier row (parent[b] <= b)")
+        child = self.parent != rows
+        if ((self.branch_at[child] < 0) | (self.branch_at[child] >= t)).any():
+            raise ValueError(f"plan branches outside the {t}-step schedule")
+        _, src_x = self.sources()
+        shared = src_x != rows[:, None]
+        if (self.train & shared).any():
+            raise ValueError("plan trains a transition inside a prefix the row shares with its parent")
+        if (self.sde != self.sde.gather(0, src_x)).any():
+            raise ValueError("plan gives a shared prefix steps of another kind (SDE/ODE) than its owner's")
+        if self.group is not None and self.group.shape != self.sde.shape:
+            raise ValueError(f"plan group must have shape {tuple(self.sde.shape)}")
+
+
+def group_prefix(sde: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """parent and branch_at for groups whose G rollouts share one initial noise: each row
+    follows its group's first row up to the group's first SDE step."""
+    b, t = sde.shape
+    first = torch.where(sde.any(1), sde.float().argmax(1), torch.full((b,), t - 1))
+    branch = first.view(-1, group_size).min(1).values.repeat_interleave(group_size)
+    leader = torch.arange(b) - torch.arange(b) % group_size
+    return leader, branch
 
 
 class Algorithm:
-    """Base class: subclasses set `Config` and implement `trainable_steps` and `plan`."""
+    """Base class: subclasses set `Config` and implement `trainable_steps` and `plan`.
+
+    `plan(ctx)` returns `self.make_plan(ctx, sde, train, weight)`; the base class fills
+    the defaults, honours `initial_noise`, and computes advantages (`advantages`). An
+    algorithm with state across iterations keeps it in `state_dict()` (saved with every
+    checkpoint and restored on resume); one whose plan is a function of `ctx` needs none.
+    `objective` names the loss it trains with (grpo_zoo.objectives; default PPO-clip on
+    the SDE transitions).
+    """
 
     name: ClassVar[str]
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
+    objective: ClassVar[str] = "ppo_clip"
 
     def __init__(self, cfg: AlgorithmConfig):
         self.cfg = cfg
@@ -98,9 +215,64 @@ class Algorithm:
         """The steps this algorithm may train under `table` (ConfigError if impossible)."""
         raise NotImplementedError
 
-    def plan(self, num_prompts: int, group_size: int, table: StepTable, gen: torch.Generator) -> Plan:
-        """The rollout plan for P prompts x G rollouts under `table`."""
+    def plan(self, ctx: PlanContext) -> Plan:
+        """The rollout plan for ctx.num_prompts prompts x ctx.group_size rollouts."""
         raise NotImplementedError
+
+    def make_plan(
+        self,
+        ctx: PlanContext,
+        sde: torch.Tensor,
+        train: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
+        *,
+        parent: torch.Tensor | None = None,
+        branch_at: torch.Tensor | None = None,
+        group: torch.Tensor | None = None,
+    ) -> Plan:
+        """A Plan from masks: `train` defaults to `sde`, `weight` to 1 on trained transitions;
+        with `initial_noise: shared` and no explicit tree, a group shares its prefix."""
+        train = sde.clone() if train is None else train
+        weight = train.double() if weight is None else weight.double() * train
+        if parent is None and self.cfg.initial_noise == "shared":
+            parent, branch_at = group_prefix(sde, ctx.group_size)
+        return Plan(
+            sde=sde,
+            train=train,
+            weight=weight,
+            group_size=ctx.group_size,
+            parent=parent,
+            branch_at=branch_at,
+            group=group,
+        )
+
+    def empty(self, ctx: PlanContext) -> torch.Tensor:
+        """A [B, T] bool mask of zeros (to set the SDE or trained steps in)."""
+        return torch.zeros(ctx.batch_size, ctx.table.num_steps, dtype=torch.bool)
+
+    def advantages(
+        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, rewards: torch.Tensor
+    ) -> torch.Tensor:
+        """Advantages [N] of the trained items (traj, step), from `rewards` [P_all, G] of the
+        whole batch (all ranks; this rank holds prompts rank * P .. (rank + 1) * P - 1).
+
+        Default: GRPO's group-relative advantage of each row's reward; with `plan.group`,
+        each trained transition is normalised within its group instead."""
+        from grpo_zoo.advantages import group_advantages, normalize_within
+
+        p = ctx.num_prompts
+        if plan.group is None:
+            adv = group_advantages(rewards, ctx.global_std, ctx.adv_clip)
+            return adv[ctx.rank * p : (ctx.rank + 1) * p].flatten()[traj]
+        local = rewards[ctx.rank * p : (ctx.rank + 1) * p].flatten()
+        return normalize_within(local[traj], plan.group[traj, step], ctx.global_std, ctx.adv_clip)
+
+    def state_dict(self) -> dict:
+        """State that must survive a resume (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
 
     def check(self, table: StepTable, group_size: int) -> None:
         """Fail with one clear line if this config cannot run on `table` with groups of G."""
@@ -113,13 +285,6 @@ class Algorithm:
                 f"algorithm: step {silent[0]} has no noise under noise kind {table.kind!r}; "
                 "train only steps before the final one or pick another noise kind"
             )
-
-    def _empty(self, b: int, t: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (
-            torch.zeros(b, t, dtype=torch.bool),
-            torch.zeros(b, t, dtype=torch.bool),
-            torch.zeros(b, t, dtype=torch.float64),
-        )
 
 
 def register(name: str):

@@ -103,23 +103,28 @@ def flops_per_nfe(model) -> tuple[float, float]:
 def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
     """Forwards and backward passes of iteration `step`, from the same plans the trainer draws."""
     from grpo_zoo import algorithm as algorithms
-    from grpo_zoo.flow import make_sigmas, step_table
-    from grpo_zoo.rollout import forward_rows
-    from grpo_zoo.trainer import generator
+    from grpo_zoo import objectives
+    from grpo_zoo.algorithm import PlanContext
+    from grpo_zoo.preflight import sampling_tables
+    from grpo_zoo.seeding import generator
 
     s = cfg.sampling
     alg = algorithms.build(cfg.algorithm)
-    table = step_table(make_sigmas(s.schedule, s.steps, s.shift), s.noise, s.noise_level)
+    objective = objectives.get(alg.objective)
+    table, _ = sampling_tables(s)
+    obj = objective(cfg.algorithm, cfg.optim, s, table, None, None, None, "cpu")
     cfg_mult = 2 if s.guidance != 1.0 else 1
     local = cfg.data.prompts_per_step // world
-    rollout = trained = 0
+    rollout = trained = made = 0
     for rank in range(world):
-        plan = alg.plan(local, cfg.data.group_size, table, generator(cfg.seed, step, rank, "plan"))
-        rollout += int(forward_rows(plan).sum()) * cfg_mult
-        trained += int(plan.train.sum())
+        ctx = PlanContext.of(local, cfg.data.group_size, table, generator(cfg.seed, step, rank, "plan"), step)
+        plan = alg.plan(ctx)
+        rollout += int(plan.forward_rows().sum()) * cfg_mult
+        trained += obj.num_items(plan)
+        made += 0 if objective.needs_transitions else obj.num_items(plan) * cfg_mult
     passes = trained * cfg.optim.inner_epochs * cfg_mult
-    kl = passes if cfg.optim.beta > 0 else 0
-    return {"rollout_nfe": rollout, "update_nfe": passes + kl, "backward": passes}
+    kl = passes if cfg.optim.beta > 0 and objective.needs_transitions else 0
+    return {"rollout_nfe": rollout, "update_nfe": passes + kl + made, "backward": passes}
 
 
 def estimate(cfg, gpus: int, gpu: str, mfu: float, budget_gpu_hours: float, plans: int) -> dict:

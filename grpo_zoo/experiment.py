@@ -156,7 +156,7 @@ def check_resources(data: Any, path: Path) -> dict:
 
 def check_runs(exp: Experiment) -> None:
     """Run every trainer check (algorithm vs schedule, reward, prompts, model path) per run."""
-    from grpo_zoo.trainer import check
+    from grpo_zoo.preflight import check
 
     for run in exp.runs:
         try:

@@ -4,13 +4,15 @@ Every trajectory takes all T steps (a forward at each: NFE), stochastic where th
 says SDE, Euler ODE elsewhere. For each trained transition the rollout records
 (x_k, x_{k+1}, logp_old, sigma_k, raw weight) for the shared loss.
 
-Initial noise is drawn per trajectory, or once per group (`plan.shared_noise`). With
-shared noise, the G rollouts of a group are identical until the first step at which any
-of them is stochastic, so that prefix (and the velocity at the branch step) is computed
-once per group, not G times: the same numbers, fewer forwards.
+A plan may branch (`plan.parent`, `plan.branch_at`): a row shares its parent's initial
+noise and prefix up to its branch step, so that prefix (and the velocity at the branch
+step) is computed once, not once per row: the same numbers, fewer forwards. Shared initial
+noise (`initial_noise: shared`) is the one-level case: a group's rows branch from its first
+row at the group's first SDE step. A tree is parents that branch themselves.
 
-Randomness: one generator, drawn in a fixed order (initial noise, then one full noise
-tensor per step), so a rollout is reproducible from its seed whatever is skipped.
+Randomness: one generator, drawn in a fixed order (one initial noise per root row, then
+one full noise tensor per step), so a rollout is reproducible from its seed whatever is
+skipped.
 """
 
 from __future__ import annotations
@@ -40,12 +42,18 @@ class Transitions:
     """[N] float32 log-prob of the transition under the sampling policy."""
     weight: torch.Tensor
     """[N] raw per-transition weight from the plan."""
+    aux: torch.Tensor | None = None
+    """[N, ...] the sampling policy's velocity at x_k (an objective may use it), or its own data."""
+    sigma: torch.Tensor | None = None
+    """[N] noise level of each item when it is not the table's sigma[step] (re-noised items)."""
 
     def __len__(self) -> int:
         return len(self.traj)
 
     def select(self, idx: torch.Tensor) -> Transitions:
-        return Transitions(*(getattr(self, f)[idx] for f in self.__dataclass_fields__))
+        return Transitions(
+            **{f: None if getattr(self, f) is None else getattr(self, f)[idx] for f in self.__dataclass_fields__}
+        )
 
 
 @dataclass
@@ -57,25 +65,18 @@ class RolloutResult:
     """Transformer forward passes run (a CFG forward counts twice)."""
 
 
-def initial_noise(b: int, shape: tuple[int, ...], group_size: int, shared: bool, gen: torch.Generator) -> torch.Tensor:
-    if shared:
-        return torch.randn(b // group_size, *shape, generator=gen).repeat_interleave(group_size, 0)
-    return torch.randn(b, *shape, generator=gen)
-
-
-def forward_rows(plan: Plan) -> torch.Tensor:
-    """[B, T] bool: which rows run a transformer forward at each step. With shared noise a
-    group's rows stay identical up to (and including the velocity at) the first step where
-    any of them is stochastic, so only the group's first row computes that prefix."""
-    b, t = plan.sde.shape
-    g = plan.group_size
-    if not plan.shared_noise:
-        return torch.ones(b, t, dtype=torch.bool)
-    first_sde = torch.where(plan.sde.any(1), plan.sde.float().argmax(1), torch.full((b,), t))
-    branch = first_sde.view(-1, g).min(1).values.repeat_interleave(g)
-    leader = torch.arange(b) - torch.arange(b) % g
-    shared = torch.arange(t)[None, :] <= branch[:, None]
-    return ~shared | (leader == torch.arange(b))[:, None]
+def initial_noise(plan: Plan, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """x_0 [B, ...]: one draw per root row, in row order; a branch starts from its root's."""
+    b = len(plan.parent)
+    rows = torch.arange(b)
+    roots = (plan.parent == rows).nonzero().flatten()
+    root_of = plan.parent.clone()
+    for r in range(b):  # parents come first
+        root_of[r] = r if plan.parent[r] == r else root_of[plan.parent[r]]
+    noise = torch.randn(len(roots), *shape, generator=gen)
+    slot = torch.full((b,), -1, dtype=torch.long)
+    slot[roots] = torch.arange(len(roots))
+    return noise[slot[root_of]]
 
 
 @torch.no_grad()
@@ -90,28 +91,29 @@ def rollout(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> RolloutResult:
-    """Sample the plan's trajectories for prompt embeddings `emb` [B, L, D] (row b = p * G + g)."""
+    """Sample the plan's trajectories for prompt embeddings `emb` [B, L, D] (row b = p * G + g).
+
+    A row that shares a prefix with its parent takes the parent's velocity up to (and at)
+    its branch step and the parent's transitions before it: each shared forward runs once."""
     b, t = plan.sde.shape
-    g = plan.group_size
-    x = initial_noise(b, policy.latent_shape, g, plan.shared_noise, gen).to(device)
-    computed = forward_rows(plan)
-    leader = torch.arange(b) - torch.arange(b) % g
+    rows_all = torch.arange(b)
+    x = initial_noise(plan, policy.latent_shape, gen).to(device)
+    src_v, src_x = plan.sources()
     cfg_mult = 2 if (guidance != 1.0 and null_emb is not None) else 1
     nfe = 0
-    recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight")}
+    recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight", "aux")}
     for j in range(t):
-        compute = computed[:, j]
+        compute = src_v[:, j] == rows_all
         every = bool(compute.all())
         rows = compute.nonzero().flatten()
         x_in = x if every else x[rows]
         sigma = table.sigma[j].float().to(device).expand(len(rows))
         v = policy.velocity(x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance).float()
         nfe += len(rows) * cfg_mult
-        if not every:  # rows of a shared prefix take their group leader's velocity
+        if not every:  # rows of a shared prefix take the velocity of the row that computed it
             full = torch.empty_like(x)
             full[rows] = v
-            full[~compute] = full[leader[~compute]]
-            v = full
+            v = full[src_v[:, j].to(full.device)]
         eps = torch.randn(x.shape, generator=gen).to(device)
         sde = plan.sde[:, j]
         logp = torch.zeros(b)
@@ -126,6 +128,9 @@ def rollout(
                 xs, lp, _ = sde_step(table.kind, x[sde_rows], v[sde_rows], *step, noise=eps[sde_rows])
                 x_next[sde_rows] = xs
                 logp[sde_rows] = lp.cpu()
+        owner = src_x[:, j]
+        if bool((owner != rows_all).any()):  # a shared transition: the owner's sample, not a new one
+            x_next, logp = x_next[owner.to(x_next.device)], logp[owner]
         train_rows = plan.train[:, j].nonzero().flatten()
         if len(train_rows):
             recs["traj"].append(train_rows)
@@ -134,6 +139,7 @@ def rollout(
             recs["x_next"].append(x_next[train_rows].cpu())
             recs["logp_old"].append(logp[train_rows])
             recs["weight"].append(plan.weight[train_rows, j])
+            recs["aux"].append(v[train_rows].cpu())
         x = x_next
     order_keys = {k: torch.cat(v) if v else torch.empty(0) for k, v in recs.items()}
     tr = Transitions(**order_keys)

@@ -1,45 +1,46 @@
 """The shared training loop: every algorithm runs through exactly this code.
 
-One iteration: P prompts x G rollouts -> algorithm.plan -> rollout (keeping the trained
-transitions) -> reward -> group advantages -> weighted PPO-clip (+ KL) on the trained
-transitions -> engine step -> meter -> one metrics row. The loop never looks at the
-algorithm's name: it asks the algorithm for a plan and uses the plan's weights.
+One iteration: P prompts x G rollouts -> algorithm.plan(ctx) -> rollout (keeping what the
+objective trains on) -> reward -> advantages (the algorithm's, GRPO's group-relative by
+default) -> the objective's loss over minibatches (grpo_zoo/update.py) -> engine steps ->
+meter -> one metrics row. The loop never looks at the algorithm's name.
+
+This file is the wiring and the loop; the pieces live beside it: preflight.py (tables and
+checks, built once), update.py (minibatches through an objective, typed stats),
+objectives.py (the losses), evaluation.py, checkpoint.py, ema.py, seeding.py.
 
 Ranks: each rank owns P / world prompt groups (whole groups, formed explicitly from the
 iteration's seed, never from sampler timing); rewards are gathered so advantages (and
 `global_std`) see the whole batch; weights are normalised over all ranks.
 
 Randomness: every iteration's generators are seeded from (seed, step, rank, purpose), so
-a resumed run draws exactly what an uninterrupted one would.
+a resumed run draws exactly what an uninterrupted one would; an algorithm's own state is
+saved with every checkpoint.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-from collections import defaultdict
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from grpo_zoo import algorithm as algorithms
-from grpo_zoo import rewards
-from grpo_zoo.advantages import group_advantages, zero_std_ratio
+from grpo_zoo import objectives, rewards
+from grpo_zoo.advantages import zero_std_ratio
+from grpo_zoo.algorithm import PlanContext
+from grpo_zoo.checkpoint import load_newest, save
 from grpo_zoo.config import to_dict
-from grpo_zoo.errors import ConfigError
-from grpo_zoo.flow import make_sigmas, sde_step, step_table, transition_mean
-from grpo_zoo.loss import gaussian_kl, normalize_weights, ppo_clip
+from grpo_zoo.ema import EMA
+from grpo_zoo.evaluation import evaluate
 from grpo_zoo.meter import Meter, measure_flops
-from grpo_zoo.prompts import load_prompts
-from grpo_zoo.rollout import generate_ode, rollout
+from grpo_zoo.preflight import check, preflight
+from grpo_zoo.rollout import rollout
 from grpo_zoo.run_config import RunConfig
-from grpo_zoo.runs import RunDir, RunLock, Terminated, exit_signals, say
+from grpo_zoo.runs import RunDir, RunLock, Terminated, exit_signals
+from grpo_zoo.seeding import generator, rank_from_env
+from grpo_zoo.update import NonFiniteError, update
 
-
-class NonFiniteError(RuntimeError):
-    """A reward or loss was NaN or inf: reported, never trained on."""
+__all__ = ["Hook", "NonFiniteError", "StopRun", "Trainer", "check"]
 
 
 class StopRun(Exception):
@@ -64,81 +65,16 @@ class Hook:
         """After every iteration, its row and any scheduled evaluation logged."""
 
 
-def seed_of(*parts: object) -> int:
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(seed_of(*parts))
-
-
-def rank_from_env() -> int:
-    """This process's rank before torch.distributed is up: RANK (torchrun, deepspeed), else
-    SLURM_PROCID in a multi-task srun job, else 0."""
-    if "RANK" in os.environ:
-        return int(os.environ["RANK"])
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return int(os.environ.get("SLURM_PROCID", "0"))
-    return 0
-
-
-def world_size_from_env() -> int:
-    for key in ("WORLD_SIZE", "SLURM_NTASKS"):
-        if key in os.environ:
-            return int(os.environ[key])
-    return 1
-
-
-def check(cfg: RunConfig) -> None:
-    """Every check that needs no model weights and no compute (ConfigError on failure)."""
-    world = world_size_from_env()
-    alg = algorithms.build(cfg.algorithm)
-    s = cfg.sampling
-    table = step_table(make_sigmas(s.schedule, s.steps, s.shift), s.noise, s.noise_level)
-    try:
-        alg.check(table, cfg.data.group_size)
-    except ConfigError as err:
-        msg = str(err)
-        raise ConfigError(msg if msg.startswith("group_size") else f"algorithm.{msg}") from None
-    reward = rewards.get(cfg.reward.name, **cfg.reward.options)
-    if cfg.data.prompts_per_step % world:
-        raise ConfigError(
-            f"data.prompts_per_step: {cfg.data.prompts_per_step} prompt groups do not split over {world} ranks; "
-            f"use a multiple of {world}"
-        )
-    if cfg.data.eval_samples % world:
-        raise ConfigError(f"data.eval_samples: {cfg.data.eval_samples} does not split over {world} ranks")
-    if cfg.optim.ema_decay > 0 and cfg.engine.zero_stage == 3:
-        raise ConfigError("optim.ema_decay: EMA needs whole parameters on each rank; use engine.zero_stage <= 2")
-    if cfg.model.backend == "toy":
-        from grpo_zoo.toy.model import resolve
-
-        if not (resolve(cfg.model.path) / "transformer").is_dir():
-            raise ConfigError(f"model.path: no toy checkpoint at {cfg.model.path!r} (use toy-base or a directory)")
-    elif not Path(cfg.model.path).is_dir():
-        raise ConfigError(f"model.path: no Wan model directory at {cfg.model.path!r}")
-    load_prompts(cfg.data.prompts, "data.prompts")
-    load_prompts(cfg.data.eval_prompts, "data.eval_prompts")
-    if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
-        reward.check()
-
-
 class Trainer:
     def __init__(self, cfg: RunConfig, progress: bool = True, hooks: list[Hook] | None = None):
-        check(cfg)
+        pre = preflight(cfg)
         if cfg.engine.threads:
             torch.set_num_threads(cfg.engine.threads)
         self.cfg = cfg
         self.progress = progress
         self.hooks = list(hooks or [])
-        s = cfg.sampling
-        self.algorithm = algorithms.build(cfg.algorithm)
-        self.table = step_table(make_sigmas(s.schedule, s.steps, s.shift), s.noise, s.noise_level)
-        self.eval_table = step_table(make_sigmas(s.schedule, s.eval_steps, s.shift), s.noise, s.noise_level)
-        self.reward_fn = rewards.get(cfg.reward.name, **cfg.reward.options)
-        self.train_prompts = load_prompts(cfg.data.prompts)
-        self.eval_prompts = load_prompts(cfg.data.eval_prompts)
+        self.algorithm, self.table, self.eval_table = pre.algorithm, pre.table, pre.eval_table
+        self.reward_fn, self.train_prompts, self.eval_prompts = pre.reward_fn, pre.train_prompts, pre.eval_prompts
         self.run = RunDir(cfg.run_dir)
         self.run.check_config(to_dict(cfg))  # before any compute; one writer from here on
         self.lock = RunLock(cfg.run_dir).acquire() if rank_from_env() == 0 else None  # rank 0 writes
@@ -159,9 +95,12 @@ class Trainer:
         self.rank, self.world = self.engine.rank, self.engine.world_size
         self.device, self.dtype = self.engine.device, self.engine.dtype
         self.meter = Meter(self.world, flops)
-        self.ema = self._trainable_copy() if cfg.optim.ema_decay > 0 else None
-        self.null_emb = self.policy.encode([""]).to(self.device) if s.guidance != 1.0 else None
+        self.ema = EMA(self._trainable, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.null_emb = self.policy.encode([""]).to(self.device) if cfg.sampling.guidance != 1.0 else None
         self.cfg_mult = 2 if self.null_emb is not None else 1
+        self.objective = objectives.get(self.algorithm.objective)(
+            cfg.algorithm, cfg.optim, cfg.sampling, self.table, self.policy, self.null_emb, self.dtype, self.device
+        )
         self.step = 0
         self.last_eval: tuple[int, dict] | None = None
         self.last_videos = None
@@ -180,49 +119,23 @@ class Trainer:
     def _trainable(self) -> dict[str, torch.nn.Parameter]:
         return {n: p for n, p in self.engine.module.named_parameters() if p.requires_grad}
 
-    def _trainable_copy(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self._trainable().items()}
-
     def _resume(self) -> None:
-        """Load the newest readable checkpoint (falling back past unreadable ones, said in one
-        line) and keep exactly the metrics rows written before it (see runs.py)."""
-        resolved = to_dict(self.cfg)
-        candidates, newest = self.run.checkpoint_candidates()
-        loaded, failures = None, []
-        for path in candidates:
-            try:
-                state = torch.load(path / f"trainer_rank{self.rank}.pt", weights_only=False)
-                self.engine.load(path)
-                ok = 1.0
-            except Exception as err:  # a damaged or partial checkpoint: try the one before
-                failures.append(f"{path.name}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}")
-                ok = 0.0
-            if float(self.engine.all_reduce_sum(torch.tensor([ok]))[0]) == self.world:
-                loaded = path
-                break
-        fallback = None
-        if newest is not None and (loaded is None or loaded.name != newest):
-            missing = [] if newest in [p.name for p in candidates] else [f"{newest}: missing"]
-            why = "; ".join(missing + failures)
-            to = (
-                f"resuming from {loaded.name}" if loaded is not None else "no readable checkpoint, starting from step 0"
-            )
-            fallback = f"checkpoint {newest} cannot be read ({why}); {to}"
-            if self.rank == 0:
-                say(f"warning: run_dir: {fallback}")
+        """Load the newest readable checkpoint and keep exactly the metrics rows written before it."""
+        state, name, fallback = load_newest(self.run, self.engine, self.rank, self.world)
         keep_rows = None
-        if loaded is not None:
+        if state is not None:
             self.step = state["step"]
             self.meter.load_state_dict(state["meter"])
             if self.ema is not None:
-                self.ema = state["ema"]
+                self.ema.shadow = state["ema"]
+            self.algorithm.load_state_dict(state.get("algorithm") or {})
             torch.set_rng_state(state["torch_rng"])
             self.last_eval = state.get("last_eval")
             keep_rows = state.get("metrics_rows")
         if self.rank == 0:
-            self.run.resume_metrics(keep_rows, self.step, loaded.name if loaded is not None else None)
+            self.run.resume_metrics(keep_rows, self.step, name)
             device = str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
-            self.run.start(resolved, self.world, device, resume=loaded is not None, fallback=fallback)
+            self.run.start(to_dict(self.cfg), self.world, device, resume=state is not None, fallback=fallback)
         self.engine.barrier()
 
     # -- one iteration -------------------------------------------------------------------
@@ -232,12 +145,27 @@ class Trainer:
         local = p_total // self.world
         return [self.train_prompts[i] for i in idx[self.rank * local : (self.rank + 1) * local]]
 
+    def plan_context(self, step: int, prompts: list[str]) -> PlanContext:
+        cfg = self.cfg
+        return PlanContext(
+            iteration=step,
+            prompts=prompts,
+            group_size=cfg.data.group_size,
+            table=self.table,
+            gen=generator(cfg.seed, step, self.rank, "plan"),
+            global_std=cfg.optim.global_std,
+            adv_clip=cfg.optim.adv_clip,
+            rank=self.rank,
+            world=self.world,
+        )
+
     def iteration(self) -> dict:
         cfg, step, g = self.cfg, self.step, self.cfg.data.group_size
         prompts = self._prompts(step)
         texts = [p for p in prompts for _ in range(g)]
         emb = self.policy.encode(prompts).to(self.device).repeat_interleave(g, 0)
-        plan = self.algorithm.plan(len(prompts), g, self.table, generator(cfg.seed, step, self.rank, "plan"))
+        ctx = self.plan_context(step, prompts)
+        plan = self.algorithm.plan(ctx)
         plan.check(self.table)
         self.policy.eval()
         ro = rollout(
@@ -256,155 +184,44 @@ class Trainer:
         if not torch.isfinite(r_local).all():
             raise NonFiniteError(f"non-finite reward at step {step}")
         r_all = self.engine.all_gather_cat(r_local.view(len(prompts), g))
-        adv_all = group_advantages(r_all, cfg.optim.global_std, cfg.optim.adv_clip)
-        adv = adv_all[self.rank * len(prompts) : (self.rank + 1) * len(prompts)].flatten()
-        comp = self.engine.all_reduce_sum(torch.tensor([ro.nfe], dtype=torch.float64))
+        items, made = self.objective.items(ro, emb, generator(cfg.seed, step, self.rank, "items"))
+        adv = self.algorithm.advantages(ctx, plan, items.traj, items.step, r_all)
+        comp = self.engine.all_reduce_sum(torch.tensor([ro.nfe, made], dtype=torch.float64))
         self.meter.forward(float(comp[0]))
+        self.meter.forward(float(comp[1]), self.cfg_mult)
 
-        stats = self._update(ro.transitions, adv[ro.transitions.traj], emb, step)
+        self.policy.train()
+        stats = update(
+            self.objective,
+            self.engine,
+            items,
+            adv,
+            emb,
+            cfg.optim,
+            generator(cfg.seed, step, self.rank, "minibatches"),
+            on_step=self.ema.update if self.ema is not None else None,
+            step=step,
+        )
+        self.meter.forward(stats.forwards + stats.extra_forwards, self.cfg_mult)
+        self.meter.backward(stats.forwards, self.cfg_mult)
         row = {"kind": "train", "reward/mean": float(r_all.mean()), "reward/std": float(r_all.std())}
         for name, values in scores.items():
             if name != cfg.reward.name:
                 row[f"reward/{name}"] = float(self.engine.all_gather_cat(values.float().cpu()).mean())
         row["stats/zero_std_ratio"] = zero_std_ratio(r_all)
-        row["stats/transitions"] = float(len(ro.transitions) * self.world)
-        row.update(stats)
+        row["stats/transitions"] = float(self.engine.all_reduce_sum(torch.tensor([float(len(items))]))[0])
+        row.update(stats.row())
         return row
-
-    def _update(self, tr, adv: torch.Tensor, emb: torch.Tensor, step: int) -> dict:
-        cfg, table = self.cfg, self.table
-        self.policy.train()
-        n = len(tr)
-        sums: dict[str, float] = defaultdict(float)
-        gsum: dict[int, float] = defaultdict(float)
-        gcount: dict[int, int] = defaultdict(int)
-        grad_norms = []
-        gen = generator(cfg.seed, step, self.rank, "minibatches")
-        backward_samples = 0
-        first_dev = None
-        for _ in range(cfg.optim.inner_epochs):
-            perm = torch.randperm(n, generator=gen)
-            for mb in perm.chunk(cfg.optim.minibatches):
-                total = self.engine.all_reduce_sum(torch.tensor([float(tr.weight[mb].sum()), float(len(mb))]))
-                micro = mb.split(cfg.optim.micro_batch)
-                for i, idx in enumerate(micro):
-                    sub = tr.select(idx)
-                    k = sub.step
-                    x = sub.x.to(self.device)
-                    sigma = table.sigma[k].float().to(self.device)
-                    v = self.policy.velocity(
-                        x.to(self.dtype), sigma, emb[sub.traj], self.null_emb, cfg.sampling.guidance
-                    )
-                    v = v.float()
-                    v.retain_grad()
-                    _, logp, mean = sde_step(
-                        table.kind,
-                        x,
-                        v,
-                        table.sigma[k],
-                        table.sigma_next[k],
-                        table.std_t[k],
-                        x_next=sub.x_next.to(self.device),
-                    )
-                    w = normalize_weights(sub.weight, float(total[0]), int(total[1])).float().to(self.device)
-                    per, st = ppo_clip(
-                        logp, sub.logp_old.to(self.device), adv[idx].to(self.device), w, cfg.optim.clip_range
-                    )
-                    loss = per.sum()
-                    if cfg.optim.beta > 0:
-                        with torch.no_grad(), self.policy.reference():
-                            v_ref = self.policy.velocity(
-                                x.to(self.dtype), sigma, emb[sub.traj], self.null_emb, cfg.sampling.guidance
-                            ).float()
-                        mean_ref = transition_mean(
-                            table.kind, x, v_ref, table.sigma[k], table.sigma_next[k], table.std_t[k]
-                        )
-                        kl = gaussian_kl(mean, mean_ref, table.step_std[k])
-                        loss = loss + cfg.optim.beta * kl.sum()
-                        sums["kl"] += float(kl.detach().sum())
-                        self.meter.forward(len(idx) * self.world, self.cfg_mult)
-                    loss = loss / len(mb)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteError(f"non-finite loss at step {step}")
-                    self.engine.backward(loss, last_micro_batch=i == len(micro) - 1)
-                    backward_samples += len(idx)
-                    norms = v.grad.flatten(1).norm(dim=1).cpu() * len(mb)  # per transition, undo the 1/|mb|
-                    for kk, nn in zip(k.tolist(), norms.tolist()):
-                        gsum[kk] += nn
-                        gcount[kk] += 1
-                    sums["policy"] += float(per.detach().sum())
-                    sums["clipfrac"] += float(st["clipfrac"].sum())
-                    sums["approx_kl"] += float(st["approx_kl"].sum())
-                    sums["ratio"] += float(st["ratio"].sum())
-                    sums["ratio_dev"] = max(sums["ratio_dev"], float((st["ratio"] - 1).abs().max()))
-                    sums["count"] += len(idx)
-                if first_dev is None:  # the first minibatch is on-policy: its ratios are 1
-                    first_dev = sums["ratio_dev"]
-                grad_norms.append(self.engine.step())
-                self._update_ema()
-        self.meter.forward(backward_samples * self.world, self.cfg_mult)
-        self.meter.backward(backward_samples * self.world, self.cfg_mult)
-        c = max(sums["count"], 1)
-        out = {
-            "loss/policy": sums["policy"] / c,
-            "loss/kl": sums["kl"] / c,
-            "stats/clipfrac": sums["clipfrac"] / c,
-            "stats/approx_kl": sums["approx_kl"] / c,
-            "stats/ratio_mean": sums["ratio"] / c,
-            "stats/ratio_max_dev": sums["ratio_dev"],
-            "stats/ratio_dev_first_minibatch": first_dev if first_dev is not None else 0.0,
-            "stats/grad_norm": sum(grad_norms) / len(grad_norms),
-        }
-        for kk in sorted(gsum):
-            out[f"grad_t/{kk:02d}"] = gsum[kk] / gcount[kk]
-        return out
-
-    def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        d = self.cfg.optim.ema_decay
-        with torch.no_grad():
-            for name, p in self._trainable().items():
-                self.ema[name].mul_(d).add_(p.detach(), alpha=1 - d)
 
     # -- evaluation and checkpoints ------------------------------------------------------------
     def evaluate(self) -> dict:
-        cfg = self.cfg
-        n = cfg.data.eval_samples
-        local = n // self.world
-        prompts = [self.eval_prompts[i % len(self.eval_prompts)] for i in range(n)]
-        mine = prompts[self.rank * local : (self.rank + 1) * local]
-        self.policy.eval()
-        backup = None
-        if self.ema is not None:
-            backup = self._trainable_copy()
-            self._load_trainable(self.ema)
-        videos, nfe = generate_ode(
-            self.policy,
-            mine,
-            self.eval_table,
-            cfg.sampling.guidance,
-            cfg.data.eval_seed,
-            index_offset=self.rank * local,
-            dtype=self.dtype,
-            device=self.device,
-        )
-        if backup is not None:
-            self._load_trainable(backup)
-        scores = self.reward_fn(videos, mine)
-        scores.update(rewards.eval_metrics(videos, mine))
-        self.meter.forward(nfe * self.world, eval=True)
-        row = {"kind": "eval", "eval/reward": float(self.engine.all_gather_cat(scores[cfg.reward.name].float()).mean())}
-        for name, values in scores.items():
-            row[f"eval/{name}"] = float(self.engine.all_gather_cat(values.float()).mean())
-        if self.rank == 0 and cfg.save_eval_videos:
-            from grpo_zoo.media import save_grid
+        row, (videos, prompts) = evaluate(self)
+        if self.cfg.save_eval_videos:
+            from grpo_zoo.media import save_grid, to_uint8
 
-            save_grid(videos[:16], self.run.path / "eval" / f"step-{self.step:06d}.png", mine[:16])
-        if cfg.save_eval_videos:  # kept (as uint8, on the host) until the run ends: see _write_eval_videos
-            from grpo_zoo.media import to_uint8
-
-            self.last_videos = (to_uint8(videos.cpu()), mine)
+            if self.rank == 0:
+                save_grid(videos[:16], self.run.path / "eval" / f"step-{self.step:06d}.png", prompts[:16])
+            self.last_videos = (to_uint8(videos.cpu()), prompts)  # kept on the host until the run ends
         return row
 
     def param_checksum(self) -> float:
@@ -422,32 +239,17 @@ class Trainer:
                 total += (w * torch.linspace(1, 2, len(w), dtype=torch.float64)).sum() * (i + 1)
         return float(total)
 
-    def _load_trainable(self, values: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, p in self._trainable().items():
-                p.copy_(values[name])
-
     def save_checkpoint(self) -> None:
-        staging = self.run.staging(self.step)
-        if self.rank == 0:
-            staging.mkdir(parents=True, exist_ok=True)
-        self.engine.barrier()
-        self.engine.save(staging)
         state = {
             "step": self.step,
             "meter": self.meter.state_dict(),
-            "ema": self.ema,
+            "ema": self.ema.shadow if self.ema is not None else None,
+            "algorithm": self.algorithm.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "last_eval": self.last_eval,  # a resumed run does not repeat a finished evaluation
             "metrics_rows": self.run.rows_written if self.rank == 0 else None,  # the rows a resume keeps
         }
-        tmp = staging / f".trainer_rank{self.rank}.pt.tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, staging / f"trainer_rank{self.rank}.pt")
-        self.engine.barrier()
-        if self.rank == 0:
-            self.run.commit_checkpoint(self.step)
-        self.engine.barrier()
+        save(self.run, self.engine, self.step, self.rank, state)
 
     def _write_eval_videos(self) -> None:
         """The last evaluation's videos as mp4 files named as VBench expects (every rank its own)."""

@@ -7,6 +7,7 @@ import torch
 
 from grpo_zoo import algorithm
 from grpo_zoo.advantages import group_advantages, zero_std_ratio
+from grpo_zoo.algorithm import PlanContext
 from grpo_zoo.config import build
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
@@ -24,7 +25,7 @@ def table():
 def make_plan(cfg: dict, table, seed=0):
     alg = algorithm.build(cfg)
     alg.check(table, G)
-    plan = alg.plan(P, G, table, torch.Generator().manual_seed(seed))
+    plan = alg.plan(PlanContext.of(P, G, table, torch.Generator().manual_seed(seed)))
     plan.check(table)
     return plan
 
@@ -41,12 +42,12 @@ def test_every_registered_algorithm_plans_within_the_invariants(variant, kind):
     tab = step_table(make_sigmas("wan", 10, 3.0), kind)
     alg = algorithm.build(golden.variants()[variant])
     alg.check(tab, G)
-    plan = alg.plan(P, G, tab, torch.Generator().manual_seed(0))
+    plan = alg.plan(PlanContext.of(P, G, tab, torch.Generator().manual_seed(0)))
     plan.check(tab)
     assert plan.sde.shape == (P * G, 10) and plan.group_size == G and plan.num_prompts == P
     assert (plan.train.sum(1) >= 1).all()
     assert set(plan.train.nonzero()[:, 1].tolist()) <= set(alg.trainable_steps(tab))
-    again = alg.plan(P, G, tab, torch.Generator().manual_seed(0))
+    again = alg.plan(PlanContext.of(P, G, tab, torch.Generator().manual_seed(0)))
     assert torch.equal(again.train, plan.train) and torch.equal(again.weight, plan.weight)
 
 

@@ -15,7 +15,7 @@ import torch
 
 from grpo_zoo import algorithm
 from grpo_zoo.advantages import STD_EPS, group_advantages
-from grpo_zoo.algorithm import Plan
+from grpo_zoo.algorithm import Plan, PlanContext
 from grpo_zoo.flow import make_sigmas, sde_step, step_table
 from grpo_zoo.flow.sde import transition_mean
 from grpo_zoo.loss import normalize_weights, ppo_clip
@@ -106,7 +106,7 @@ def test_rectified_weights_give_every_timestep_the_same_gradient_size():
     the size of d loss / d v is the same at every k (d log p / d v = -(lambda / D) eps)."""
     table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
     alg = algorithm.build({"name": "flash_grpo", "grouping": "per_sample"})
-    plan = alg.plan(16, 4, table, torch.Generator().manual_seed(0))
+    plan = alg.plan(PlanContext.of(16, 4, table, torch.Generator().manual_seed(0)))
     b, k = plan.train.nonzero().unbind(1)
     raw = plan.weight[b, k]
     w = normalize_weights(raw, float(raw.sum()), len(raw))
@@ -192,7 +192,7 @@ def table():
 
 def flash_steps(table, grouping: str, seed: int, p: int = 8, g: int = 4) -> torch.Tensor:
     plan = algorithm.build({"name": "flash_grpo", "grouping": grouping}).plan(
-        p, g, table, torch.Generator().manual_seed(seed)
+        PlanContext.of(p, g, table, torch.Generator().manual_seed(seed))
     )
     plan.check(table)
     assert (plan.train.sum(1) == 1).all()
@@ -258,7 +258,7 @@ def test_flow_grpo_rollout_trains_its_fraction_although_every_step_explores(poli
 
     table = step_table(make_sigmas("wan", 6, 3.0), "flow_sde")
     plan = algorithm.build({"name": "flow_grpo", "timestep_fraction": 0.5}).plan(
-        1, 2, table, torch.Generator().manual_seed(0)
+        PlanContext.of(1, 2, table, torch.Generator().manual_seed(0))
     )
     assert plan.sde.all()
     emb = policy.encode(["a green triangle moving right"]).repeat_interleave(2, 0)
@@ -272,7 +272,9 @@ def test_every_registered_algorithm_trains_only_what_its_plan_marks(policy, vari
     from grpo_zoo.rollout import rollout
 
     table = step_table(make_sigmas("wan", 4, 3.0), "flow_sde")
-    plan = algorithm.build(golden.variants()[variant]).plan(2, 2, table, torch.Generator().manual_seed(1))
+    plan = algorithm.build(golden.variants()[variant]).plan(
+        PlanContext.of(2, 2, table, torch.Generator().manual_seed(1))
+    )
     emb = policy.encode(["a red circle moving left", "a yellow star moving down"]).repeat_interleave(2, 0)
     tr = rollout(policy, emb, None, plan, table, 1.0, torch.Generator().manual_seed(0)).transitions
     assert list(zip(tr.traj.tolist(), tr.step.tolist())) == plan.trained_steps()

@@ -11,9 +11,9 @@ from grpo_zoo.config import build
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.estimate import flops_per_nfe, iteration_counts
 from grpo_zoo.experiment import load_experiment
+from grpo_zoo.preflight import check
 from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
-from grpo_zoo.trainer import check
 
 from .conftest import ROOT, run_module
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from grpo_zoo import rewards
+from grpo_zoo.algorithm import PlanContext
 from grpo_zoo.config import build
 from grpo_zoo.experiment import load_experiment
 from grpo_zoo.run_config import ModelConfig, RunConfig
@@ -62,19 +63,19 @@ def test_paper_sweeps_follow_the_settings_table(tmp_path):
     # the plans: Flash-GRPO's k is one of steps 0..9, the same for a prompt's whole group
     from grpo_zoo import algorithm as algorithms
     from grpo_zoo.flow import make_sigmas, step_table
-    from grpo_zoo.trainer import generator
+    from grpo_zoo.seeding import generator
 
     flash = next(c for _, c in runs if c.algorithm.name == "flash_grpo")
     flow = next(c for _, c in runs if c.algorithm.name == "flow_grpo")
     table = step_table(make_sigmas("wan", 20, 3.0), "wan_linear", 1.0)
     seen = set()
     for step in range(50):
-        plan = algorithms.build(flash.algorithm).plan(8, 8, table, generator(0, step, 0, "plan"))
+        plan = algorithms.build(flash.algorithm).plan(PlanContext.of(8, 8, table, generator(0, step, 0, "plan")))
         k = plan.train.float().argmax(1).view(8, 8)
         assert (plan.train.sum(1) == 1).all() and (k == k[:, :1]).all()
         seen |= set(k[:, 0].tolist())
     assert seen == set(range(10))
-    plan = algorithms.build(flow.algorithm).plan(1, 8, table, generator(0, 0, 0, "plan"))
+    plan = algorithms.build(flow.algorithm).plan(PlanContext.of(1, 8, table, generator(0, 0, 0, "plan")))
     assert plan.train[0].nonzero().flatten().tolist() == list(range(10)) and plan.sde[0].all()
 
 

@@ -73,9 +73,10 @@ class PromptEncoder(torch.nn.Module):
         return self.embedding(ids.to(self.embedding.weight.device))
 
 
-def new_transformer(seed: int = 0) -> WanTransformer3DModel:
+def new_transformer(seed: int = 0, **overrides) -> WanTransformer3DModel:
+    """A randomly initialised toy transformer (TRANSFORMER_CONFIG, with `overrides`)."""
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**TRANSFORMER_CONFIG)
+    return WanTransformer3DModel(**{**TRANSFORMER_CONFIG, **overrides})
 
 
 def save_checkpoint(path: Path, transformer: WanTransformer3DModel, encoder: PromptEncoder, meta: dict) -> None:

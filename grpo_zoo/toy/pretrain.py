@@ -21,13 +21,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import yaml
 from tqdm import tqdm
 
 from grpo_zoo.config import apply_overrides, build, describe, load_yaml, num, path, to_dict
-from grpo_zoo.errors import cli
+from grpo_zoo.errors import ConfigError, cli
 from grpo_zoo.flow.schedules import NUM_TRAIN_TIMESTEPS, shift_sigmas
 from grpo_zoo.toy import world
 from grpo_zoo.toy.model import CHECKPOINT_DIR, PromptEncoder, new_transformer, save_checkpoint
@@ -65,6 +66,16 @@ class PretrainConfig:
     """Added to the data seed (so a continued pretraining sees fresh samples)."""
     ema: float = num(0.0, ge=0, lt=1)
     """Decay of an exponential moving average of the weights, saved instead of the raw ones (0 = off)."""
+    heads: int | None = num(None, ge=1)
+    """Attention heads of 16 channels each (width = 16 * heads); None keeps the toy default. From scratch only."""
+    ffn_dim: int | None = num(None, ge=1)
+    """Feed-forward width; None keeps the toy default. From scratch only."""
+    layers: int | None = num(None, ge=1)
+    """Transformer blocks; None keeps the toy default. From scratch only."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`cpu`, `cuda` or `auto` (cuda when available). Data and noise are drawn on the CPU either way."""
+    save_every: int = num(0, ge=0)
+    """Also write the checkpoint every this many steps (0 = only at the end), so a stopped run keeps its progress."""
 
 
 def corrupt(prompt: world.Prompt, p: float, gen: torch.Generator) -> world.Prompt:
@@ -79,13 +90,13 @@ def corrupt(prompt: world.Prompt, p: float, gen: torch.Generator) -> world.Promp
             return out
 
 
-def batch(cfg: PretrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+def batch(cfg: PretrainConfig, gen: torch.Generator, device=None) -> tuple[torch.Tensor, list[str]]:
     train = world.prompts("train")
     idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
     truth = [train[i] for i in idx]
     factor = cfg.slow_min + (1 - cfg.slow_min) * torch.rand(cfg.batch_size, generator=gen)
     factor[torch.rand(cfg.batch_size, generator=gen) < cfg.static_prob] = 0.0
-    videos = world.render(truth, gen, speed=world.SPEED * factor)
+    videos = world.render(truth, gen, speed=world.SPEED * factor, device=device)
     captions = [corrupt(p, cfg.label_noise, gen).text for p in truth]
     drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout
     captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
@@ -93,14 +104,23 @@ def batch(cfg: PretrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, list
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    out = Path(cfg.out)
+    if cfg.init and any(v is not None for v in (cfg.heads, cfg.ffn_dim, cfg.layers)):
+        raise ConfigError("heads, ffn_dim, layers: set them only when pretraining from scratch (init is set)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda is not available here (use cpu or auto)")
     gen = torch.Generator().manual_seed(cfg.seed + cfg.data_seed_offset)
     if cfg.init:
         from grpo_zoo.toy.model import load_checkpoint
 
         transformer, encoder = load_checkpoint(cfg.init)
     else:
-        transformer, encoder = new_transformer(cfg.seed), PromptEncoder()
+        arch = {"num_attention_heads": cfg.heads, "ffn_dim": cfg.ffn_dim, "num_layers": cfg.layers}
+        transformer = new_transformer(cfg.seed, **{k: v for k, v in arch.items() if v is not None})
+        encoder = PromptEncoder()
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if cfg.device == "auto" else cfg.device)
+    transformer.to(device)
+    encoder.to(device)
     opt = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -118,11 +138,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
     start = time.time()
     bar = tqdm(range(cfg.steps), desc="pretrain", dynamic_ncols=True)
     for step in bar:
-        x0, captions = batch(cfg, gen)
+        x0, captions = batch(cfg, gen, device)
         noise = torch.randn(x0.shape, generator=gen)
         u = torch.rand(len(x0), generator=gen)
         shifted = torch.rand(len(x0), generator=gen) < 0.5
         sigma = torch.where(shifted, shift_sigmas(u, cfg.timestep_shift), u).clamp(1e-3, 1.0)
+        x0, noise, sigma = x0.to(device), noise.to(device), sigma.to(device)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         pred = transformer(xt, sigma * NUM_TRAIN_TIMESTEPS, encoder(captions), return_dict=False)[0]
@@ -138,10 +159,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
             ema.update_parameters(transformer)
         rows.append({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0], "seconds": time.time() - start})
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            write(cfg, transformer if ema is None else ema.module, encoder, rows, start)
+    return write(cfg, transformer if ema is None else ema.module, encoder, rows, start)
 
+
+def write(cfg: PretrainConfig, transformer, encoder: PromptEncoder, rows: list[dict], start: float) -> Path:
+    """Replace the checkpoint at cfg.out atomically with these weights, the config and the loss so far."""
+    out = Path(cfg.out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    meta = {"pretrain_seconds": round(time.time() - start, 1), "steps": cfg.steps, "final_loss": rows[-1]["loss"]}
+    meta = {"pretrain_seconds": round(time.time() - start, 1), "steps": len(rows), "final_loss": rows[-1]["loss"]}
     if cfg.init:
         from grpo_zoo.toy.model import resolve
 
@@ -150,7 +178,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
             import json
 
             meta["init"] = json.loads(init_meta.read_text())
-    save_checkpoint(tmp, transformer if ema is None else ema.module, encoder, meta)
+    save_checkpoint(tmp, transformer, encoder, meta)
     (tmp / "pretrain.yaml").write_text(
         "# python -m grpo_zoo.toy.pretrain grpo_zoo/toy/checkpoints/toy-base/pretrain.yaml\n"
         + yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -87,7 +87,7 @@ def _grid(size: int, ss: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def all_shape_masks(cx: torch.Tensor, cy: torch.Tensor, radius: float = RADIUS) -> torch.Tensor:
     """Anti-aliased coverage [N, S, H, W] in [0, 1] of every shape centred at (cx, cy) [N]."""
-    gy, gx = _grid(SIZE, SUPERSAMPLE)
+    gy, gx = (g.to(cx.device) for g in _grid(SIZE, SUPERSAMPLE))
     dx = gx[None] - cx[:, None, None]
     dy = gy[None] - cy[:, None, None]
     r = radius
@@ -105,7 +105,7 @@ def all_shape_masks(cx: torch.Tensor, cy: torch.Tensor, radius: float = RADIUS) 
 
 def shape_masks(shape: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, radius: float = RADIUS) -> torch.Tensor:
     """Anti-aliased coverage [N, H, W] of shapes (indices [N]) centred at (cx, cy)."""
-    return all_shape_masks(cx, cy, radius)[torch.arange(len(shape)), shape]
+    return all_shape_masks(cx, cy, radius)[torch.arange(len(shape), device=shape.device), shape]
 
 
 def trajectories(
@@ -125,15 +125,24 @@ def trajectories(
 
 
 def render(
-    prompts: list[Prompt] | tuple[Prompt, ...], gen: torch.Generator, speed: torch.Tensor | None = None
+    prompts: list[Prompt] | tuple[Prompt, ...],
+    gen: torch.Generator,
+    speed: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Videos [B, 3, F, H, W] in [-1, 1] showing each prompt (speed in px/frame, default SPEED)."""
+    """Videos [B, 3, F, H, W] in [-1, 1] showing each prompt (speed in px/frame, default SPEED).
+
+    Random draws come from `gen` on the CPU; `device` only says where the pixels are drawn
+    (the same videos, faster on a GPU)."""
     b = len(prompts)
     color = torch.tensor([p.color for p in prompts])
     shape = torch.tensor([p.shape for p in prompts])
     direction = torch.tensor([p.direction for p in prompts])
     speed = torch.full((b,), SPEED) if speed is None else speed.float()
     cx, cy = trajectories(direction, speed, gen)
-    masks = shape_masks(shape.repeat_interleave(FRAMES), cx.flatten(), cy.flatten()).view(b, FRAMES, SIZE, SIZE)
-    rgb = PALETTE[color][:, :, None, None, None] * masks[:, None]  # [B, 3, F, H, W]
+    if device is not None:
+        cx, cy = cx.to(device), cy.to(device)
+    shapes = shape.repeat_interleave(FRAMES).to(cx.device)
+    masks = shape_masks(shapes, cx.flatten(), cy.flatten()).view(b, FRAMES, SIZE, SIZE)
+    rgb = PALETTE.to(cx.device)[color.to(cx.device)][:, :, None, None, None] * masks[:, None]  # [B, 3, F, H, W]
     return rgb * 2 - 1

@@ -213,7 +213,7 @@ def check_spaces(spec: TuneSpec, bases: dict[str, dict], where: str) -> None:
     """Before the first trial: every value of every search space (each choice; low and high of a
     range), and every enqueued trial, gives a run config that passes the sweep's checks (the
     trainer's `check`: algorithm against schedule, reward, prompts, model path)."""
-    from grpo_zoo.trainer import check
+    from grpo_zoo.preflight import check
 
     def checked(v: str, params: dict) -> None:
         check(build(RunConfig, trial_config(bases[v], spec, params, "/tmp/grpo-zoo-tune-check")))

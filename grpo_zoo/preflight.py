@@ -1,0 +1,74 @@
+"""Preflight: everything a run needs that costs no model weights and no compute, built
+once and checked before anything starts (ConfigError, one line, on failure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpo_zoo import algorithm as algorithms
+from grpo_zoo import objectives, rewards
+from grpo_zoo.errors import ConfigError
+from grpo_zoo.flow import make_sigmas, step_table
+from grpo_zoo.flow.sde import StepTable
+from grpo_zoo.prompts import load_prompts
+from grpo_zoo.run_config import RunConfig
+from grpo_zoo.seeding import world_size_from_env
+
+
+def sampling_tables(s) -> tuple[StepTable, StepTable]:
+    """The training and evaluation step tables of a `sampling` config."""
+    return (
+        step_table(make_sigmas(s.schedule, s.steps, s.shift), s.noise, s.noise_level),
+        step_table(make_sigmas(s.schedule, s.eval_steps, s.shift), s.noise, s.noise_level),
+    )
+
+
+@dataclass
+class Preflight:
+    algorithm: algorithms.Algorithm
+    table: StepTable
+    eval_table: StepTable
+    reward_fn: object
+    train_prompts: list[str]
+    eval_prompts: list[str]
+
+
+def preflight(cfg: RunConfig) -> Preflight:
+    """Build the algorithm, tables, reward and prompts, and check they fit together."""
+    world = world_size_from_env()
+    alg = algorithms.build(cfg.algorithm)
+    objectives.get(alg.objective)
+    table, eval_table = sampling_tables(cfg.sampling)
+    try:
+        alg.check(table, cfg.data.group_size)
+    except ConfigError as err:
+        msg = str(err)
+        raise ConfigError(msg if msg.startswith("group_size") else f"algorithm.{msg}") from None
+    reward = rewards.get(cfg.reward.name, **cfg.reward.options)
+    if cfg.data.prompts_per_step % world:
+        raise ConfigError(
+            f"data.prompts_per_step: {cfg.data.prompts_per_step} prompt groups do not split over {world} ranks; "
+            f"use a multiple of {world}"
+        )
+    if cfg.data.eval_samples % world:
+        raise ConfigError(f"data.eval_samples: {cfg.data.eval_samples} does not split over {world} ranks")
+    if cfg.optim.ema_decay > 0 and cfg.engine.zero_stage == 3:
+        raise ConfigError("optim.ema_decay: EMA needs whole parameters on each rank; use engine.zero_stage <= 2")
+    if cfg.model.backend == "toy":
+        from grpo_zoo.toy.model import resolve
+
+        if not (resolve(cfg.model.path) / "transformer").is_dir():
+            raise ConfigError(f"model.path: no toy checkpoint at {cfg.model.path!r} (use toy-base or a directory)")
+    elif not Path(cfg.model.path).is_dir():
+        raise ConfigError(f"model.path: no Wan model directory at {cfg.model.path!r}")
+    train_prompts = load_prompts(cfg.data.prompts, "data.prompts")
+    eval_prompts = load_prompts(cfg.data.eval_prompts, "data.eval_prompts")
+    if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
+        reward.check()
+    return Preflight(alg, table, eval_table, reward, train_prompts, eval_prompts)
+
+
+def check(cfg: RunConfig) -> None:
+    """Every check that needs no model weights and no compute (ConfigError on failure)."""
+    preflight(cfg)

@@ -1,0 +1,349 @@
+"""The algorithm seam: plans from a context, algorithm state across resumes, branching
+rollouts (each shared prefix computed once), and objectives as plug-ins.
+
+Algorithms that exist only to exercise the seam are defined here and registered for the
+length of one test (the registry is restored after), so tests that enumerate the registry
+never see them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from grpo_zoo import algorithm
+from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext
+from grpo_zoo.flow import make_sigmas, step_table
+from grpo_zoo.rollout import rollout
+from grpo_zoo.run_config import RunConfig
+from grpo_zoo.runs import RunDir
+
+SMALL = {
+    "model.lora_rank": 0,
+    "data.prompts_per_step": 2,
+    "data.group_size": 4,
+    "sampling.steps": 6,
+    "sampling.eval_steps": 2,
+    "data.eval_samples": 4,
+    "data.eval_every": 0,
+    "checkpoint_every": 2,
+    "save_eval_videos": False,
+    "optim.lr": 1e-3,
+    "engine.threads": 1,
+}
+WALL_CLOCK = ("compute/device_seconds", "compute/device_hours")
+
+
+@pytest.fixture
+def table():
+    return step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
+
+
+@pytest.fixture
+def registered():
+    """Register test-only algorithms for one test; the registry is restored afterwards."""
+    before = dict(algorithm._REGISTRY)
+    yield lambda name: algorithm.register(name)
+    algorithm._REGISTRY.clear()
+    algorithm._REGISTRY.update(before)
+
+
+def run_config(tmp_path, name: str, alg: dict, steps: int) -> RunConfig:
+    from grpo_zoo.config import apply_overrides, build, load_config_file
+
+    data = apply_overrides(load_config_file("experiments/toy/base.yaml"), [f"{k}={v}" for k, v in SMALL.items()])
+    data["algorithm"] = alg
+    data["budget"] = {"steps": steps}
+    data["run_dir"] = str(tmp_path / name)
+    return build(RunConfig, data)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_group():
+    """Trainers of this module share one process group, torn down at the end."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def train(cfg: RunConfig) -> list[dict]:
+    from grpo_zoo.trainer import Trainer
+
+    trainer = Trainer(cfg, progress=False)
+    trainer.engine.close = lambda: None  # the next trainer reuses the process group
+    trainer.train()
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in RunDir(cfg.run_dir).rows()]
+
+
+# -- plans from a context ----------------------------------------------------------------
+def test_mix_grpo_window_moves_with_the_iteration_and_rolls_back(table):
+    alg = algorithm.build({"name": "mix_grpo", "window": 2, "shift_every": 3, "timestep_fraction": 0.6})
+    starts = []
+    for it in range(20):
+        plan = alg.plan(PlanContext.of(2, 4, table, torch.Generator().manual_seed(0), iteration=it))
+        plan.check(table)
+        sde = plan.sde[0].nonzero().flatten().tolist()
+        assert sde == list(range(sde[0], sde[0] + 2)) and torch.equal(plan.train, plan.sde)
+        assert (plan.sde == plan.sde[0]).all()  # every trajectory explores the same window
+        starts.append(sde[0])
+    # 6 trainable steps, a window of 2: starts 0..4, each for 3 iterations, then back to 0
+    assert starts == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 + [4] * 3 + [0] * 3 + [1] * 2
+    assert plan.shared_noise  # the reference starts a group from one noise
+
+
+def test_plan_is_a_function_of_the_context_not_of_calls(table):
+    """estimate.py and tools may call plan() repeatedly: it must not advance anything."""
+    alg = algorithm.build({"name": "mix_grpo", "shift_every": 1})
+    first = alg.plan(PlanContext.of(2, 4, table, torch.Generator().manual_seed(0), iteration=5))
+    for _ in range(3):
+        again = alg.plan(PlanContext.of(2, 4, table, torch.Generator().manual_seed(0), iteration=5))
+        assert torch.equal(first.sde, again.sde)
+
+
+@pytest.mark.slow
+def test_mix_grpo_resumed_run_plans_exactly_as_an_uninterrupted_one(tmp_path):
+    alg = {"name": "mix_grpo", "window": 2, "shift_every": 1}
+    ref = train(run_config(tmp_path, "ref", alg, 4))
+    train(run_config(tmp_path, "split", alg, 2))  # stops at step 2 (a checkpoint) ...
+    resumed = train(run_config(tmp_path, "split", alg, 4))  # ... and goes on to 4
+    assert resumed == ref
+    grads = [sorted(k for k in r if k.startswith("grad_t/")) for r in ref if r["kind"] == "train"]
+    # 6 steps x 0.6: the window of 2 moves in steps 0..2 (two positions), one step per iteration
+    assert grads == [["grad_t/00", "grad_t/01"], ["grad_t/01", "grad_t/02"]] * 2
+
+
+@dataclass
+class CountingConfig(AlgorithmConfig):
+    name: str = "counting"
+
+
+class Counting(Algorithm):
+    """Trains step (number of plans made so far) mod 3: state that only a checkpoint keeps."""
+
+    Config = CountingConfig
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.made = 0
+
+    def trainable_steps(self, table) -> range:
+        return range(3)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        sde = self.empty(ctx)
+        sde[:, self.made % 3] = True
+        self.made += 1
+        return self.make_plan(ctx, sde)
+
+    def state_dict(self) -> dict:
+        return {"made": self.made}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.made = state.get("made", 0)
+
+
+@pytest.mark.slow
+def test_algorithm_state_is_saved_and_restored_with_the_checkpoint(tmp_path, registered):
+    registered("counting")(Counting)
+    ref = train(run_config(tmp_path, "ref", {"name": "counting"}, 4))
+    train(run_config(tmp_path, "split", {"name": "counting"}, 2))
+    assert train(run_config(tmp_path, "split", {"name": "counting"}, 4)) == ref
+    trained = [next(k for k in r if k.startswith("grad_t/")) for r in ref if r["kind"] == "train"]
+    assert trained == ["grad_t/00", "grad_t/01", "grad_t/02", "grad_t/00"]
+
+
+# -- branching rollouts ------------------------------------------------------------------
+@dataclass
+class BranchingConfig(AlgorithmConfig):
+    name: str = "branching"
+    branch_steps: list[int] | None = None
+    """Steps at which K children leave the ODE backbone with one SDE step."""
+    children: int = 2
+
+
+class Branching(Algorithm):
+    """TempFlow-GRPO's shape: per prompt one ODE backbone (row 0 of the group); at each branch
+    step K children leave it with one SDE step, then follow the ODE; each branch step forms
+    its own advantage group. Group size = 1 + K * len(branch_steps)."""
+
+    Config = BranchingConfig
+
+    def trainable_steps(self, table) -> range:
+        return range(max(self.cfg.branch_steps) + 1)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        g, steps, k = ctx.group_size, self.cfg.branch_steps, self.cfg.children
+        assert g == 1 + k * len(steps)
+        sde, parent = self.empty(ctx), torch.arange(ctx.batch_size)
+        branch_at = torch.zeros(ctx.batch_size, dtype=torch.long)
+        group = torch.full(sde.shape, -1, dtype=torch.long)
+        for p in range(ctx.num_prompts):
+            backbone = p * g
+            for i, s in enumerate(steps):
+                for c in range(k):
+                    row = backbone + 1 + i * k + c
+                    parent[row], branch_at[row] = backbone, s
+                    sde[row, s] = True
+                    group[row, s] = p * len(steps) + i
+        return self.make_plan(ctx, sde, parent=parent, branch_at=branch_at, group=group)
+
+
+class ToyPolicy(torch.nn.Module):
+    """A deterministic stand-in velocity field that counts its forwards (rows)."""
+
+    latent_shape = (3, 2, 4, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+
+    def velocity(self, x, sigma, emb, null_emb, guidance):
+        self.rows += len(x)
+        return torch.tanh(x * 0.5 + emb.mean((1, 2)).view(-1, 1, 1, 1, 1) + sigma.view(-1, 1, 1, 1, 1))
+
+
+def test_branching_plan_computes_each_shared_prefix_once(table, registered):
+    registered("branching")(Branching)
+    alg = algorithm.build({"name": "branching", "branch_steps": [0, 2, 4], "children": 2})
+    ctx = PlanContext.of(2, 7, table, torch.Generator().manual_seed(0))
+    plan = alg.plan(ctx)
+    plan.check(table)
+    policy, t = ToyPolicy(), table.num_steps
+    emb = torch.randn(2, 3, 5).repeat_interleave(7, 0)
+    ro = rollout(policy, emb, None, plan, table, 1.0, torch.Generator().manual_seed(1))
+    # backbone: T forwards; a child branching at s shares the velocity at s: T - s - 1 forwards
+    expected = 2 * (t + 2 * sum(t - s - 1 for s in (0, 2, 4)))
+    assert ro.nfe == expected == policy.rows == int(plan.forward_rows().sum())
+    # each trained transition is the child's own SDE step at its branch step, from the backbone's state
+    assert len(ro.transitions) == 2 * 6
+    again = rollout(ToyPolicy(), emb, None, plan, table, 1.0, torch.Generator().manual_seed(1))
+    assert torch.equal(ro.latents, again.latents)
+    rows = torch.arange(14).view(2, 7)
+    for s_i, s in enumerate((0, 2, 4)):
+        kids = rows[:, 1 + 2 * s_i : 3 + 2 * s_i].flatten()
+        sel = torch.isin(ro.transitions.traj, kids)
+        assert (ro.transitions.step[sel] == s).all()
+        backbone_x = ro.transitions.x[sel].view(2, 2, -1)
+        assert torch.equal(backbone_x[:, 0], backbone_x[:, 1])  # siblings start from one state
+        assert not torch.equal(ro.latents[kids[0]], ro.latents[kids[1]])  # and end apart
+
+
+def test_tree_of_depth_two_shares_both_prefixes(table):
+    """Row 1 branches from row 0 at step 2; rows 2 and 3 branch from row 1 at step 5."""
+    sde = torch.zeros(4, table.num_steps, dtype=torch.bool)
+    sde[1:, 2] = True  # rows 2, 3 share row 1's SDE step at 2 (inside their prefix)
+    sde[2:, 5] = True
+    train = torch.zeros_like(sde)
+    train[1, 2] = train[2, 5] = train[3, 5] = True
+    plan = Plan(sde=sde, train=train, weight=train.double(), group_size=4,
+                parent=torch.tensor([0, 0, 1, 1]), branch_at=torch.tensor([0, 2, 5, 5]))  # fmt: skip
+    plan.check(table)
+    policy, t = ToyPolicy(), table.num_steps
+    ro = rollout(policy, torch.randn(4, 3, 5), None, plan, table, 1.0, torch.Generator().manual_seed(0))
+    assert ro.nfe == t + (t - 3) + 2 * (t - 6) == policy.rows
+    x_at_5 = ro.transitions.x[ro.transitions.step == 5]
+    assert torch.equal(x_at_5[0], x_at_5[1])  # both grandchildren start step 5 from row 1's state
+    bad = Plan(sde=sde, train=sde.clone(), weight=sde.double(), group_size=4,
+               parent=torch.tensor([0, 0, 1, 1]), branch_at=torch.tensor([0, 2, 5, 5]))  # fmt: skip
+    with pytest.raises(ValueError, match="shares"):
+        bad.check(table)  # rows 2 and 3 would train row 1's step 2 again
+
+
+def test_shared_noise_is_the_one_level_tree_and_saves_forwards(table):
+    for name in ("flash_grpo", "flow_grpo_fast"):
+        shared = algorithm.build({"name": name, "initial_noise": "shared"})
+        indep = algorithm.build({"name": name})
+        ps = shared.plan(PlanContext.of(3, 4, table, torch.Generator().manual_seed(2)))
+        pi = indep.plan(PlanContext.of(3, 4, table, torch.Generator().manual_seed(2)))
+        assert torch.equal(ps.sde, pi.sde) and ps.shared_noise and not pi.shared_noise
+        assert int(ps.forward_rows().sum()) < int(pi.forward_rows().sum())
+
+
+def test_advantages_per_branch_group(table, registered):
+    registered("branching")(Branching)
+    alg = algorithm.build({"name": "branching", "branch_steps": [1, 3], "children": 2})
+    ctx = PlanContext.of(2, 5, table, torch.Generator().manual_seed(0))
+    plan = alg.plan(ctx)
+    traj, step = plan.train.nonzero(as_tuple=True)
+    rewards = torch.arange(10, dtype=torch.float32).view(2, 5) ** 2
+    adv = alg.advantages(ctx, plan, traj, step, rewards)
+    # each branch step's two children form a group: advantages are -1, +1 within each pair
+    assert torch.allclose(adv, torch.tensor([-1.0, 1.0] * 4), atol=1e-3)
+
+
+# -- objectives as plug-ins --------------------------------------------------------------
+def make_objective_algorithm(registered, objective: str, **fields):
+    @dataclass
+    class Cfg(AlgorithmConfig):
+        name: str = f"with_{objective}"
+        timesteps: int = 2
+
+    class WithObjective(Algorithm):
+        Config = Cfg
+
+        def trainable_steps(self, table) -> range:
+            return range(3)
+
+        def plan(self, ctx: PlanContext) -> Plan:
+            sde = self.empty(ctx)
+            if self.objective != "nft":
+                sde[:, :3] = True
+            return self.make_plan(ctx, sde)
+
+    WithObjective.objective = objective
+    registered(f"with_{objective}")(WithObjective)
+    return {"name": f"with_{objective}", **fields}
+
+
+@pytest.mark.parametrize("objective", ["ratio_norm_clip", "nft"])
+def test_objective_plugins_train_and_count_what_they_ran(tmp_path, registered, objective):
+    alg = make_objective_algorithm(registered, objective)
+    rows = [r for r in train(run_config(tmp_path, objective, alg, 2)) if r["kind"] == "train"]
+    b, t = 2 * 4, 6
+    for r in rows:
+        assert all(torch.isfinite(torch.tensor(r[k])) for k in ("loss/policy", "stats/grad_norm"))
+        assert r["stats/grad_norm"] > 0
+    first = rows[0]
+    if objective == "nft":  # ODE rollouts, then 2 re-noised points per sample: old + new forward, one backward
+        items = b * 2
+        assert first["stats/transitions"] == items
+        assert first["compute/nfe"] == b * t + 2 * items and first["compute/backward"] == items
+    else:
+        assert first["stats/transitions"] == b * 3 and first["compute/backward"] == b * 3
+        assert first["stats/ratio_dev_first_minibatch"] < 1e-5  # normalised ratio is 1 on-policy
+
+
+def test_nft_gradient_vanishes_at_the_old_policy_with_zero_advantage():
+    from grpo_zoo.objectives import NFT, Batch
+    from grpo_zoo.rollout import Transitions
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.7))
+
+        def velocity(self, x, sigma, emb, null, guidance):
+            return self.w * x
+
+    pol = Lin()
+
+    @dataclass
+    class A:
+        nft_beta: float = 1.0
+
+    obj = NFT(A(), None, type("S", (), {"guidance": 1.0})(), None, pol, None, torch.float32, "cpu")
+    x = torch.randn(4, 3, 2, 2, 2)
+    items = Transitions(traj=torch.arange(4), step=torch.full((4,), -1), x=x, x_next=torch.randn_like(x),
+                        logp_old=torch.zeros(4), weight=torch.ones(4, dtype=torch.float64),
+                        aux=(0.7 * x).detach(), sigma=torch.rand(4, dtype=torch.float64))  # fmt: skip
+    terms = obj.loss(Batch(items, torch.zeros(4), torch.ones(4), torch.zeros(4, 1, 1)))
+    terms.per.sum().backward()
+    assert abs(float(pol.w.grad)) < 1e-6
+    pol.w.grad = None
+    terms = obj.loss(Batch(items, torch.ones(4), torch.ones(4), torch.zeros(4, 1, 1)))
+    terms.per.sum().backward()
+    assert abs(float(pol.w.grad)) > 1e-3  # a positive advantage pulls toward the samples
