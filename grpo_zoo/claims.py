@@ -24,6 +24,9 @@ EXPERIMENTS = {
     "ablation": "experiments/paper/ablation_grouping_rectification.yaml",
 }
 FOLDERS = {"efficiency": "efficiency", "collapse": "collapse", "ablation": "ablation_grouping_rectification"}
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = {"flow_grpo": "Flow-GRPO", "flash_grpo": "Flash-GRPO"}
+"""How the claims' text names the paper's variants."""
 FULL, PER_SAMPLE, NO_RECTIFY, NEITHER = (
     "flash_grpo_grouping-isotemporal_rectify-true",
     "flash_grpo_grouping-persample_rectify-true",
@@ -40,6 +43,15 @@ class Claim:
     toy: str
     verdict: str
     reason: str
+
+
+def paper_experiment(key: str) -> dict:
+    """What the sweep records of experiments/paper/<key>.yaml (its variants in order, its declared
+    baseline), read from the file: for runs swept before the sweep left it beside them."""
+    from grpo_zoo.experiment import load_experiment
+
+    path = ROOT / EXPERIMENTS[key]
+    return load_experiment(path).record() if path.exists() else {}
 
 
 def _per_seed(data, variant: str, column: str = "eval/reward") -> np.ndarray:
@@ -82,22 +94,27 @@ def equal_compute(data) -> Claim:
 
 
 def speedup(data) -> Claim:
+    """Flash-GRPO's compute to the baseline's final reward: the efficiency experiment's declared
+    baseline (report.baseline: Flow-GRPO)."""
     from grpo_zoo.analysis.stats import compute_to_target, ratio_ci
+    from grpo_zoo.analysis.tables import baseline_of
 
     x = "compute/flops"
-    target = float(np.nanmean(_per_seed(data, "flow_grpo")))
+    base, _ = baseline_of(data)
+    ref = NAMES.get(base, base)
+    target = float(np.nanmean(_per_seed(data, base)))
     hits = compute_to_target(data.evals, target, x)
     spent = data.runs.set_index("run")[x]
     hits["cost"] = [h if np.isfinite(h) else float(spent[r]) for r, h in zip(hits["run"], hits[x])]
     flash = hits.loc[hits["variant"] == "flash_grpo"]
-    flow = hits.loc[hits["variant"] == "flow_grpo"]
+    flow = hits.loc[hits["variant"] == base]
     s, lo, hi = ratio_ci(flow["cost"].to_numpy(float), flash["cost"].to_numpy(float))
     reached = int(np.isfinite(flash[x]).sum())
     ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
     toy = (
-        f"FLOPs to Flow-GRPO's final mean eval reward {target:.3f}: Flow-GRPO {flow['cost'].mean():.3g}, "
+        f"FLOPs to {ref}'s final mean eval reward {target:.3f}: {ref} {flow['cost'].mean():.3g}, "
         f"Flash-GRPO {flash['cost'].mean():.3g} ({reached}/{len(flash)} Flash seeds reach it"
-        f"{'' if reached == len(flash) else '; the others count at their whole budget'}; a Flow seed that ends "
+        f"{'' if reached == len(flash) else '; the others count at their whole budget'}; a {ref} seed that ends "
         f"below it counts at its whole budget); speed-up {s:.2f}x{ci} (95% bootstrap CI over seeds)"
     )
     if not np.isfinite(lo):
@@ -105,7 +122,7 @@ def speedup(data) -> Claim:
     elif lo <= 1 <= hi:
         verdict, reason = "inconclusive", "the CI of the speed-up includes 1x: no speed-up can be claimed"
     elif hi < 1:
-        verdict, reason = "not reproduced", "Flash-GRPO needs more compute than Flow-GRPO (CI below 1x)"
+        verdict, reason = "not reproduced", f"Flash-GRPO needs more compute than {ref} (CI below 1x)"
     elif lo <= CLAIMED_SPEEDUP <= hi or lo > CLAIMED_SPEEDUP:
         verdict, reason = "reproduced", f"the CI reaches {CLAIMED_SPEEDUP:.0f}x"
     else:
@@ -251,6 +268,8 @@ def claims(root: Path) -> list[Claim]:
     from grpo_zoo.analysis import load_runs
 
     data = {k: load_runs(root / f) for k, f in FOLDERS.items()}
+    for key, runs in data.items():
+        runs.experiment = runs.experiment or paper_experiment(key)
     return [
         equal_compute(data["efficiency"]),
         speedup(data["efficiency"]),
@@ -303,7 +322,7 @@ def results_page(root: Path, out: Path, assets: Path, command: str) -> str:
     ]
     assets.mkdir(parents=True, exist_ok=True)
     for key, folder in FOLDERS.items():
-        report = write_report(root / folder)
+        report = write_report(root / folder, experiment=paper_experiment(key))
         tables = {"efficiency": "efficiency", "collapse": "collapse", "ablation": "ablation"}
         lines += [
             f"## {folder} (`{EXPERIMENTS[key]}`)",

@@ -13,9 +13,11 @@
       algorithm.rectify: [true, false]
     resources: {gpus: 1}             # per run; the cluster profile says what a node has
     tune: {...}                      # search spaces for python -m grpo_zoo.tune
+    report: {baseline: flow_grpo}    # optional: speed-ups against this variant (default: the first)
 
-Runs = variants x grid x seeds, named `<variant>[_<key>-<value>...]_seed<s>`. Each run's
-config is resolved and checked here, before anything is submitted.
+Runs = variants x grid x seeds, named `<variant>[_<key>-<value>...]_seed<s>`; the report's
+variants are those names without `_seed<s>`, and `report.baseline` names one of them exactly.
+Each run's config is resolved and checked here, before anything is submitted.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from grpo_zoo.run_config import RunConfig
 KNOWN_KEYS = {"name", "base", "config", "seeds", "variants", "grid", "resources", "tune", "report"}
 RESOURCES = {"gpus": 0, "nodes": 1, "tasks": 1, "time_min": 1, "cpus_per_task": 1}
 """What `resources:` may say per run, each an integer at least this."""
+REPORT = {"baseline": "the variant speed-ups are measured against (default: the first variant)"}
+"""What `report:` may say."""
 
 
 @dataclass
@@ -47,6 +51,11 @@ class RunSpec:
     """The resolved run config (every field), run_dir included."""
     overrides: dict = field(default_factory=dict)
     """What this run sets on top of the experiment's base and config."""
+
+    @property
+    def label(self) -> str:
+        """The name every seed of this run shares (variant and grid values): a variant of the report."""
+        return self.name.removesuffix(f"_seed{self.seed}")
 
     @property
     def key(self) -> str:
@@ -63,6 +72,22 @@ class Experiment:
     resources: dict
     tune: dict
     raw: dict
+    report: dict = field(default_factory=dict)
+    """The `report:` section, checked: `baseline` names one of `variants` exactly."""
+
+    @property
+    def variants(self) -> list[str]:
+        """The report's variants (run names without the seed), in the experiment's order."""
+        return list(dict.fromkeys(r.label for r in self.runs))
+
+    @property
+    def baseline(self) -> str:
+        """The variant speed-ups are measured against: the declared one, else the first."""
+        return self.report.get("baseline") or self.variants[0]
+
+    def record(self) -> dict:
+        """What the sweep leaves beside the runs (runs.EXPERIMENT) for the report to read."""
+        return {"experiment": str(self.path), "variants": self.variants, "baseline": self.report.get("baseline")}
 
 
 def _overrides(data: Any, where: str) -> dict:
@@ -138,7 +163,9 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
     tune = raw.get("tune") or {}
     if not isinstance(tune, dict):
         raise ConfigError(f"{path}: tune: expected a mapping (see grpo_zoo/tuning/space.py)")
-    return Experiment(name, path, runs, check_resources(raw.get("resources"), path), dict(tune), raw)
+    exp = Experiment(name, path, runs, check_resources(raw.get("resources"), path), dict(tune), raw)
+    exp.report = check_report(raw.get("report"), path, exp.variants)
+    return exp
 
 
 def check_resources(data: Any, path: Path) -> dict:
@@ -151,6 +178,20 @@ def check_resources(data: Any, path: Path) -> dict:
             raise ConfigError(f"{path}: resources.{key}: unknown (known: {', '.join(RESOURCES)})")
         if not isinstance(value, int) or isinstance(value, bool) or value < RESOURCES[key]:
             raise ConfigError(f"{path}: resources.{key}: expected an integer >= {RESOURCES[key]}, got {value!r}")
+    return dict(data)
+
+
+def check_report(data: Any, path: Path, variants: list[str]) -> dict:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: report: expected a mapping of {', '.join(REPORT)}")
+    for key in data:
+        if key not in REPORT:
+            raise ConfigError(f"{path}: report.{key}: unknown (known: {', '.join(REPORT)})")
+    baseline = data.get("baseline")
+    if baseline is not None and (not isinstance(baseline, str) or baseline not in variants):
+        raise ConfigError(f"{path}: report.baseline: no variant {baseline!r} (variants: {', '.join(variants)})")
     return dict(data)
 
 

@@ -4,6 +4,11 @@ Reads every run directory under RUNS_DIR and writes, into --out (default RUNS_DI
 plots (PNG and PDF): reward versus compute, reward curves (collapse), ablation bars,
 gradient size by timestep; tables (Markdown and LaTeX): Table 1, efficiency, ablations,
 collapse; and report.md, an index that shows them all.
+
+Speed-ups are measured against a baseline variant: `--baseline NAME`, else the one the
+experiment declares (`report: {baseline: NAME}`, recorded by the sweep in
+RUNS_DIR/experiment.json), else the experiment's first variant; a folder of runs without
+that record falls back to the first variant in sorted order, and the report says so.
 """
 
 from __future__ import annotations
@@ -22,21 +27,37 @@ def write_report(
     drop: float | None = None,
     below_base: float | None = None,
     x: str | None = None,
+    baseline: str | None = None,
+    experiment: dict | None = None,
 ) -> Path:
+    """`baseline`: the variant speed-ups are measured against (default: the experiment's);
+    `experiment`: the record (variants, baseline) to use where `root` has none (runs swept
+    before the sweep left one)."""
     from grpo_zoo.analysis import load_runs
     from grpo_zoo.analysis.plots import all_plots
     from grpo_zoo.analysis.stats import BELOW_BASE, DROP, SMOOTH, TEST_NAME, collapse_table
-    from grpo_zoo.analysis.tables import UNITS, ablation, compute_axis, efficiency, headline, render, table1
+    from grpo_zoo.analysis.tables import (
+        UNITS,
+        ablation,
+        baseline_of,
+        compute_axis,
+        efficiency,
+        headline,
+        render,
+        table1,
+    )
 
     root = Path(root)
     out = Path(out) if out else root / "report"
     data = load_runs(root)
+    data.experiment = data.experiment or dict(experiment or {})
     drop = DROP if drop is None else drop
     below_base = BELOW_BASE if below_base is None else below_base
     x = x or compute_axis(data)
+    base, chosen = baseline_of(data, baseline)
     out.mkdir(parents=True, exist_ok=True)
     plots = all_plots(data, out, x)
-    eff, used_target = efficiency(data, target, x)
+    eff, used_target = efficiency(data, target, x, base)
     col = collapse_table(data, drop=drop, below_base=below_base)
     col["run"] = col["run"].map(lambda p: Path(p).name)
     tables = {"table1": table1(data), "efficiency": eff, "ablation": ablation(data), "collapse": col}
@@ -60,6 +81,8 @@ def write_report(
         render(tables["table1"], "md"),
         "",
         f"## Efficiency (target eval reward {used_target:.3f})",
+        "",
+        f"Speed-ups against {base}: {chosen if baseline is None else 'chosen with --baseline'}.",
         "",
         render(eff, "md"),
         "",
@@ -109,7 +132,28 @@ def parser() -> ArgParser:
     p.add_argument(
         "--x", default=None, choices=("flops", "device_hours"), help="compute axis (default: the runs' budget unit)"
     )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="the variant speed-ups are measured against (default: the experiment's report.baseline, "
+        "else its first variant)",
+    )
     return p
+
+
+def check_baseline(root: str | Path, baseline: str | None) -> None:
+    """The baseline (--baseline, else the experiment's) names a variant under `root`: checked
+    from the folder names and the sweep's record, before any metrics are read (ConfigError)."""
+    from grpo_zoo.analysis.load import read_experiment, variants_under
+    from grpo_zoo.analysis.tables import pick_baseline
+
+    variants, experiment = variants_under(root), read_experiment(root)  # a damaged record: ValueError
+    if not variants:
+        return  # no runs: load_runs says so
+    try:
+        pick_baseline(variants, experiment, baseline)
+    except ValueError as err:
+        raise ConfigError(f"{'runs_dir' if baseline is None else '--baseline'}: {err}") from None
 
 
 @cli
@@ -125,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--target: must be a finite reward, got {args.target}")
     x = None if args.x is None else f"compute/{args.x}"
     try:
-        path = write_report(args.runs_dir, args.out, args.target, args.collapse_drop, args.below_base, x)
+        check_baseline(args.runs_dir, args.baseline)
+        path = write_report(args.runs_dir, args.out, args.target, args.collapse_drop, args.below_base, x, args.baseline)
     except ConfigError:  # a malformed metrics file: its file:line, as it is
         raise
     except ValueError as err:

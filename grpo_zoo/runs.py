@@ -56,6 +56,9 @@ from grpo_zoo.tracking import open_tracker
 
 CONFIG, META, METRICS, STATUS, COMPLETED = "config.yaml", "meta.json", "metrics.jsonl", "status.json", "COMPLETED"
 LOCK = "lock"
+EXPERIMENT = "experiment.json"
+"""In an experiment's folder (RUNS_DIR/<experiment>), beside its runs: written by the sweep, read
+by the report (the variants in the experiment's order, the declared baseline)."""
 
 
 class MetricsError(ConfigError):

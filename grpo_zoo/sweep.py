@@ -6,7 +6,8 @@ same resolved config, and submits the rest as submitit jobs: a SLURM job array
 this machine (`--executor local`, `--max-parallel` at a time), or in this process
 (`--executor debug`). Run directories land in RUNS_DIR/<experiment>/<run>. A failing run
 never stops the others; rerunning the command resubmits failed runs (they resume from
-their last checkpoint). At the end it writes the report and says where everything is.
+their last checkpoint). At the end it writes the report and says where everything is;
+RUNS_DIR/<experiment>/experiment.json tells the report the variants' order and the baseline.
 
 Sweeps know their jobs: RUNS_DIR/<experiment>/sweep.json records each run's job id. A rerun
 asks the scheduler (squeue, scontrol; no accounting needed) about them first and submits
@@ -30,7 +31,7 @@ from grpo_zoo.cluster import CLUSTER_KEYS, submitit_parameters
 from grpo_zoo.errors import AT_LEAST_ONE, ArgParser, ConfigError, cli, number, readable_file, writable_dir
 from grpo_zoo.experiment import Experiment, RunSpec, check_runs, load_experiment
 from grpo_zoo.jobs import is_active, job_state
-from grpo_zoo.runs import RunDir, atomic_write
+from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -168,6 +169,7 @@ def sweep(
 
     root = Path(exp.runs[0].config["run_dir"]).parent
     root.mkdir(parents=True, exist_ok=True)
+    atomic_write(root / EXPERIMENT, json.dumps(exp.record(), indent=1))  # the report's variant order and baseline
     record_path = root / "sweep.json"
     record = read_record(root)
     states = {spec.name: run_state(spec) for spec in exp.runs}

@@ -95,6 +95,12 @@ EXPERIMENTS = {
     "resources_unknown": experiment(resources={"gpu": 1}),
     "resources_text": experiment(resources={"nodes": "two"}),
     "resources_list": experiment(resources=[1]),
+    "report_list": experiment(report=["flash"]),
+    "report_unknown": experiment(report={"baseline": "flash", "target": 0.5}),
+    "report_baseline_unknown": experiment(report={"baseline": "flow"}),
+    "report_baseline_prefix": experiment(report={"baseline": "flas"}),  # matched exactly
+    "report_baseline_seeded": experiment(report={"baseline": "flash_seed0"}),  # a run, not a variant
+    "report_baseline_number": experiment(report={"baseline": 3}),
     # tune sections
     "tune_missing": experiment(tune=DELETE),
     "tune_list": experiment(tune=[1]),
@@ -314,6 +320,12 @@ REPORT = [
     ["{runs}/nothing", "--out", "{runs}/report"],
     ["{run}/metrics.jsonl"],
     ["{runs}", "--out", "{dir}", "--target", "x"],
+    ["{runs}", "--baseline"],
+    ["{runs}", "--baseline", "nope"],
+    ["{runs}", "--baseline", "flas"],  # matched exactly
+    ["{runs}", "--baseline", "flash_seed0"],  # a run, not a variant
+    ["{runs}", "--baseline", ""],
+    ["{runs}/bad", "--baseline", "FLASH"],
 ]
 
 ESTIMATE_WAN = str(ROOT / "experiments" / "wan2.1" / "1.3b.yaml")

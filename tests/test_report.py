@@ -8,20 +8,24 @@ import pytest
 import yaml
 
 from grpo_zoo.analysis import collapse_table, load_runs, mean_ci
-from grpo_zoo.analysis.tables import efficiency, render, table1
+from grpo_zoo.analysis.tables import ablation, efficiency, render, table1
+from grpo_zoo.report import main as report_main
 from grpo_zoo.report import write_report
 
 from .conftest import ROOT, run_module
 
 
-def fake_run(root: Path, name: str, algorithm: str, evals: list[float], hours_per_step: float, seed: int = 0) -> Path:
-    """A run directory in the trainer's format with the given eval rewards (one per 10 steps)."""
+def fake_run(
+    root: Path, name: str, algorithm: str | dict, evals: list[float], hours_per_step: float, seed: int = 0
+) -> Path:
+    """A run directory in the trainer's format with the given eval rewards (one per 10 steps);
+    `algorithm`: its name, or its whole config section."""
     path = root / name
     path.mkdir(parents=True)
     cfg = {
         "run_dir": str(path),
         "seed": seed,
-        "algorithm": {"name": algorithm, "rectify": True, "grouping": "iso_temporal"},
+        "algorithm": algorithm if isinstance(algorithm, dict) else {"name": algorithm, "knob": 1},
     }
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))
     rows = []
@@ -65,6 +69,8 @@ def runs(tmp_path):
         fake_run(tmp_path, f"flow_grpo_seed{seed}", "flow_grpo", [0.3, 0.35, 0.4, 0.45, 0.5 + 0.01 * seed], 0.06)
         fake_run(tmp_path, f"flash_grpo_seed{seed}", "flash_grpo", [0.3, 0.4, 0.45, 0.5, 0.52 - 0.01 * seed], 0.01)
         fake_run(tmp_path, f"fast1_seed{seed}", "flow_grpo_fast", [0.3, 0.42, 0.25, 0.2, 0.18], 0.01)
+    record = {"variants": ["fast1", "flow_grpo", "flash_grpo"], "baseline": "flow_grpo"}  # as the sweep leaves it
+    (tmp_path / "experiment.json").write_text(json.dumps(record))
     return tmp_path
 
 
@@ -93,6 +99,109 @@ def test_efficiency_measures_compute_to_target_and_speedup(runs):
     assert row["flow_grpo"]["Seeds reaching it"] == "2/2" and row["fast1"]["Seeds reaching it"] == "0/2"
     # flow reaches 0.45 at step 30 (1.8 h), flash at step 20 (0.2 h): 9x
     assert row["flash_grpo"]["Speed-up vs flow_grpo (95% CI)"] == "9.00x"  # seeds agree: no spread, no CI
+
+
+# -- nothing here knows an algorithm: fields and baselines come from the runs and the experiment --
+
+
+def generic_runs(root: Path, variants: dict[str, dict], record: dict | None = None) -> Path:
+    """Two seeds per variant: `variants` maps a name to its algorithm config; the variants
+    climb at different speeds, and `record` is the sweep's experiment.json, if any."""
+    curves = [[0.3, 0.35, 0.4, 0.45, 0.5], [0.3, 0.4, 0.45, 0.5, 0.52], [0.3, 0.45, 0.5, 0.52, 0.53]]
+    for i, (name, alg) in enumerate(variants.items()):
+        for seed in (0, 1):
+            curve = curves[i % 3][:-1] + [curves[i % 3][-1] + 0.01 * seed]
+            fake_run(root, f"{name}_seed{seed}", alg, curve, 0.01 * (i + 1), seed)
+    if record is not None:
+        (root / "experiment.json").write_text(json.dumps(record))
+    return root
+
+
+ALPHA = {"name": "zeta", "foo": 1, "bar": [0, 4], "same": "x", "empty": None}
+BETA = {"name": "zeta", "foo": 2, "bar": [0, 4], "same": "x", "empty": None}
+GAMMA = {"name": "eta", "same": "x", "empty": "set", "baz": {"k": 1}}
+
+
+def test_load_records_every_algorithm_field_as_a_hashable_column(tmp_path):
+    runs = load_runs(generic_runs(tmp_path, {"alpha": ALPHA, "gamma": GAMMA})).runs.set_index("name")
+    assert runs.loc["alpha_seed0", "algorithm"] == "zeta" and runs.loc["alpha_seed0", "algorithm.foo"] == 1
+    assert runs.loc["alpha_seed0", "algorithm.bar"] == (0, 4) and runs.loc["alpha_seed0", "algorithm.empty"] is None
+    assert runs.loc["gamma_seed0", "algorithm.baz"] == '{"k": 1}'
+    foo = runs.loc["gamma_seed0", "algorithm.foo"]
+    assert foo != foo  # NaN: gamma's algorithm has no such field
+    assert runs[[c for c in runs if c.startswith("algorithm.")]].nunique().to_dict()["algorithm.same"] == 1
+
+
+def test_ablation_columns_are_the_algorithm_fields_that_differ(tmp_path):
+    t = ablation(load_runs(generic_runs(tmp_path / "two", {"alpha": ALPHA, "beta": BETA})))
+    assert list(t.columns[:2]) == ["Variant", "foo"] and "bar" not in t and "name" not in t
+    assert t.set_index("Variant")["foo"].to_dict() == {"alpha": "1", "beta": "2"}
+    assert {"Final eval reward", "Best eval reward", "Gain over base"} <= set(t.columns)
+    assert any(c.startswith("vs best (") for c in t.columns) and "±" in t["Final eval reward"].iloc[0]
+    # a third variant of another algorithm: its name differs, and a field one algorithm lacks shows "-"
+    t = ablation(load_runs(generic_runs(tmp_path / "three", {"alpha": ALPHA, "beta": BETA, "gamma": GAMMA})))
+    assert list(t.columns[:2]) == ["Variant", "name"] and set(t.columns[2:6]) == {"foo", "bar", "empty", "baz"}
+    assert "same" not in t
+    rows = t.set_index("Variant")
+    assert rows.loc["gamma", ["name", "foo", "bar", "empty"]].tolist() == ["eta", "-", "-", "set"]
+    assert rows.loc["alpha", ["bar", "empty", "baz"]].tolist() == ["[0, 4]", "null", "-"]
+    assert "| foo " in render(t, "md") and " foo " in render(t, "tex")
+    assert '\\{"k": 1\\}' in render(t, "tex")  # a mapping's braces, escaped for LaTeX
+
+
+def speedup_column(table) -> str:
+    return next(c for c in table.columns if c.startswith("Speed-up vs "))
+
+
+def test_efficiency_baseline_is_the_experiments_and_matched_exactly(tmp_path):
+    variants = {"alpha": ALPHA, "flow_grpo_w2": BETA, "beta": GAMMA}
+    record = {"variants": ["beta", "alpha", "flow_grpo_w2"], "baseline": "alpha"}
+    root = generic_runs(tmp_path, variants, record)
+    data = load_runs(root)
+    assert list(dict.fromkeys(data.runs["variant"])) == record["variants"]  # the experiment's order
+    table, _ = efficiency(data, target=0.45)
+    assert speedup_column(table) == "Speed-up vs alpha (95% CI)"
+    assert table.set_index("Method").loc["alpha", "Speed-up vs alpha (95% CI)"].startswith("1.00x")
+    # no declared baseline: the experiment's first variant
+    data.experiment = {"variants": record["variants"], "baseline": None}
+    assert speedup_column(efficiency(data, target=0.45)[0]) == "Speed-up vs beta (95% CI)"
+    # a bare folder of runs: the first in sorted order
+    data.experiment = {}
+    assert speedup_column(efficiency(data, target=0.45)[0]) == "Speed-up vs alpha (95% CI)"
+    # asked for: exact names only (flow_grpo_w2 is not flow_grpo)
+    assert speedup_column(efficiency(data, 0.45, baseline="flow_grpo_w2")[0]) == "Speed-up vs flow_grpo_w2 (95% CI)"
+    for wrong in ("flow_grpo", "flow_grpo_w2_seed0", "ALPHA"):
+        with pytest.raises(ValueError, match="flow_grpo_w2"):
+            efficiency(data, 0.45, baseline=wrong)
+    data.experiment = {"variants": record["variants"], "baseline": "flow_grpo"}
+    with pytest.raises(ValueError, match="report.baseline 'flow_grpo'"):
+        efficiency(data, target=0.45)
+
+
+def test_report_says_which_baseline_and_checks_it_before_any_compute(tmp_path, capsys):
+    variants = {"alpha": ALPHA, "flow_grpo_w2": BETA, "beta": GAMMA}
+    declared = generic_runs(tmp_path / "declared", variants, {"variants": ["beta", "alpha"], "baseline": "alpha"})
+    text = write_report(declared).read_text()
+    assert "Speed-ups against alpha: declared in the experiment (report.baseline)." in text
+    bare = generic_runs(tmp_path / "bare", variants)
+    text = write_report(bare).read_text()
+    assert "Speed-ups against alpha: the first variant in sorted order: no experiment record here" in text
+    assert report_main([str(bare), "--baseline", "flow_grpo_w2", "--out", str(tmp_path / "w2")]) == 0
+    assert "Speed-up vs flow_grpo_w2" in (tmp_path / "w2" / "efficiency.md").read_text()
+    for root, argv in (
+        (bare, ["--baseline", "flow_grpo"]),
+        (generic_runs(tmp_path / "wrong", variants, {"baseline": "flow_grpo"}), []),
+    ):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            report_main([str(root), *argv, "--out", str(tmp_path / "never")])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_.value.code == 2 and len(err) == 1 and "'flow_grpo'" in err[0]
+        assert "alpha, beta, flow_grpo_w2" in err[0] and not (tmp_path / "never").exists()
+    (bare / "experiment.json").write_text("{not json")
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(bare), "--out", str(tmp_path / "never")])
+    assert exit_.value.code == 2 and "experiment.json" in capsys.readouterr().err
 
 
 def test_table1_marks_the_best_and_renders_both_formats(runs):

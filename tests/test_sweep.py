@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from grpo_zoo.config import build, load_config_file
+from grpo_zoo.errors import ConfigError
 from grpo_zoo.experiment import load_experiment
 from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
@@ -25,16 +26,18 @@ TINY = {
 }
 
 
-def write_experiment(tmp_path: Path, name: str, variants: dict, config: dict | None = None) -> Path:
+def write_experiment(tmp_path: Path, name: str, variants: dict, config: dict | None = None, **extra) -> Path:
     exp = {
         "name": name,
         "base": str(ROOT / "experiments" / "toy" / "base.yaml"),
         "config": {**TINY, **(config or {})},
         "seeds": [0],
         "variants": variants,
+        **extra,
     }
     path = tmp_path / f"{name}.yaml"
-    path.write_text(f"# python -m grpo_zoo.sweep {path}\n" + yaml.safe_dump(exp))
+    text = yaml.safe_dump(exp, sort_keys=False)  # the variants in their order here
+    path.write_text(f"# python -m grpo_zoo.sweep {path}\n" + text)
     return path
 
 
@@ -69,6 +72,24 @@ def test_experiment_files_expand_and_validate():
     assert len(combos) == 4
 
 
+def test_report_baseline_is_declared_by_name_exactly(tmp_path):
+    exp = load_experiment(write_experiment(tmp_path, "plain", QUICK_TWIN), tmp_path / "runs")
+    assert exp.record()["variants"] == list(QUICK_TWIN) and exp.record()["baseline"] is None
+    assert exp.baseline == "flow_grpo"  # undeclared: the first variant
+    exp = load_experiment(write_experiment(tmp_path, "declared", QUICK_TWIN, report={"baseline": "flash_grpo"}))
+    assert exp.baseline == exp.record()["baseline"] == "flash_grpo"
+    grid = load_experiment(ROOT / "experiments/paper/ablation_grouping_rectification.yaml")
+    assert grid.baseline == grid.variants[0] == "flash_grpo_grouping-isotemporal_rectify-true"  # with its grid values
+    assert load_experiment(ROOT / "experiments/paper/efficiency.yaml").record()["baseline"] == "flow_grpo"
+    for wrong in ("flow_grpo_fast", "flow_grpo_seed0", "FLOW_GRPO"):  # names match exactly
+        path = write_experiment(tmp_path, "wrong", QUICK_TWIN, report={"baseline": wrong})
+        with pytest.raises(ConfigError, match="variants: flow_grpo, flow_grpo_fast1, flash_grpo"):
+            load_experiment(path)
+        out = sweep(str(path), "--runs-dir", str(tmp_path / "runs"))  # refused before anything is submitted
+        assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "report.baseline" in out.stderr
+        assert not (tmp_path / "runs").exists()
+
+
 def test_dry_run_lists_runs_and_submits_nothing(tmp_path):
     exp = write_experiment(tmp_path, "twin", QUICK_TWIN)
     out = sweep(str(exp), "--runs-dir", str(tmp_path / "runs"), "--dry-run")
@@ -93,6 +114,11 @@ def test_local_sweep_runs_skips_and_reports(tmp_path):
     for name in QUICK_TWIN:
         assert RunDir(runs / "twin" / f"{name}_seed0").is_complete()
     assert (runs / "twin" / "report" / "report.md").exists()
+    record = json.loads((runs / "twin" / "experiment.json").read_text())
+    assert record["variants"] == list(QUICK_TWIN) and record["baseline"] is None  # the report's order, baseline
+    assert (
+        "Speed-ups against flow_grpo: the experiment's first variant." in (runs / "twin/report/report.md").read_text()
+    )
     assert f"runs: {runs / 'twin'}" in out.stdout
     again = sweep(str(exp), "--runs-dir", str(runs), "--executor", "local")
     assert again.returncode == 0 and "3 already finished, submitting 0" in again.stdout

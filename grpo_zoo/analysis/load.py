@@ -4,7 +4,12 @@
 a 96-GPU sweep) and returns a `Runs` with
 - `metrics`: one row per metrics.jsonl row, with the run's `run`, `variant`, `seed`,
   `algorithm` columns prepended;
-- `runs`: one row per run: identity, config flags, status, final eval metrics, compute.
+- `runs`: one row per run: identity, every field of its `algorithm` config section as a
+  column `algorithm.<field>` (whatever the algorithm; lists as tuples, mappings as JSON text,
+  a field the algorithm lacks is NaN), status, final eval metrics, compute;
+- `experiment`: what the sweep recorded in the folder (experiment.json): the variants in the
+  experiment's order and its declared baseline; empty for a bare folder of runs. Runs come
+  in that order.
 
 Metrics are read strictly: a malformed file is a `MetricsError` (a ConfigError: one line
 naming file:line, exit status 2 in the report), never a silently shorter table.
@@ -18,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from grpo_zoo.runs import COMPLETED, CONFIG, METRICS, MetricsError, RunDir, read_metrics
+from grpo_zoo.runs import COMPLETED, CONFIG, EXPERIMENT, METRICS, MetricsError, RunDir, read_metrics
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 
@@ -32,6 +38,8 @@ SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 class Runs:
     metrics: pd.DataFrame
     runs: pd.DataFrame
+    experiment: dict = field(default_factory=dict)
+    """The sweep's record of the experiment: `variants` (in order) and `baseline` (declared, or None)."""
 
     @property
     def train(self) -> pd.DataFrame:
@@ -53,6 +61,43 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 def variant_of(name: str) -> str:
     return SEED_SUFFIX.sub("", name)
+
+
+def read_experiment(root: str | Path) -> dict:
+    """The experiment record the sweep wrote in `root` ({} where there is none); ValueError if
+    it is damaged."""
+    path = Path(root) / EXPERIMENT
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not valid JSON (rerun the sweep, or delete it and pass --baseline)") from None
+    ok = isinstance(data, dict) and isinstance(data.get("variants", []), list)
+    ok = ok and all(isinstance(v, str) for v in data.get("variants", []))
+    if not ok or not isinstance(data.get("baseline"), str | None):
+        raise ValueError(f"{path}: expected variants (a list) and baseline (a name or null)")
+    return data
+
+
+def ordered(variants, experiment: dict) -> list[str]:
+    """Distinct `variants` in the experiment's order; any it does not list after, sorted."""
+    order = {v: i for i, v in enumerate(experiment.get("variants") or [])}
+    return sorted(dict.fromkeys(variants), key=lambda v: (order.get(v, len(order)), v))
+
+
+def variants_under(root: str | Path) -> list[str]:
+    """The variants of the runs under `root`, in the experiment's order (no metrics are read)."""
+    return ordered((variant_of(p.name) for p in find_run_dirs(root)), read_experiment(root))
+
+
+def cell(value: Any) -> Any:
+    """A config value as a hashable, JSON-able table cell: lists become tuples, mappings JSON text."""
+    if isinstance(value, list | tuple):
+        return tuple(cell(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 def budget_unit(budget: dict) -> str | None:
@@ -96,10 +141,7 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
         "variant": variant_of(name),
         "seed": cfg.get("seed", 0),
         "algorithm": alg.get("name"),
-        "grouping": alg.get("grouping"),
-        "rectify": alg.get("rectify"),
-        "window": alg.get("window"),
-        "initial_noise": alg.get("initial_noise"),
+        **{f"algorithm.{key}": cell(value) for key, value in alg.items()},
         "budget_unit": budget_unit(cfg.get("budget") or {}),
         "status": run.status().get("status"),
         "completed": run.is_complete(),
@@ -130,9 +172,11 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
 
 
 def load_runs(root: str | Path) -> Runs:
-    """Every run under `root` (ValueError if there is none)."""
+    """Every run under `root` (ValueError if there is none), in the experiment's variant order."""
+    experiment, paths = read_experiment(root), find_run_dirs(root)
+    rank = {v: i for i, v in enumerate(ordered((variant_of(p.name) for p in paths), experiment))}
     frames, infos = [], []
-    for path in find_run_dirs(root):
+    for path in sorted(paths, key=lambda p: (rank[variant_of(p.name)], p.name)):
         rows, info = load_run(path)
         infos.append(info)
         if not rows.empty:
@@ -140,4 +184,8 @@ def load_runs(root: str | Path) -> Runs:
     if not infos:
         raise ValueError(f"no run directories under {root}")
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return Runs(metrics=metrics, runs=pd.DataFrame(infos))
+    runs = pd.DataFrame(infos)
+    for col in runs.columns:  # as recorded: a None stays None (NaN: the algorithm has no such field)
+        if col.startswith("algorithm."):
+            runs[col] = pd.Series([i.get(col, float("nan")) for i in infos], dtype=object)
+    return Runs(metrics=metrics, runs=runs, experiment=experiment)

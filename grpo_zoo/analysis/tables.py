@@ -1,13 +1,19 @@
-"""Tables in Markdown and LaTeX: Table 1, efficiency, ablations (best per column marked)."""
+"""Tables in Markdown and LaTeX: Table 1, efficiency, ablations (best per column marked).
+
+Nothing here knows an algorithm: the ablation's columns are whichever `algorithm` config
+fields differ across the variants, and speed-ups are measured against the baseline the
+experiment declares (`report: {baseline: NAME}`), else its first variant.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 
-from grpo_zoo.analysis.load import Runs
+from grpo_zoo.analysis.load import Runs, ordered
 from grpo_zoo.analysis.stats import TEST_NAME, aggregate, collapse_table, compute_to_target, ratio_ci, significance
 
 TABLE1_METRICS = {
@@ -17,8 +23,6 @@ TABLE1_METRICS = {
     "eval/object_class": "Object Class",
     "eval/reward": "Reward",
 }
-BASELINE = "flow_grpo"
-"""The variant that speed-ups are measured against when it is present (matched exactly)."""
 UNITS = {"compute/flops": "FLOPs", "compute/device_hours": "device-hours", "compute/nfe": "NFE"}
 
 
@@ -31,14 +35,30 @@ def compute_axis(data: Runs) -> str:
     return "compute/flops"
 
 
-def baseline_of(data: Runs, baseline: str | None = None) -> str:
-    """`baseline` if given, else BASELINE when such a variant exists, else the first variant."""
-    variants = list(dict.fromkeys(data.runs["variant"]))
+def pick_baseline(variants: list[str], experiment: dict, baseline: str | None = None) -> tuple[str, str]:
+    """The variant speed-ups are measured against, and how it was chosen: `baseline` if given,
+    else the experiment's declared one (report.baseline), else its first variant with runs here,
+    else (a bare folder of runs) the first in sorted order. Names match exactly; a name that is
+    not among `variants` is a ValueError naming them."""
+    choices = ", ".join(variants)
     if baseline is not None:
         if baseline not in variants:
-            raise ValueError(f"baseline {baseline!r} is not a variant (variants: {', '.join(variants)})")
-        return baseline
-    return BASELINE if BASELINE in variants else variants[0]
+            raise ValueError(f"baseline {baseline!r} is not a variant here (variants: {choices})")
+        return baseline, "as asked"
+    declared = experiment.get("baseline")
+    if declared is not None:
+        if declared not in variants:
+            raise ValueError(f"the experiment's report.baseline {declared!r} has no runs here (variants: {choices})")
+        return declared, "declared in the experiment (report.baseline)"
+    listed = [v for v in experiment.get("variants") or [] if v in variants]
+    if listed:
+        return listed[0], "the experiment's first variant"
+    return sorted(variants)[0], "the first variant in sorted order: no experiment record here (choose with --baseline)"
+
+
+def baseline_of(data: Runs, baseline: str | None = None) -> tuple[str, str]:
+    """(the baseline variant of `data`, how it was chosen): see pick_baseline."""
+    return pick_baseline(ordered(data.runs["variant"], data.experiment), data.experiment, baseline)
 
 
 def _versus(data: Runs, column: str, reference: str) -> dict[str, str]:
@@ -70,19 +90,23 @@ def _mark_best(df: pd.DataFrame, columns: list[str], means: pd.DataFrame, higher
     return out
 
 
+TEX_SPECIAL = str.maketrans({c: "\\" + c for c in "&%$#_{}"})
+
+
+def _tex(text: str) -> str:
+    """Plain text for LaTeX: its special characters escaped, ± as $\\pm$."""
+    return text.translate(TEX_SPECIAL).replace("±", "$\\pm$")
+
+
 def render(df: pd.DataFrame, fmt: str) -> str:
     """`md` or `tex`; cells marked BEST[...] become bold."""
     if fmt == "md":
         body = df.map(lambda c: f"**{c[5:-1]}**" if isinstance(c, str) and c.startswith("BEST[") else c)
         return body.to_markdown(index=False)
     body = df.map(
-        lambda c: (
-            ("\\textbf{" + c[5:-1] + "}" if c.startswith("BEST[") else c).replace("±", "$\\pm$").replace("_", "\\_")
-            if isinstance(c, str)
-            else c
-        )
+        lambda c: ("\\textbf{" + _tex(c[5:-1]) + "}" if c.startswith("BEST[") else _tex(c)) if isinstance(c, str) else c
     )
-    body.columns = [str(c).replace("_", "\\_").replace("%", "\\%") for c in body.columns]
+    body.columns = [_tex(str(c)) for c in body.columns]
     return body.to_latex(index=False, escape=False)
 
 
@@ -129,14 +153,14 @@ def efficiency(
     base model's eval reward to the best variant's mean final eval reward), and its speed-up
     over the baseline with a 95% bootstrap CI. A seed that never reaches the target counts at
     the whole compute it spent (so its speed-up is a bound, said in the table). `x` defaults to
-    the runs' budget unit (compute_axis)."""
+    the runs' budget unit (compute_axis); `baseline` to the experiment's (baseline_of)."""
     x = x or compute_axis(data)
     evals = data.evals
     if target is None:
         init = float(data.runs["eval/reward_initial"].mean())
         best = float(data.runs.groupby("variant")["eval/reward"].mean().max())
         target = init + 0.5 * (best - init) if best > init else best
-    base_name = baseline_of(data, baseline)
+    base_name, _ = baseline_of(data, baseline)
     hits = compute_to_target(evals, target, x)
     spent = data.runs.set_index("run")[x] if x in data.runs else pd.Series(dtype=float)
     hits["cost"] = [h if np.isfinite(h) else float(spent.get(r, np.nan)) for r, h in zip(hits["run"], hits[x])]
@@ -178,19 +202,46 @@ def _fmt_sci(mean: float, lo: float | None = None, hi: float | None = None) -> s
     return _fmt(mean, lo if lo is not None else np.nan, hi if hi is not None else np.nan, 4)
 
 
+def show(value) -> str:
+    """A config value in a table: JSON text (true, null, [0, 4]); "-" where the field is absent."""
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)
+    except TypeError:
+        return str(value)
+
+
+def differing_fields(data: Runs) -> dict[str, dict[str, str]]:
+    """The `algorithm` config fields whose values differ across the variants (a field one
+    algorithm lacks differs too): field -> {variant: its value as shown (first seed)}."""
+    firsts = data.runs.groupby("variant", sort=False).head(1).set_index("variant")
+    out = {}
+    cols = sorted((c for c in firsts.columns if c.startswith("algorithm.")), key=lambda c: c != "algorithm.name")
+    for col in cols:
+        shown = {v: show(x) for v, x in firsts[col].items()}
+        if len(set(shown.values())) > 1:
+            out[col.split(".", 1)[1]] = shown
+    return out
+
+
 def ablation(data: Runs) -> pd.DataFrame:
-    """Per variant: its flags, final and best eval reward, gain over the base model."""
+    """Per variant: the algorithm config fields that differ across the variants (one column
+    each, named by the field; "-" where a variant's algorithm has no such field), final and
+    best eval reward, gain over the base model."""
     runs = data.runs.assign(gain=data.runs.get("eval/reward", np.nan) - data.runs.get("eval/reward_initial", np.nan))
     agg = aggregate(runs, ["eval/reward", "eval/reward_best", "gain"])
+    fields = differing_fields(data)
     rows = []
     for _, a in agg.iterrows():
-        first = runs[runs["variant"] == a["variant"]].iloc[0]
         rows.append(
             {
                 "Variant": a["variant"],
-                "Algorithm": first["algorithm"],
-                "Grouping": first["grouping"] if isinstance(first.get("grouping"), str) else "-",
-                "Rectify": str(first["rectify"]).lower() if isinstance(first.get("rectify"), bool | np.bool_) else "-",
+                **{name: shown[a["variant"]] for name, shown in fields.items()},
                 "Final eval reward": _fmt(
                     a["eval/reward"], a.get("eval/reward ci_low", np.nan), a.get("eval/reward ci_high", np.nan)
                 ),
