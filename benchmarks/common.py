@@ -27,6 +27,7 @@ ALGORITHMS = {
     "flow_grpo_fast_w2": {"name": "flow_grpo_fast", "window": 2},
     "flow_grpo_fast_w3": {"name": "flow_grpo_fast", "window": 3},
     "flash_grpo": {"name": "flash_grpo", "grouping": "iso_temporal", "rectify": True},
+    "flash_grpo_shared": {"name": "flash_grpo", "grouping": "iso_temporal", "rectify": True, "initial_noise": "shared"},
 }
 
 

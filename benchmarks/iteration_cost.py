@@ -38,6 +38,29 @@ def ratios(rows: list[dict], steps: int, g: int) -> dict:
     }
 
 
+def shared_noise_saving(rows: list[dict]) -> list[dict]:
+    """Flash-GRPO with a group's rollouts sharing their initial noise (a one-level tree: the
+    ODE prefix up to the group's SDE step runs once) against independent noise."""
+    out = []
+    for r in rows:
+        if r["algorithm"] != "flash_grpo_shared":
+            continue
+        ind = next(x for x in rows if x["algorithm"] == "flash_grpo" and x["T"] == r["T"] and x["G"] == r["G"])
+        out.append(
+            {
+                "T": r["T"],
+                "G": r["G"],
+                "NFE independent": ind["nfe"],
+                "NFE shared": r["nfe"],
+                "NFE saved": f"{1 - r['nfe'] / ind['nfe']:.0%}",
+                "device-s independent": round(ind["device_s"], 3),
+                "device-s shared": round(r["device_s"], 3),
+                "time saved": f"{1 - r['device_s'] / ind['device_s']:.0%}",
+            }
+        )
+    return out
+
+
 def run(quick: bool, log=print) -> dict:
     if quick:
         rows = measure(["flow_grpo", "flash_grpo"], [20], [8], iterations=2, log=log)
@@ -47,4 +70,5 @@ def run(quick: bool, log=print) -> dict:
     out = {"rows": rows, "ratio_T20": ratios(rows, 20, 8)}
     if not quick:
         out["ratio_by_T"] = {t: ratios(rows, t, 8) for t in (5, 10, 20, 40)}
+        out["shared_noise"] = shared_noise_saving(rows)
     return out

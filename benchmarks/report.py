@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
+SHARED_NOISE_HEADING = "### flash_grpo with `initial_noise: shared` against independent noise (G = 8)"
+SHARED_NOISE_TEXT = (
+    "A group's rollouts share one initial noise and branch at the group's SDE step k: the rollout "
+    "is a one-level tree whose ODE prefix (k steps and the velocity at k) runs once per group, not G "
+    "times. NFE counts every transformer forward of the iteration (rollout and update)."
+)
+
 
 def _table(rows: list[dict], columns: dict[str, str], fmt: dict[str, str]) -> str:
     df = pd.DataFrame(rows)[list(columns)].rename(columns=columns)
@@ -68,6 +75,10 @@ def markdown(res: dict) -> str:
             )
         )
         out.append("")
+        if ic.get("shared_noise"):
+            out += [SHARED_NOISE_HEADING, "", SHARED_NOISE_TEXT, ""]
+            out.append(_table(ic["shared_noise"], {k: k for k in ic["shared_noise"][0]}, {}))
+            out.append("")
     if "overhead" in res:
         ov = res["overhead"]
         out += ["## Overhead", "", "Sampler against a bare Euler loop over the same transformer (target <= 1.10):", ""]

@@ -1,6 +1,7 @@
 """The algorithm seam: a config, a rollout plan and per-transition weights.
 
-An algorithm is a class in `algorithms/` registered by name with `@register`. Given a
+An algorithm is a class in `algorithms/` (installed as `grpo_zoo.algorithms`) or in any
+distribution's entry-point group "grpo_zoo.algorithms", registered by name with `@register`. Given a
 batch of P prompts x G rollouts, it returns a `Plan`: which step of which trajectory is
 stochastic (SDE), which transitions are trained, and each trained transition's raw
 weight. Everything else (rollout, reward, advantages, the PPO-clip loss, the engine) is
@@ -17,6 +18,7 @@ import dataclasses
 import importlib
 import pkgutil
 from dataclasses import dataclass
+from importlib.util import module_from_spec, spec_from_file_location
 from typing import ClassVar, Literal
 
 import torch
@@ -304,11 +306,51 @@ def register(name: str):
     return deco
 
 
-def _discover() -> None:
-    import algorithms
+ENTRY_POINT_GROUP = "grpo_zoo.algorithms"
+"""Distributions outside this repository register algorithms under this entry-point group
+(`[project.entry-points."grpo_zoo.algorithms"] my_algo = "my_package.my_algo"`): the module
+(or a class in it) is imported, and its `@register` runs."""
 
-    for mod in pkgutil.iter_modules(algorithms.__path__):
-        importlib.import_module(f"algorithms.{mod.name}")
+_discovered = False
+
+
+def _in_tree_package():
+    """`grpo_zoo.algorithms`: the repository's algorithms/ folder, installed under that name
+    (pyproject's package-dir); a source checkout that is not installed loads it from the folder."""
+    try:
+        return importlib.import_module("grpo_zoo.algorithms")
+    except ModuleNotFoundError:
+        import sys
+        from pathlib import Path
+
+        folder = Path(__file__).resolve().parent.parent / "algorithms"
+        spec = spec_from_file_location(
+            "grpo_zoo.algorithms", folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        module = module_from_spec(spec)
+        sys.modules["grpo_zoo.algorithms"] = module
+        spec.loader.exec_module(module)
+        return module
+
+
+def _discover() -> None:
+    """Import every in-tree algorithm file and every entry-point plugin (once per process)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    package = _in_tree_package()
+    for mod in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"grpo_zoo.algorithms.{mod.name}")
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as err:  # a broken plugin is named, not fatal to every other algorithm
+            from grpo_zoo.runs import say
+
+            say(f"warning: algorithm plugin {ep.name!r} ({ep.value}) failed to load: {type(err).__name__}: {err}")
 
 
 def names() -> list[str]:

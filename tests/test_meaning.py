@@ -236,7 +236,7 @@ def test_rollout_records_only_the_transitions_the_plan_marks(policy):
     train[0, :] = False  # a trajectory with no trained step
     train[1, 2] = True
     weight = torch.where(train, torch.rand(b, t, generator=gen, dtype=torch.float64) + 0.5, 0.0)
-    plan = Plan(sde, train, weight, g)
+    plan = Plan(sde=sde, train=train, weight=weight, group_size=g)
     plan.check(table)
     emb = policy.encode(["a red circle moving left", "a blue square moving up"]).repeat_interleave(g, 0)
     ro = rollout(policy, emb, None, plan, table, 1.0, torch.Generator().manual_seed(0))

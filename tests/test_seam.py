@@ -8,7 +8,12 @@ never see them.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +24,8 @@ from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
 from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
+
+from .conftest import ROOT
 
 SMALL = {
     "model.lora_rank": 0,
@@ -347,3 +354,125 @@ def test_nft_gradient_vanishes_at_the_old_policy_with_zero_advantage():
     terms = obj.loss(Batch(items, torch.ones(4), torch.ones(4), torch.zeros(4, 1, 1)))
     terms.per.sum().backward()
     assert abs(float(pol.w.grad)) > 1e-3  # a positive advantage pulls toward the samples
+
+
+# -- algorithms from outside the repository ----------------------------------------------
+def clean_env() -> dict:
+    """This process's environment without the rendezvous it set up for its own trainers."""
+    skip = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
+    return {k: v for k, v in os.environ.items() if k not in skip}
+
+
+def readme_example() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text[text.index("## Adding an algorithm") :]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start : section.index("\n```", start)]
+
+
+def test_readme_example_installs_as_a_plugin_and_trains(tmp_path):
+    """The README's example, as a distribution with an entry point (its own dist-info on
+    the path, as pip would leave it): registered, planned, trained by the CLI."""
+    site = tmp_path / "site"
+    (site / "my_algos").mkdir(parents=True)
+    (site / "my_algos" / "__init__.py").write_text("")
+    (site / "my_algos" / "random_steps.py").write_text(readme_example())
+    info = site / "my_algos-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-algos\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[grpo_zoo.algorithms]\nrandom_steps = my_algos.random_steps\n")
+    env = {**clean_env(), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    probe = (
+        "import torch\n"
+        "from grpo_zoo import algorithm\n"
+        "from grpo_zoo.algorithm import PlanContext\n"
+        "from grpo_zoo.flow import make_sigmas, step_table\n"
+        "assert 'random_steps' in algorithm.names()\n"
+        "table = step_table(make_sigmas('wan', 10, 3.0), 'flow_sde')\n"
+        "plan = algorithm.build({'name': 'random_steps', 'n': 3}).plan("
+        "PlanContext.of(2, 4, table, torch.Generator().manual_seed(0)))\n"
+        "plan.check(table)\n"
+        "assert plan.train.sum(1).tolist() == [3] * 8 and plan.sde.all()\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    args = [f"{k}={v}" for k, v in SMALL.items()] + ["budget.steps=2", f"run_dir={tmp_path / 'run'}"]
+    out = subprocess.run(
+        [sys.executable, "-m", "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), "algorithm.name=random_steps",
+         *args],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [r for r in RunDir(tmp_path / "run").rows() if r["kind"] == "train"]
+    assert [r["stats/transitions"] for r in rows] == [2 * 4 * 2] * 2  # n = 2 per trajectory
+    bad = subprocess.run(
+        [sys.executable, "-m", "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), "algorithm.name=random_steps",
+         "algorithm.n=0", f"run_dir={tmp_path / 'bad'}"],
+        env=env, capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [bad.stderr.strip()] and "n:" in bad.stderr
+
+
+UNEVEN = '''
+from dataclasses import dataclass
+
+from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, register
+
+
+@dataclass
+class UnevenConfig(AlgorithmConfig):
+    name: str = "uneven"
+
+
+@register("uneven")
+class Uneven(Algorithm):
+    """Rank 0 trains one transition in all; rank 1 trains steps 0-2 of every trajectory."""
+
+    Config = UnevenConfig
+
+    def trainable_steps(self, table):
+        return range(3)
+
+    def plan(self, ctx):
+        sde = self.empty(ctx)
+        if ctx.rank == 0:
+            sde[0, 0] = True
+        else:
+            sde[:, :3] = True
+        return self.make_plan(ctx, sde)
+'''
+
+
+def install_plugin(tmp_path, module: str, source: str) -> dict:
+    site = tmp_path / "site"
+    (site / "plugin_algos").mkdir(parents=True, exist_ok=True)
+    (site / "plugin_algos" / "__init__.py").write_text("")
+    (site / "plugin_algos" / f"{module}.py").write_text(source)
+    info = site / f"plugin_algos_{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: plugin-algos-{module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[grpo_zoo.algorithms]\n{module} = plugin_algos.{module}\n")
+    return {**clean_env(), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+
+
+@pytest.mark.slow
+def test_uneven_transitions_across_ranks_step_together_and_count_exactly(tmp_path):
+    """Two ranks holding 1 and 12 trained transitions (rank 0 has an empty minibatch): both
+    step together, end in sync, and the meter counts exactly what ran on each."""
+    env = install_plugin(tmp_path, "uneven", UNEVEN)
+    args = [f"{k}={v}" for k, v in SMALL.items()] + ["budget.steps=2", "engine.zero_stage=2"]
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", "-m",
+         "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), "algorithm.name=uneven",
+         f"run_dir={tmp_path / 'run'}", *args],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=900,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "COMPLETED").read_text())
+    assert summary["ranks_in_sync"]
+    rows = [r for r in RunDir(tmp_path / "run").rows() if r["kind"] == "train"]
+    per_iteration = 1 + 4 * 3  # rank 0: one transition; rank 1: 4 trajectories x 3 steps
+    assert [r["stats/transitions"] for r in rows] == [per_iteration] * 2
+    assert [r["compute/backward"] for r in rows] == [per_iteration, 2 * per_iteration]
+    rollout = 2 * 4 * 6  # both ranks' trajectories, every step
+    assert rows[0]["compute/nfe"] == rollout + per_iteration
