@@ -38,6 +38,8 @@ class FlashGRPOConfig(AlgorithmConfig):
 @register("flash_grpo")
 class FlashGRPO(Algorithm):
     Config = FlashGRPOConfig
+    paper = '"Flash-GRPO" (ICML 2026)'
+    reference = "Shredded-Pork/Flash-GRPO: scripts/train_wanx2_1_flash.py"
 
     def trainable_steps(self, table) -> range:
         num_steps = table.num_steps

@@ -24,6 +24,8 @@ class FlowGRPOConfig(AlgorithmConfig):
 @register("flow_grpo")
 class FlowGRPO(Algorithm):
     Config = FlowGRPOConfig
+    paper = 'Liu et al., 2025, "Flow-GRPO" (arXiv 2505.05470)'
+    reference = "yifan123/flow_grpo: scripts/train_wan2_1.py"
 
     def trainable_steps(self, table) -> range:
         num_steps = table.num_steps

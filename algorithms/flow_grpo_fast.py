@@ -35,6 +35,8 @@ class FlowGRPOFastConfig(AlgorithmConfig):
 @register("flow_grpo_fast")
 class FlowGRPOFast(Algorithm):
     Config = FlowGRPOFastConfig
+    paper = 'Liu et al., 2025, "Flow-GRPO" (arXiv 2505.05470), its Fast variant'
+    reference = "yifan123/flow_grpo: scripts/train_wan2_1.py"
 
     def starts(self, table) -> tuple[int, int]:
         w, num_steps = self.cfg.window, table.num_steps

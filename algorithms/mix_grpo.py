@@ -16,8 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-
 from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
@@ -48,6 +46,8 @@ class MixGRPOConfig(AlgorithmConfig):
 @register("mix_grpo")
 class MixGRPO(Algorithm):
     Config = MixGRPOConfig
+    paper = 'Li et al., 2025, "MixGRPO" (arXiv 2507.21802)'
+    reference = "Tencent-Hunyuan/MixGRPO: scripts/finetune/finetune_flux_grpo_MixGRPO.sh"
 
     def span(self, table) -> int:
         """Steps the window moves in: the first floor(T * fraction) steps that have noise."""

@@ -209,6 +209,10 @@ class Algorithm:
     name: ClassVar[str]
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
     objective: ClassVar[str] = "ppo_clip"
+    paper: ClassVar[str] = ""
+    """The method's paper (authors, year, venue or arXiv id), for the README's table."""
+    reference: ClassVar[str] = ""
+    """The reference repository and file its settings come from (owner/repo: path)."""
 
     def __init__(self, cfg: AlgorithmConfig):
         self.cfg = cfg

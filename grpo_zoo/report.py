@@ -43,6 +43,7 @@ def write_report(
         compute_axis,
         efficiency,
         headline,
+        leaderboard,
         render,
         table1,
     )
@@ -60,7 +61,14 @@ def write_report(
     eff, used_target = efficiency(data, target, x, base)
     col = collapse_table(data, drop=drop, below_base=below_base)
     col["run"] = col["run"].map(lambda p: Path(p).name)
-    tables = {"table1": table1(data), "efficiency": eff, "ablation": ablation(data), "collapse": col}
+    board, board_target = leaderboard(data, used_target, x, drop)
+    tables = {
+        "leaderboard": board,
+        "table1": table1(data),
+        "efficiency": eff,
+        "ablation": ablation(data),
+        "collapse": col,
+    }
     for name, df in tables.items():
         (out / f"{name}.md").write_text(render(df, "md") + "\n")
         (out / f"{name}.tex").write_text(render(df, "tex"))
@@ -75,6 +83,10 @@ def write_report(
         "training only (evaluation excluded); device-hours are measured beside FLOPs in every run. "
         f"Mean ± half the 95% bootstrap CI over seeds; best per column in bold; differences by {TEST_NAME} "
         "(p < 0.05, else n.s.).",
+        "",
+        f"## Leaderboard (equal budget; compute to eval reward {board_target:.3f})",
+        "",
+        render(board, "md"),
         "",
         "## Table 1",
         "",

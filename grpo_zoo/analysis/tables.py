@@ -14,7 +14,15 @@ import numpy as np
 import pandas as pd
 
 from grpo_zoo.analysis.load import Runs, ordered
-from grpo_zoo.analysis.stats import TEST_NAME, aggregate, collapse_table, compute_to_target, ratio_ci, significance
+from grpo_zoo.analysis.stats import (
+    TEST_NAME,
+    aggregate,
+    collapse_table,
+    compute_to_target,
+    mean_ci,
+    ratio_ci,
+    significance,
+)
 
 TABLE1_METRICS = {
     "eval/aesthetic_quality": "Aesthetic Quality",
@@ -303,3 +311,53 @@ def headline(data: Runs, drop: float | None = None) -> str:
         + (f"; the base model scores {base:.3f}" if np.isfinite(base) else "")
         + f"; {collapsed}."
     )
+
+
+def leaderboard(
+    data: Runs, target: float | None = None, x: str | None = None, drop: float | None = None
+) -> tuple[pd.DataFrame, float]:
+    """Every variant at the sweep's equal budget, best first: final eval reward (mean and 95%
+    bootstrap CI over seeds) with its significance against the best, compute to reach a common
+    target reward (as `efficiency`: a seed that never reaches it counts at all it spent, a
+    bound), how many seeds collapsed and first when, and the transformer forwards (NFE) and
+    backward passes one training iteration costs."""
+    from grpo_zoo.analysis.stats import DROP
+
+    x = x or compute_axis(data)
+    runs = data.runs
+    means = runs.groupby("variant", sort=False)["eval/reward"].mean()
+    best = means.idxmax()
+    best_vals = runs.loc[runs["variant"] == best, "eval/reward"].to_numpy(float)
+    eff, target = efficiency(data, target, x, best)
+    to_target = eff.set_index("Method")
+    cost_col = next(c for c in eff.columns if c.endswith(f"to reward {target:.3f}"))
+    col = collapse_table(data, drop=DROP if drop is None else drop)
+    per_iter = runs.assign(
+        nfe_it=(runs["compute/nfe"]) / runs["steps"].clip(lower=1),
+        bwd_it=runs["compute/backward"] / runs["steps"].clip(lower=1),
+    )
+    unit = UNITS.get(x, x)
+    rows = []
+    for variant in means.sort_values(ascending=False).index:
+        g = runs[runs["variant"] == variant]
+        vals = g["eval/reward"].to_numpy(float)
+        m, lo, hi = mean_ci(vals)
+        c = col[col["variant"] == variant]
+        n_col = int(c["collapsed"].sum())
+        first = c.loc[c["collapsed"], "collapse_step"]
+        pi = per_iter[per_iter["variant"] == variant]
+        rows.append(
+            {
+                "Rank": len(rows) + 1,
+                "Method": variant,
+                "Final eval reward": _fmt(m, lo, hi),
+                f"vs {best} ({TEST_NAME})": "-" if variant == best else significance(vals, best_vals)[1],
+                f"{unit} to reward {target:.3f}": to_target.loc[variant, cost_col],
+                "Seeds reaching it": to_target.loc[variant, "Seeds reaching it"],
+                "Collapsed": f"{n_col}/{len(c)}" + (f" (first at step {int(first.min())})" if n_col else ""),
+                "NFE / iteration": f"{pi['nfe_it'].mean():.0f}",
+                "Backward / iteration": f"{pi['bwd_it'].mean():.0f}",
+                "Seeds": len(vals),
+            }
+        )
+    return pd.DataFrame(rows), target
