@@ -319,22 +319,24 @@ _discovered = False
 
 
 def _in_tree_package():
-    """`grpo_zoo.algorithms`: the repository's algorithms/ folder, installed under that name
-    (pyproject's package-dir); a source checkout that is not installed loads it from the folder."""
-    try:
-        return importlib.import_module("grpo_zoo.algorithms")
-    except ModuleNotFoundError:
-        import sys
-        from pathlib import Path
+    """`grpo_zoo.algorithms`: in a source checkout, the algorithms/ folder beside this grpo_zoo
+    package (so a worktree runs its own files); in an installed wheel, the installed package
+    (pyproject's package-dir puts algorithms/ there under that name)."""
+    import sys
+    from pathlib import Path
 
-        folder = Path(__file__).resolve().parent.parent / "algorithms"
-        spec = spec_from_file_location(
-            "grpo_zoo.algorithms", folder / "__init__.py", submodule_search_locations=[str(folder)]
-        )
-        module = module_from_spec(spec)
-        sys.modules["grpo_zoo.algorithms"] = module
-        spec.loader.exec_module(module)
-        return module
+    if "grpo_zoo.algorithms" in sys.modules:
+        return sys.modules["grpo_zoo.algorithms"]
+    folder = Path(__file__).resolve().parent.parent / "algorithms"
+    if not (folder / "__init__.py").is_file():
+        return importlib.import_module("grpo_zoo.algorithms")
+    spec = spec_from_file_location(
+        "grpo_zoo.algorithms", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    module = module_from_spec(spec)
+    sys.modules["grpo_zoo.algorithms"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def _discover() -> None:

@@ -339,6 +339,9 @@ def results_page(root: Path, out: Path, assets: Path, command: str) -> str:
                 f"![{folder}: {plot}]({dst.relative_to(out.parent) if dst.is_relative_to(out.parent) else dst})",
                 "",
             ]
+    from grpo_zoo.zoo import section
+
+    lines += section(root, out, assets)
     return "\n".join(lines)
 
 

@@ -1,0 +1,135 @@
+"""The leaderboard section of RESULTS.md: every registered algorithm at one FLOPs budget
+(experiments/zoo/leaderboard.yaml), its table and plot, and each method's published
+efficiency claim (experiments/zoo/claims.yaml) against what the toy world shows.
+
+Verdicts, per claim of a speed-up S over a baseline (95% bootstrap CI of the toy's ratio):
+reproduced when the CI reaches S or lies above it; not reproduced when the whole CI lies
+below S. A seed that never reaches the common target counts at all it spent, so the
+speed-up is a bound (a lower one when only the baseline's seeds fell short, an upper one
+when the method's did): it decides only when even the bound settles it, else the verdict
+is inconclusive, as it is with fewer than 2 seeds per method. A claim about collapse is
+reproduced when the method collapsed in fewer seeds than its baseline, inconclusive when
+the baseline never collapsed (nothing to mitigate), not reproduced otherwise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "experiments/zoo/leaderboard.yaml"
+CLAIMS = ROOT / "experiments/zoo/claims.yaml"
+FOLDER = "leaderboard"
+
+
+def _costs(data, variant: str, target: float, x: str) -> tuple[np.ndarray, int]:
+    """Per seed: compute to reach `target` (all it spent when it never did) and how many reached it."""
+    from grpo_zoo.analysis.stats import compute_to_target
+
+    evals = data.evals[data.evals["variant"] == variant]
+    hits = compute_to_target(evals, target, x)
+    spent = data.runs.set_index("run")[x]
+    cost = [h if np.isfinite(h) else float(spent[r]) for r, h in zip(hits["run"], hits[x])]
+    return np.asarray(cost, float), int(np.isfinite(hits[x].to_numpy(float)).sum())
+
+
+def check_claims(data, target: float, x: str) -> list[dict]:
+    from grpo_zoo.analysis.stats import collapse_table, ratio_ci
+
+    claims = yaml.safe_load(CLAIMS.read_text()) or {}
+    variants = set(data.runs["variant"])
+    col = collapse_table(data)
+    rows = []
+    for method, c in claims.items():
+        base = c["baseline"]
+        row = {"Method": method, "Claim": f"{c['claim']} ({c['source']})", "Baseline": base}
+        if method not in variants or base not in variants:
+            missing = method if method not in variants else base
+            rows.append({**row, "Toy world": "-", "Verdict": "inconclusive", "Reason": f"no runs of {missing}"})
+            continue
+        if c["kind"] == "collapse":
+            m = col[col["variant"] == method]["collapsed"]
+            b = col[col["variant"] == base]["collapsed"]
+            toy = f"collapsed {int(m.sum())}/{len(m)} seeds, {base} {int(b.sum())}/{len(b)}"
+            if b.sum() == 0:
+                verdict, reason = "inconclusive", f"{base} never collapsed here: nothing to mitigate"
+            elif m.sum() / len(m) < b.sum() / len(b):
+                verdict, reason = "reproduced", "fewer seeds collapsed than the baseline"
+            else:
+                verdict, reason = "not reproduced", "as many or more seeds collapsed than the baseline"
+            rows.append({**row, "Toy world": toy, "Verdict": verdict, "Reason": reason})
+            continue
+        factor = float(c["factor"])
+        if c["kind"] == "per_iteration":
+            per = data.runs.assign(it=data.runs[x] / data.runs["steps"].clip(lower=1))
+            mc, bc = (per.loc[per["variant"] == v, "it"].to_numpy(float) for v in (method, base))
+            reached_note = ""
+            bound = False
+        else:
+            mc, m_hit = _costs(data, method, target, x)
+            bc, b_hit = _costs(data, base, target, x)
+            bound = "upper" if m_hit < len(mc) else ("lower" if b_hit < len(bc) else False)
+            reached_note = f"; seeds reaching {target:.3f}: {method} {m_hit}/{len(mc)}, {base} {b_hit}/{len(bc)}"
+        speed, lo, hi = ratio_ci(bc, mc)
+        toy = f"{speed:.2f}x [{lo:.2f}, {hi:.2f}]" + reached_note
+        what = "per iteration" if c["kind"] == "per_iteration" else f"to reward {target:.3f}"
+        if min(len(mc), len(bc)) < 2:
+            verdict, reason = "inconclusive", "fewer than 2 seeds"
+        elif bound == "lower" and lo >= factor:  # the baseline's unreached seeds only make it slower
+            verdict, reason = "reproduced", f"even as a lower bound the speed-up {what} reaches {factor:g}x"
+        elif bound == "upper" and hi < factor:  # the method's unreached seeds only make it slower
+            verdict, reason = "not reproduced", f"even as an upper bound the speed-up {what} stays below {factor:g}x"
+        elif bound:
+            verdict, reason = "inconclusive", f"a seed never reached {target:.3f}: the speed-up is only a {bound} bound"
+        elif hi < factor:
+            verdict, reason = "not reproduced", f"the CI of the speed-up {what} lies below {factor:g}x"
+        else:
+            verdict, reason = "reproduced", f"the CI of the speed-up {what} reaches {factor:g}x"
+        rows.append({**row, "Toy world": toy, "Verdict": verdict, "Reason": reason})
+    return rows
+
+
+def section(root: Path, out: Path, assets: Path) -> list[str]:
+    """RESULTS.md's leaderboard section from RUNS/leaderboard (empty when it was not run)."""
+    import shutil
+
+    import pandas as pd
+
+    from grpo_zoo.analysis import load_runs
+    from grpo_zoo.analysis.tables import compute_axis, render
+    from grpo_zoo.report import write_report
+
+    folder = root / FOLDER
+    if not folder.is_dir():
+        return []
+    report = write_report(folder)
+    data = load_runs(folder)
+    x = compute_axis(data)
+    board = report.parent.joinpath("leaderboard.md").read_text().strip()
+    target = float(board.split("to reward ")[1].split()[0]) if "to reward " in board else float("nan")
+    checks = check_claims(data, target, x)
+    src = report.parent / "reward_vs_compute.png"
+    dst = assets / "leaderboard_reward_vs_compute.png"
+    assets.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    link = dst.relative_to(out.parent) if dst.is_relative_to(out.parent) else dst
+    return [
+        f"## Leaderboard (`{EXPERIMENT}`)",
+        "",
+        "Every registered algorithm at its published defaults, on one FLOPs budget, 3 seeds; what the file shrank "
+        "to fit this machine is said in it.",
+        "",
+        report.parent.joinpath("headline.txt").read_text().strip(),
+        "",
+        board,
+        "",
+        f"![leaderboard: reward against compute]({link})",
+        "",
+        "### Each method's published claim against the toy world",
+        "",
+        render(pd.DataFrame(checks), "md"),
+        "",
+    ]
