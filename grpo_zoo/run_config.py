@@ -49,10 +49,10 @@ class SamplingConfig:
     """T: sampling steps of a training rollout."""
     shift: float = num(3.0, gt=0)
     """Timestep shift s (Wan 480p uses 3)."""
-    noise: Literal["flow_sde", "wan_linear", "cps"] = "flow_sde"
+    noise: Literal["flow_sde", "wan_linear", "cps", "constant"] = "flow_sde"
     """Noise kind of the stochastic steps."""
     noise_level: float | None = num(None, ge=0)
-    """a of flow_sde / cps, scale of wan_linear; null takes the kind's default (0.7, 1, 0.7)."""
+    """a of flow_sde / cps / constant, scale of wan_linear; null takes the kind's default (0.7, 1, 0.7, 0.3)."""
     guidance: float = num(1.0, ge=1)
     """Classifier-free guidance scale for rollouts and evaluation (1 = off; CFG doubles the NFE)."""
     eval_steps: int = num(20, ge=1)

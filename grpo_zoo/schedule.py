@@ -44,7 +44,10 @@ def parser() -> ArgParser:
     p.add_argument("--shift", type=number(float, POSITIVE), default=3.0, help="timestep shift s (default 3, Wan 480p)")
     p.add_argument("--noise", default="flow_sde", help=f"one of {', '.join(NOISE_KINDS)} (default flow_sde)")
     p.add_argument(
-        "--noise-level", type=number(float, NON_NEGATIVE), default=None, help="a for flow_sde/cps, scale for wan_linear"
+        "--noise-level",
+        type=number(float, NON_NEGATIVE),
+        default=None,
+        help="a for flow_sde/cps/constant, scale for wan_linear",
     )
     p.add_argument("--format", default="table", choices=("table", "json"))
     return p

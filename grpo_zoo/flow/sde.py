@@ -8,7 +8,10 @@ x' ~ N(mu(x, v), step_std^2), with step_std = std_t * sqrt(-dt). The noise kinds
   denominator is guarded by 1 - sigma_1, as Flow-GRPO does.
 - `wan_linear`: std_t = a * (sigma_min + (sigma_max - sigma_min) * sigma) with
   sigma_max = sigma_1, sigma_min = sigma_N (a = 1 by default).
-- both use the marginal-preserving reverse SDE, Euler-Maruyama:
+- `constant` (DanceGRPO): std_t = a at every step, so step_std = a * sqrt(-dt)
+  (XueZeyue/DanceGRPO, fastvideo/train_grpo_flux.py `flux_step`, with a = eta = 0.3 as
+  in its Flux and Wan scripts; its score-corrected mean is the mean below with std_t = a).
+- all three use the marginal-preserving reverse SDE, Euler-Maruyama:
   mu = x + dt * [v + std_t^2 / (2 sigma) * (x + (1 - sigma) v)]
 - `cps` (coefficients-preserving sampling): with x0 = x - sigma v, e = x + (1 - sigma) v,
   s = sigma' * sin(a * pi / 2): mu = (1 - sigma') x0 + sqrt(sigma'^2 - s^2) e,
@@ -28,8 +31,8 @@ import torch
 
 from grpo_zoo.errors import ConfigError
 
-NOISE_KINDS = ("flow_sde", "wan_linear", "cps")
-DEFAULT_NOISE_LEVEL = {"flow_sde": 0.7, "wan_linear": 1.0, "cps": 0.7}
+NOISE_KINDS = ("flow_sde", "wan_linear", "cps", "constant")
+DEFAULT_NOISE_LEVEL = {"flow_sde": 0.7, "wan_linear": 1.0, "cps": 0.7, "constant": 0.3}
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -103,9 +106,11 @@ def step_table(sigmas: torch.Tensor, kind: str, level: float | None = None) -> S
         if kind == "flow_sde":
             guard = 1 - s[1] if s.numel() > 2 else torch.tensor(1.0, dtype=torch.float64)
             std_t = level * torch.sqrt(sigma / torch.maximum(1 - sigma, guard))
-        else:  # wan_linear
+        elif kind == "wan_linear":
             sig_max, sig_min = s[1] if s.numel() > 2 else s[0], s[-1]
             std_t = level * (sig_min + (sig_max - sig_min) * sigma)
+        else:  # constant
+            std_t = torch.full_like(sigma, level)
         step_std = std_t * sqrt_mdt
         dmu_dv = dt * (1 + std_t**2 * (1 - sigma) / (2 * sigma))
     lam = torch.where(step_std > 0, dmu_dv.abs() / step_std.clamp_min(1e-300), torch.zeros_like(dt))
