@@ -93,6 +93,8 @@ class BranchGRPOConfig(AlgorithmConfig):
 @register("branch_grpo")
 class BranchGRPO(Algorithm):
     Config = BranchGRPOConfig
+    paper = 'Li et al., 2025, "BranchGRPO" (arXiv 2509.06040)'
+    reference = "Fredreic1849/BranchGRPO: fastvideo/train_branchgrpo_flux.py"
 
     def trainable_steps(self, table) -> range:
         return range(table.last_noisy_step + 1)

@@ -71,6 +71,8 @@ class DanceGRPOConfig(AlgorithmConfig):
 @register("dance_grpo")
 class DanceGRPO(Algorithm):
     Config = DanceGRPOConfig
+    paper = 'Xue et al., 2025, "DanceGRPO" (arXiv 2505.07818)'
+    reference = "XueZeyue/DanceGRPO: fastvideo/train_grpo_flux.py"
 
     def trainable_steps(self, table) -> range:
         """Steps before the last that have noise (cps has none at the last step anyway)."""

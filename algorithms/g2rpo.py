@@ -85,6 +85,8 @@ class G2RPOConfig(AlgorithmConfig):
 @register("g2rpo")
 class G2RPO(Algorithm):
     Config = G2RPOConfig
+    paper = 'Zhou et al., 2025, "G2RPO" (arXiv 2510.01982)'
+    reference = "bcmi/Granular-GRPO: fastvideo/train_g2rpo_hps.py"
 
     def steps(self, table) -> list[int]:
         """The branch steps under `table` (ConfigError if one has no noise)."""

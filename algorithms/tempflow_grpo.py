@@ -74,6 +74,8 @@ class TempFlowGRPOConfig(AlgorithmConfig):
 @register("tempflow_grpo")
 class TempFlowGRPO(Algorithm):
     Config = TempFlowGRPOConfig
+    paper = 'He et al., 2025, "TempFlow-GRPO" (arXiv 2508.04324)'
+    reference = "Shredded-Pork/TempFlow-GRPO: scripts/train_sd3_pr.py"
 
     def trainable_steps(self, table) -> range:
         n = min(math.floor(table.num_steps * self.cfg.timestep_fraction), table.last_noisy_step + 1)
