@@ -27,9 +27,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def setup_rendezvous() -> None:
-    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from SLURM or for one process."""
+RENDEZVOUS_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def setup_rendezvous() -> list[str]:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from SLURM or for one process;
+    returns the keys it set (Engine.close removes them, so that a process that trained in
+    place does not hand its rendezvous to the subprocesses it starts later)."""
     env = os.environ
+    before = {k for k in RENDEZVOUS_KEYS if k in env}
     if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
         env["RANK"] = env["SLURM_PROCID"]
         env["WORLD_SIZE"] = env["SLURM_NTASKS"]
@@ -47,6 +53,7 @@ def setup_rendezvous() -> None:
         env.setdefault("MASTER_ADDR", "127.0.0.1")
         env.setdefault("MASTER_PORT", str(_free_port()))
     env.setdefault("LOCAL_RANK", "0")
+    return [k for k in RENDEZVOUS_KEYS if k in env and k not in before]
 
 
 def pick_device(cfg: EngineConfig) -> torch.device:
@@ -61,7 +68,7 @@ class Engine:
     """DeepSpeed around the trainable module, plus the collectives the trainer needs."""
 
     def __init__(self, module: torch.nn.Module, cfg: EngineConfig, optim: OptimConfig):
-        setup_rendezvous()
+        self.rendezvous_keys = setup_rendezvous()
         self.device = pick_device(cfg)
         if self.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -152,6 +159,8 @@ class Engine:
             raise RuntimeError(f"no engine checkpoint under {directory}")
 
     def close(self) -> None:
-        """Tear the process group down (a must at exit)."""
+        """Tear the process group down (a must at exit), and the rendezvous variables set for it."""
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        for key in getattr(self, "rendezvous_keys", []):
+            os.environ.pop(key, None)

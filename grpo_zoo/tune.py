@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary_lines(studies):
         print(line)
     print(f"tuning report: {write_tuning_report(root, studies)}")
+    from grpo_zoo.tuning.report import write_tuned_experiment
+
+    print(f"tuned experiment: {write_tuned_experiment(root, exp, studies)}")
     print(f"trials: {root}  (python -m grpo_zoo.report {root})")
     return 0
 

@@ -14,7 +14,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, **(env or {})}
+    from grpo_zoo.engine import RENDEZVOUS_KEYS
+
+    inherited = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_KEYS}  # never a parent's rendezvous
+    full_env = {**inherited, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout
     )

@@ -73,8 +73,12 @@ def process_group():
     yield
     import torch.distributed as dist
 
+    from grpo_zoo.engine import RENDEZVOUS_KEYS
+
     if dist.is_initialized():
         dist.destroy_process_group()
+    for key in RENDEZVOUS_KEYS:
+        os.environ.pop(key, None)
 
 
 def train(cfg: RunConfig) -> list[dict]:
@@ -476,3 +480,20 @@ def test_uneven_transitions_across_ranks_step_together_and_count_exactly(tmp_pat
     assert [r["compute/backward"] for r in rows] == [per_iteration, 2 * per_iteration]
     rollout = 2 * 4 * 6  # both ranks' trajectories, every step
     assert rows[0]["compute/nfe"] == rollout + per_iteration
+
+
+def registry_variants() -> dict[str, dict]:
+    from tests import golden
+
+    return golden.variants()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(registry_variants()))
+def test_every_algorithm_resumes_exactly(tmp_path, variant):
+    """Every registered algorithm (and switch): 3 iterations straight equal 2, a stop at the
+    checkpoint, and a resume to 3, row for row."""
+    alg = registry_variants()[variant]
+    ref = train(run_config(tmp_path, "ref", alg, 3))
+    train(run_config(tmp_path, "split", alg, 2))
+    assert train(run_config(tmp_path, "split", alg, 3)) == ref

@@ -57,14 +57,17 @@ def test_experiment_files_expand_and_validate():
         if path.parent.name == "toy":
             continue
         first = path.read_text().splitlines()[0]
+        if first.startswith("# Not a run:"):  # data an analysis reads (zoo/claims.yaml)
+            continue
         if "variants" not in yaml.safe_load(path.read_text()):  # a run config (wan2.1/1.3b.yaml ...)
             assert first.startswith("# ") and (
                 "python -m grpo_zoo.train" in first or "Not a run" in path.read_text()
             ), path
             build(RunConfig, load_config_file(path))
             continue
-        assert first.startswith("# python -m grpo_zoo.sweep"), path
         exp = load_experiment(path, "/tmp/runs")
+        verb = "tune" if exp.tune else "sweep"
+        assert first.startswith(f"# python -m grpo_zoo.{verb}"), path
         assert exp.runs and len({r.name for r in exp.runs}) == len(exp.runs)
     grid = load_experiment(ROOT / "experiments/paper/ablation_grouping_rectification.yaml", "/tmp/runs")
     assert len(grid.runs) == 2 * 2 * 3

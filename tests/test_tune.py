@@ -118,6 +118,12 @@ def test_two_workers_complete_the_study_prune_and_replay(tmp_path):
     assert "| tiny.flash_grpo |" in text and (root / "history_flash_grpo.png").exists()
 
     best = max((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    # the tuned experiment: each variant at its best trial, runnable by the sweep as it stands
+    from grpo_zoo.experiment import load_experiment
+
+    tuned = load_experiment(str(root / "tuned.yaml"), str(runs))
+    assert tuned.name == "tiny-tuned" and not tuned.tune
+    assert tuned.runs[0].config["optim"]["lr"] == best.params["optim.lr"]
     out = tune(exp, runs, "--replay", f"flash_grpo:{best.number}")
     assert out.returncode == 0, out.stderr[-3000:]
     value = float(re.search(r"objective ([0-9.]+)\n", out.stdout).group(1))

@@ -332,9 +332,11 @@ def leaderboard(
     to_target = eff.set_index("Method")
     cost_col = next(c for c in eff.columns if c.endswith(f"to reward {target:.3f}"))
     col = collapse_table(data, drop=DROP if drop is None else drop)
+    steps = runs["steps"].clip(lower=1) if "steps" in runs else np.nan
+    nan = pd.Series(np.nan, index=runs.index)
     per_iter = runs.assign(
-        nfe_it=(runs["compute/nfe"]) / runs["steps"].clip(lower=1),
-        bwd_it=runs["compute/backward"] / runs["steps"].clip(lower=1),
+        nfe_it=runs.get("compute/nfe", nan) / steps,
+        bwd_it=runs.get("compute/backward", nan) / steps,
     )
     unit = UNITS.get(x, x)
     rows = []
@@ -355,8 +357,8 @@ def leaderboard(
                 f"{unit} to reward {target:.3f}": to_target.loc[variant, cost_col],
                 "Seeds reaching it": to_target.loc[variant, "Seeds reaching it"],
                 "Collapsed": f"{n_col}/{len(c)}" + (f" (first at step {int(first.min())})" if n_col else ""),
-                "NFE / iteration": f"{pi['nfe_it'].mean():.0f}",
-                "Backward / iteration": f"{pi['bwd_it'].mean():.0f}",
+                "NFE / iteration": _fmt(pi["nfe_it"].mean(), digits=0),
+                "Backward / iteration": _fmt(pi["bwd_it"].mean(), digits=0),
                 "Seeds": len(vals),
             }
         )

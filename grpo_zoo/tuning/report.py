@@ -102,3 +102,44 @@ def write_tuning_report(root: Path, studies: dict) -> Path:
     path.write_text("\n".join(lines) + "\n")
     pd.DataFrame(best_rows).to_csv(root / "best.csv", index=False)
     return path
+
+
+def tuned_experiment(exp, studies: dict) -> dict:
+    """The experiment with each variant's settings replaced by its study's best trial (the
+    same budget, seeds and report; no tune section): what `python -m grpo_zoo.sweep` runs to
+    compare the methods tuned. Variants without a completed trial keep their settings."""
+    import copy
+
+    raw = copy.deepcopy(exp.raw)
+    raw.pop("tune", None)
+    raw["name"] = f"{exp.name}-tuned"
+    if raw.get("base"):
+        raw["base"] = str((Path(exp.path).parent / raw["base"]).resolve())
+    variants = raw.get("variants") or {}
+    for v, study in studies.items():
+        done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if v not in variants or not done:
+            continue
+        best = max(done, key=lambda t: t.value)
+        from grpo_zoo.tuning.space import decode
+
+        for key, value in best.params.items():
+            node = variants[v]
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = decode(value)
+    return raw
+
+
+def write_tuned_experiment(root: Path, exp, studies: dict) -> Path:
+    import yaml
+
+    path = root / "tuned.yaml"
+    header = (
+        f"# python -m grpo_zoo.sweep {path} --max-parallel 2\n"
+        f"# {exp.name} with each variant at its best trial of `python -m grpo_zoo.tune {exp.path}`\n"
+        "# (written by the tuner; the budget per run is the experiment's, as every trial's was).\n"
+    )
+    path.write_text(header + yaml.safe_dump(tuned_experiment(exp, studies), sort_keys=False))
+    return path

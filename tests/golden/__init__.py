@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from pathlib import Path
 
@@ -163,6 +164,10 @@ def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        from grpo_zoo.engine import RENDEZVOUS_KEYS
+
+        for key in RENDEZVOUS_KEYS:  # later subprocesses must not inherit this rendezvous
+            os.environ.pop(key, None)
     return records
 
 
