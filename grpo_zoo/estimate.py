@@ -121,10 +121,10 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
         plan = alg.plan(ctx)
         rollout += int(plan.forward_rows().sum()) * cfg_mult
         trained += obj.num_items(plan)
-        made += 0 if objective.needs_transitions else obj.num_items(plan) * cfg_mult
-    passes = trained * cfg.optim.inner_epochs * cfg_mult
-    kl = passes if cfg.optim.beta > 0 and objective.needs_transitions else 0
-    return {"rollout_nfe": rollout, "update_nfe": passes + kl + made, "backward": passes}
+        made += obj.num_items(plan) * obj.item_forwards() * obj.cfg_mult
+    passes = trained * cfg.optim.inner_epochs * obj.cfg_mult
+    extra = passes * obj.extra_forwards()
+    return {"rollout_nfe": rollout, "update_nfe": passes + extra + made, "backward": passes}
 
 
 def estimate(cfg, gpus: int, gpu: str, mfu: float, budget_gpu_hours: float, plans: int) -> dict:

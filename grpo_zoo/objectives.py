@@ -3,24 +3,21 @@
 An objective turns a rollout into training items (`items`) and a micro-batch of items into
 per-item losses (`loss`). The update loop (grpo_zoo/update.py) is the same for all: it
 normalises weights over the optimizer batch, sums the per-item losses, runs backward, and
-counts the forwards and backwards each objective reports.
+counts the forwards and backwards each objective reports (`items` returns the forwards it
+ran, `Terms.extra_forwards` those of a loss without a backward; `cfg_mult` says whether
+they ran under CFG, `item_forwards`/`extra_forwards` predict them for the estimator).
 
 - `ppo_clip` (default): Flow-GRPO's weighted PPO-clip on the recorded SDE transitions,
   log-probs recomputed under the current policy, plus beta * KL to the reference.
-- `ratio_norm_clip`: the same, with the log-ratio normalised per step as GRPO-Guard's
-  RatioNorm does: shifted by the mean-difference term its Gaussian form carries
-  (so an unchanged policy has ratio 1 in expectation whatever the step) and scaled by the
-  step's noise std, so every step's ratio spreads alike.
-- `nft`: DiffusionNFT's forward-process objective. Items are the clean samples re-noised
-  at `timesteps` points; no SDE log-prob is needed. With r = clip(A, -c, c) / (2c) + 1/2,
-  v+ = b v + (1 - b) v_old and v- = (1 + b) v_old - b v, x0(v) = x_t - t v:
-  loss = c * (r |x0(v+) - x0|^2 / d+ + (1 - r) |x0(v-) - x0|^2 / d-) / b, with d+-
-  the (detached) mean absolute error of each prediction (its adaptive weighting).
-  Reference: NVlabs/DiffusionNFT, and X-GenGroup/Flow-Factory trainers/nft.py.
+- `ratio_norm_clip`: the same with GRPO-Guard's RatioNorm (see `RatioNormClip`).
+- `nft`: DiffusionNFT's forward-process objective on re-noised clean samples (see `NFT`).
+- `awm`: Advantage Weighted Matching: PPO-clip on a flow-matching log-likelihood
+  surrogate at re-noised clean samples, plus KLs to the reference and an EMA policy (`AWM`).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -87,10 +84,32 @@ class Objective:
     name: ClassVar[str]
     needs_transitions: ClassVar[bool] = True
     """True: items are the plan's trained SDE transitions with their log-probs."""
+    trains_with_cfg: ClassVar[bool] = True
+    """True: the objective's forwards use the sampling guidance; False: the conditional
+    velocity alone (one transformer pass per sample) whatever `sampling.guidance`."""
 
     def __init__(self, algorithm_cfg, optim, sampling, table, policy, null_emb, dtype, device):
         self.alg_cfg, self.optim, self.sampling, self.table = algorithm_cfg, optim, sampling, table
         self.policy, self.null_emb, self.dtype, self.device = policy, null_emb, dtype, device
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        """Raise ConfigError if this objective cannot run under the run config (no compute)."""
+
+    @property
+    def guidance(self) -> float:
+        """The CFG scale of the objective's own forwards."""
+        return float(self.sampling.guidance) if self.trains_with_cfg else 1.0
+
+    @property
+    def cfg_mult(self) -> int:
+        """Transformer passes per sample of the objective's forwards (2 under CFG)."""
+        return 2 if self.guidance != 1.0 else 1
+
+    @property
+    def beta(self) -> float:
+        """Weight of the KL to the reference policy (optim.beta; 0 skips its forward)."""
+        return float(getattr(self.optim, "beta", 0.0) or 0.0)
 
     def items(self, ro, emb: torch.Tensor, gen: torch.Generator) -> tuple[object, int]:
         """The training items of a rollout and the forwards spent making them (samples)."""
@@ -100,9 +119,30 @@ class Objective:
         """How many items a plan yields (for estimates, without running it)."""
         return int(plan.train.sum())
 
+    def item_forwards(self) -> int:
+        """Forwards `items` runs per item (for estimates)."""
+        return 0
+
+    def extra_forwards(self) -> int:
+        """Forwards without a backward that `loss` runs per item (for estimates)."""
+        return 1 if self.beta > 0 else 0
+
+    def state_dict(self) -> dict:
+        """State that must survive a resume (saved with every checkpoint; none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
+
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        v = self.policy.velocity(x.to(self.dtype), sigma, emb, self.null_emb, self.sampling.guidance)
+        null = self.null_emb if self.guidance != 1.0 else None
+        v = self.policy.velocity(x.to(self.dtype), sigma, emb, null, self.guidance)
         return v.float()
+
+    @torch.no_grad()
+    def reference_velocity(self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        with self.policy.reference():
+            return self.velocity(x, sigma, emb)
 
     def loss(self, b: Batch) -> Terms:
         raise NotImplementedError
@@ -131,12 +171,11 @@ class PPOClip(Objective):
         )
         stats = {"policy": per.detach(), **st}
         extra = 0
-        if self.optim.beta > 0:
-            with torch.no_grad(), self.policy.reference():
-                v_ref = self.velocity(x, sigma, b.emb)
+        if self.beta > 0:
+            v_ref = self.reference_velocity(x, sigma, b.emb)
             mean_ref = transition_mean(table.kind, x, v_ref, *step)
             kl = gaussian_kl(mean, mean_ref, table.step_std[k])
-            per = per + self.optim.beta * kl
+            per = per + self.beta * kl
             stats["kl"] = kl.detach()
             extra = len(k)
         return Terms(per, stats, v, extra)
@@ -144,62 +183,140 @@ class PPOClip(Objective):
 
 @register("ratio_norm_clip")
 class RatioNormClip(PPOClip):
-    """PPO-clip with GRPO-Guard's per-step normalised log-ratio.
+    """PPO-clip with GRPO-Guard's RatioNorm (Wang et al., 2025, arXiv 2510.22319).
 
-    For a Gaussian step with per-element std s and mean mu = a x + dmu_dv v, the per-element
-    mean log-ratio of x' ~ N(mu_old, s^2) is (|x' - mu_old|^2 - |x' - mu|^2) / (2 s^2 d),
-    whose expectation -|mu - mu_old|^2 / (2 s^2 d) drifts below 0 as s shrinks. Adding that
-    term back (mu - mu_old = dmu_dv (v - v_old), v_old recorded at sampling) centres the
-    log-ratio at 0 for every step; multiplying by s makes its spread alike across steps."""
+    A step is Gaussian with per-element std s and mean mu = a x + dmu_dv v. For a sample
+    x' = mu_old + s eps, the per-element mean log-ratio is
+        log r = mean(eps * dmu) / s - |dmu|^2 / (2 s^2),   dmu = mu - mu_old = dmu_dv (v - v_old),
+    so E[log r] = -|dmu|^2 / (2 s^2) < 0, worst where s is small: the ratio drifts below 1
+    and its spread differs by step. RatioNorm adds the mean term back and scales by s:
+        log r_hat = s * (log r + |dmu|^2 / (2 s^2)) = mean(eps * dmu),
+    exactly 1 on-policy, centred at 0 for any policy change, with a spread that no longer
+    carries 1/s. |dmu|^2 (mean over elements) flows into the gradient, as in the reference
+    (X-GenGroup/Flow-Factory src/flow_factory/trainers/rl/grpo.py, GRPOGuardTrainer._guard_ratio:
+    (log_prob - old_log_prob) * scale + mse / (2 * scale), scale = sqrt(-dt) * std_dev_t);
+    mu_old comes from the velocity recorded at sampling (`aux`), mu - mu_old is exact
+    because the mean is linear in v. GRPO-Guard's second part, the per-step gradient
+    reweighting, is a plan weight (algorithms/grpo_guard.py)."""
 
     def log_ratio(self, logp, logp_old, v, tr, k) -> torch.Tensor:
         dmu = self.table.dmu_dv[k].float().to(self.device).view(-1, *([1] * (v.dim() - 1)))
         diff = (dmu * (v - tr.aux.to(self.device).float())).flatten(1).pow(2).mean(1)
         s = self.table.step_std[k].float().to(self.device)
-        return (logp - logp_old + diff / (2 * s**2)) * s
+        return (logp - logp_old) * s + diff / (2 * s)
+
+
+# -- forward-process objectives: clean samples re-noised at the schedule's noise levels --
+def renoise_steps(table, t_range=(0.0, 1.0)) -> torch.Tensor:
+    """Indices j of the sampling steps whose noise level sigma_j lies in [lo, hi]."""
+    lo, hi = t_range
+    return ((table.sigma >= lo) & (table.sigma <= hi)).nonzero().flatten()
+
+
+def stratified_range(table, fraction: float, skip_first: bool) -> tuple[int, int]:
+    """(lo, hi): AWM's strata cover steps lo..hi-1 with hi = floor(T * fraction) and lo = 1
+    when the first step (sigma = 1) is left out; at least one step on short schedules."""
+    t = table.num_steps
+    lo = 1 if skip_first and t > 1 else 0
+    return lo, max(lo + 1, min(t, math.floor(t * fraction)))
+
+
+class ForwardProcess(Objective):
+    """Items are the rollout's clean samples x0, each re-noised at a few of the sampling
+    schedule's noise levels t = sigma_k: x_t = (1 - t) x0 + t eps (fresh eps per item).
+    The rollout keeps no transitions (the plan is ODE only); `step` holds k, so per-step
+    gradient sizes are reported as for SDE objectives. Forwards use no CFG."""
+
+    needs_transitions = False
+    trains_with_cfg = False
+
+    def steps_per_sample(self) -> int:
+        raise NotImplementedError
+
+    def draw_steps(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        """[b, n] step indices for b clean samples."""
+        raise NotImplementedError
+
+    def num_items(self, plan) -> int:
+        return plan.sde.shape[0] * self.steps_per_sample()
+
+    def item_forwards(self) -> int:
+        return 1
+
+    def renoise(self, ro, gen: torch.Generator):
+        """(traj, step, t, x0, eps, x_t) of every item, drawn from `gen` in that order."""
+        x0 = ro.latents.float().cpu()
+        steps = self.draw_steps(len(x0), gen)
+        traj = torch.arange(len(x0)).repeat_interleave(steps.shape[1])
+        step = steps.flatten()
+        t = self.table.sigma[step].double()
+        eps = torch.randn(len(traj), *x0.shape[1:], generator=gen)
+        tt = t.float().view(-1, *([1] * (x0.dim() - 1)))
+        return traj, step, t, x0[traj], eps, (1 - tt) * x0[traj] + tt * eps
+
+    @torch.no_grad()
+    def forward_all(self, xt: torch.Tensor, t: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The policy's velocity at every item (no grad), in micro-batches; on the CPU."""
+        size = int(getattr(self.optim, "micro_batch", 64) or 64)
+        out = [
+            self.velocity(xt[i : i + size].to(self.device), t[i : i + size].float().to(self.device), emb[i : i + size])
+            .float()
+            .cpu()
+            for i in range(0, len(xt), size)
+        ]
+        return torch.cat(out) if out else xt.new_zeros(0, *xt.shape[1:])
+
+    def transitions(self, traj, step, t, x0, xt, aux, logp_old=None):
+        from grpo_zoo.rollout import Transitions
+
+        n = len(traj)
+        logp_old = torch.zeros(n) if logp_old is None else logp_old
+        ones = torch.ones(n, dtype=torch.float64)
+        return Transitions(traj=traj, step=step, x=xt, x_next=x0, logp_old=logp_old, weight=ones, sigma=t, aux=aux)
+
+    def kl_to_reference(self, v, xt, t, emb) -> torch.Tensor | None:
+        """mean((v - v_ref)^2) per item (the references' velocity-space KL), or None if beta = 0."""
+        if self.beta <= 0:
+            return None
+        return (v - self.reference_velocity(xt, t, emb)).pow(2).flatten(1).mean(1)
 
 
 @register("nft")
-class NFT(Objective):
-    """DiffusionNFT's forward-process objective on re-noised clean samples (no log-probs)."""
+class NFT(ForwardProcess):
+    """DiffusionNFT (Zheng et al., 2025, arXiv 2509.16117): negative-aware fine-tuning on the
+    forward process, as NVlabs/DiffusionNFT scripts/train_nft_sd3.py computes it.
 
-    needs_transitions = False
+    Items: each clean sample at `timesteps` distinct noise levels drawn from the sampling
+    schedule's (those inside `t_range`; default floor(0.99 T), the reference's
+    timestep_fraction 0.99 of its shuffled scheduler timesteps), v_old recorded at each
+    under the rollout policy. With r = clip(A, -c, c) / (2c) + 1/2 (c = adv_clip_max),
+    v+ = b v + (1 - b) v_old, v- = (1 + b) v_old - b v (b = nft_beta) and x0(u) = x_t - t u:
+        loss = c * (r |x0(v+) - x0|^2 / d+ + (1 - r) |x0(v-) - x0|^2 / d-) / b + beta * mean((v - v_ref)^2)
+    with d+- the detached per-sample mean |x0(v+-) - x0| (at least 1e-5: adaptive weighting).
+    The paper writes the loss in velocity space without the constants c / b and the
+    adaptive weight; the reference code has them, and so does this. The reference's old
+    policy is an EMA of the policy (decay min(0.001 * step, 0.5)) that also samples the
+    rollouts; here the old policy is the rollout-time policy (that EMA at decay 0)."""
 
-    def num_items(self, plan) -> int:
-        return plan.sde.shape[0] * int(getattr(self.alg_cfg, "timesteps", 1))
+    def steps_per_sample(self) -> int:
+        eligible = len(renoise_steps(self.table, self._t_range()))
+        n = getattr(self.alg_cfg, "timesteps", None)
+        n = max(1, math.floor(0.99 * self.table.num_steps)) if n is None else int(n)
+        return max(1, min(n, eligible))
+
+    def _t_range(self) -> tuple[float, float]:
+        lo, hi = getattr(self.alg_cfg, "t_range", None) or (0.0, 1.0)
+        return float(lo), float(hi)
+
+    def draw_steps(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        eligible = renoise_steps(self.table, self._t_range())
+        order = torch.rand(b, len(eligible), generator=gen, dtype=torch.float64).argsort(1)
+        return eligible[order[:, : self.steps_per_sample()]]
 
     def items(self, ro, emb: torch.Tensor, gen: torch.Generator) -> tuple[object, int]:
-        from grpo_zoo.rollout import Transitions
-
-        x0 = ro.latents.float().cpu()
-        b = len(x0)
-        n_t = int(getattr(self.alg_cfg, "timesteps", 1))
-        traj = torch.arange(b).repeat_interleave(n_t)
-        lo, hi = getattr(self.alg_cfg, "t_range", (0.0, 1.0))
-        t = lo + (hi - lo) * torch.rand(len(traj), generator=gen, dtype=torch.float64)
-        eps = torch.randn(len(traj), *x0.shape[1:], generator=gen)
-        tt = t.float().view(-1, *([1] * (x0.dim() - 1)))
-        xt = (1 - tt) * x0[traj] + tt * eps
-        with torch.no_grad():
-            v_old = torch.cat(
-                [
-                    self.velocity(
-                        xt[i : i + 64].to(self.device), t[i : i + 64].float().to(self.device), emb[traj[i : i + 64]]
-                    ).cpu()
-                    for i in range(0, len(traj), 64)
-                ]
-            )
-        items = Transitions(
-            traj=traj,
-            step=torch.full((len(traj),), -1),
-            x=xt,
-            x_next=x0[traj],
-            logp_old=torch.zeros(len(traj)),
-            weight=torch.ones(len(traj), dtype=torch.float64),
-            sigma=t,
-            aux=v_old,
-        )
-        return items, len(traj)
+        traj, step, t, x0, _, xt = self.renoise(ro, gen)
+        v_old = self.forward_all(xt, t, emb[traj])
+        return self.transitions(traj, step, t, x0, xt, v_old), len(traj)
 
     def loss(self, b: Batch) -> Terms:
         it = b.items
@@ -222,4 +339,144 @@ class NFT(Objective):
         per = c * (r * adaptive(pos) + (1 - r) * adaptive(neg)) / beta * b.weight.to(self.device)
         zero = torch.zeros_like(per).detach()
         stats = {"policy": per.detach(), "clipfrac": zero, "approx_kl": zero, "ratio": zero + 1}
-        return Terms(per, stats, v, 0)
+        kl = self.kl_to_reference(v, xt, t, b.emb)
+        if kl is not None:
+            per = per + self.beta * kl
+            stats["kl"] = kl.detach()
+        return Terms(per, stats, v, 0 if kl is None else len(t))
+
+
+def matching_logp(v: torch.Tensor, target: torch.Tensor, t: torch.Tensor, weighting: str, power: float):
+    """AWM's log-likelihood surrogate: -mean((v - (eps - x0))^2), reshaped by `weighting`
+    ("ghuber": -((mse + 1e-10)^p - 1e-10^p) * t / p), in float64, returned as float32."""
+    lp = -(v.double() - target.double()).pow(2).flatten(1).mean(1)
+    if weighting == "ghuber":
+        tiny = 1e-10
+        lp = -((-lp + tiny) ** power - tiny**power) * t.double() / power
+    return lp.float()
+
+
+@register("awm")
+class AWM(ForwardProcess):
+    """Advantage Weighted Matching (Xue et al., 2025, arXiv 2509.25050), as
+    scxue/advantage_weighted_matching scripts/train_sd3_awm.py computes it.
+
+    Items: each clean sample at `timesteps` noise levels, one per stratum of the first
+    floor(T * timestep_fraction) sampling steps (step 0, sigma = 1, left out under
+    `time_type: discrete_wo_init`); the flow-matching error there is a log-likelihood
+    surrogate, logp = matching_logp(v, eps - x0, t), recorded under the rollout policy.
+    Per item (the reference's `exp_first`), with A' = clip(A, -c, c) / c * advantage_max:
+        loss = max(-A' ratio, -A' clip(ratio, 1 - e, 1 + e)) + beta * mean((v - v_ref)^2)
+               + ema_kl_beta * mean((v - v_ema)^2),   ratio = exp(logp - logp_old),
+    e = the algorithm's clip_range (the surrogate has its own scale: optim.clip_range is not
+    used). v_ema comes from an EMA of the trainable weights updated once per iteration,
+    before the items are made (the reference: after each epoch's update), with decay
+    min(kl_ema_decay, kl_ema_ramp * optimizer steps so far), kept in `state_dict`."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self._ema = None
+        self._calls = 0
+        """Iterations whose items were made (the EMA took one step at each but the first)."""
+        self._restored: dict | None = None
+
+    def steps_per_sample(self) -> int:
+        return max(1, int(getattr(self.alg_cfg, "timesteps", 6)))
+
+    def draw_steps(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        n = self.steps_per_sample()
+        fraction = float(getattr(self.alg_cfg, "timestep_fraction", 0.9))
+        skip_first = getattr(self.alg_cfg, "time_type", "discrete_wo_init") == "discrete_wo_init"
+        lo, hi = stratified_range(self.table, fraction, skip_first)
+        bounds = torch.linspace(lo, hi, n + 1, dtype=torch.float64).long()
+        lower, upper = bounds[:-1], bounds[1:]
+        u = torch.rand(b, n, generator=gen, dtype=torch.float64)
+        return lower + (u * (upper - lower)).long()
+
+    # -- the EMA policy the second KL pulls toward --
+    @property
+    def ema_beta(self) -> float:
+        return float(getattr(self.alg_cfg, "ema_kl_beta", 0.0) or 0.0)
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        from grpo_zoo.errors import ConfigError
+
+        if float(getattr(cfg.algorithm, "ema_kl_beta", 0.0) or 0.0) > 0 and cfg.engine.zero_stage == 3:
+            raise ConfigError(
+                "algorithm.ema_kl_beta: the EMA policy needs whole parameters on each rank; "
+                "use engine.zero_stage <= 2 or ema_kl_beta: 0"
+            )
+
+    def item_forwards(self) -> int:
+        return 2 if self.ema_beta > 0 else 1
+
+    def ema_decay(self, calls: int) -> float:
+        """The decay of the EMA step made at the `calls`-th iteration (1, 2, ...)."""
+        steps = calls * int(getattr(self.optim, "minibatches", 1)) * int(getattr(self.optim, "inner_epochs", 1))
+        top = float(getattr(self.alg_cfg, "kl_ema_decay", 0.3))
+        ramp = getattr(self.alg_cfg, "kl_ema_ramp", 1e-3)
+        return top if ramp is None else min(top, float(ramp) * steps)
+
+    def ema_policy(self):
+        """The EMA of the trainable weights: a copy of them at the first iteration, then one
+        step per iteration, folding in the weights the previous update left."""
+        from grpo_zoo.ema import EMA
+
+        def trainable() -> dict[str, torch.nn.Parameter]:
+            return {n: p for n, p in self.policy.net.named_parameters() if p.requires_grad}
+
+        if self._ema is None:
+            self._ema = EMA(trainable, 0.0)
+            if self._restored is not None:
+                params = trainable()
+                self._ema.shadow = {n: self._restored[n].to(p.device, p.dtype) for n, p in params.items()}
+                self._restored = None
+        if self._calls > 0:
+            self._ema.decay = self.ema_decay(self._calls)
+            self._ema.update()
+        self._calls += 1
+        return self._ema
+
+    def state_dict(self) -> dict:
+        return {} if self._ema is None else {"ema": self._ema.shadow, "calls": self._calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("ema") is not None:
+            self._restored, self._calls = state["ema"], int(state["calls"])
+
+    def items(self, ro, emb: torch.Tensor, gen: torch.Generator) -> tuple[object, int]:
+        traj, step, t, x0, eps, xt = self.renoise(ro, gen)
+        weighting = getattr(self.alg_cfg, "weighting", "ghuber")
+        power = float(getattr(self.alg_cfg, "ghuber_power", 0.25))
+        v_old = self.forward_all(xt, t, emb[traj])
+        logp_old = matching_logp(v_old, eps - x0, t, weighting, power)
+        aux = [eps]
+        if self.ema_beta > 0:
+            with self.ema_policy().swapped_in():
+                aux.append(self.forward_all(xt, t, emb[traj]))
+        made = len(traj) * len(aux)
+        return self.transitions(traj, step, t, x0, xt, torch.stack(aux, 1), logp_old), made
+
+    def loss(self, b: Batch) -> Terms:
+        it, cfg = b.items, self.alg_cfg
+        c = float(getattr(cfg, "adv_clip_max", 5.0))
+        adv = b.adv.to(self.device).clamp(-c, c) / c * float(getattr(cfg, "advantage_max", 1.0))
+        xt, x0, aux = it.x.to(self.device), it.x_next.to(self.device), it.aux.to(self.device)
+        t = it.sigma.to(self.device)
+        v = self.velocity(xt, t.float(), b.emb)
+        v.retain_grad()
+        weighting = getattr(cfg, "weighting", "ghuber")
+        logp = matching_logp(v, aux[:, 0] - x0, t, weighting, float(getattr(cfg, "ghuber_power", 0.25)))
+        clip = float(getattr(cfg, "clip_range", 1.0))
+        per, st = ppo_clip(logp, it.logp_old.to(self.device), adv, b.weight.to(self.device), clip)
+        stats = {"policy": per.detach(), **st}
+        kl = self.kl_to_reference(v, xt, t.float(), b.emb)
+        if kl is not None:
+            per = per + self.beta * kl
+            stats["kl"] = kl.detach()
+        if self.ema_beta > 0:
+            ema_kl = (v - aux[:, 1]).pow(2).flatten(1).mean(1)
+            per = per + self.ema_beta * ema_kl
+            stats["ema_kl"] = ema_kl.detach()
+        return Terms(per, stats, v, 0 if kl is None else len(t))

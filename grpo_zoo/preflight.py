@@ -38,7 +38,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     """Build the algorithm, tables, reward and prompts, and check they fit together."""
     world = world_size_from_env()
     alg = algorithms.build(cfg.algorithm)
-    objectives.get(alg.objective)
+    objectives.get(alg.objective).preflight(cfg)
     table, eval_table = sampling_tables(cfg.sampling)
     try:
         alg.check(table, cfg.data.group_size)

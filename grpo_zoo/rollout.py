@@ -141,7 +141,9 @@ def rollout(
             recs["weight"].append(plan.weight[train_rows, j])
             recs["aux"].append(v[train_rows].cpu())
         x = x_next
-    order_keys = {k: torch.cat(v) if v else torch.empty(0) for k, v in recs.items()}
+    empty = {"traj": torch.empty(0, dtype=torch.long), "step": torch.empty(0, dtype=torch.long)}
+    empty["weight"] = torch.empty(0, dtype=torch.float64)  # an ODE-only plan trains no transition
+    order_keys = {k: torch.cat(v) if v else empty.get(k, torch.empty(0)) for k, v in recs.items()}
     tr = Transitions(**order_keys)
     if len(tr):
         order = torch.argsort(tr.traj * t + tr.step)

@@ -129,6 +129,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.shadow = state["ema"]
             self.algorithm.load_state_dict(state.get("algorithm") or {})
+            self.objective.load_state_dict(state.get("objective") or {})
             torch.set_rng_state(state["torch_rng"])
             self.last_eval = state.get("last_eval")
             keep_rows = state.get("metrics_rows")
@@ -188,7 +189,7 @@ class Trainer:
         adv = self.algorithm.advantages(ctx, plan, items.traj, items.step, r_all)
         comp = self.engine.all_reduce_sum(torch.tensor([ro.nfe, made], dtype=torch.float64))
         self.meter.forward(float(comp[0]))
-        self.meter.forward(float(comp[1]), self.cfg_mult)
+        self.meter.forward(float(comp[1]), self.objective.cfg_mult)  # the objective's forwards, its CFG
 
         self.policy.train()
         stats = update(
@@ -202,8 +203,8 @@ class Trainer:
             on_step=self.ema.update if self.ema is not None else None,
             step=step,
         )
-        self.meter.forward(stats.forwards + stats.extra_forwards, self.cfg_mult)
-        self.meter.backward(stats.forwards, self.cfg_mult)
+        self.meter.forward(stats.forwards + stats.extra_forwards, self.objective.cfg_mult)
+        self.meter.backward(stats.forwards, self.objective.cfg_mult)
         row = {"kind": "train", "reward/mean": float(r_all.mean()), "reward/std": float(r_all.std())}
         for name, values in scores.items():
             if name != cfg.reward.name:
@@ -245,6 +246,7 @@ class Trainer:
             "meter": self.meter.state_dict(),
             "ema": self.ema.shadow if self.ema is not None else None,
             "algorithm": self.algorithm.state_dict(),
+            "objective": self.objective.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "last_eval": self.last_eval,  # a resumed run does not repeat a finished evaluation
             "metrics_rows": self.run.rows_written if self.rank == 0 else None,  # the rows a resume keeps

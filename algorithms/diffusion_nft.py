@@ -1,0 +1,101 @@
+"""DiffusionNFT: negative-aware fine-tuning on the forward process (objective `nft`).
+
+Rollouts are ODE only and keep just the clean samples; no SDE log-prob is needed. Each
+clean sample x0 is re-noised at `timesteps` distinct noise levels of the sampling schedule,
+x_t = (1 - t) x0 + t eps, and the policy v is trained there against two implicit policies
+built from it and the old (rollout) velocity v_old: v+ = b v + (1 - b) v_old pulled toward
+x0 with weight r, v- = (1 + b) v_old - b v with weight 1 - r, where r = clip(A, -c, c) /
+(2c) + 1/2 maps the group advantage to [0, 1]; both in x0 space with an adaptive weight,
+scaled by c / b (grpo_zoo/objectives.py, `NFT`). Training forwards use no CFG.
+
+Sources. Paper: Zheng et al., "DiffusionNFT: Online Diffusion Reinforcement with Forward
+Process", arXiv 2509.16117. Code: NVlabs/DiffusionNFT scripts/train_nft_sd3.py and
+config/nft.py + config/base.py (only the README of NVlabs/DiffusionNFT is stored in the
+index; the files were read in its forks Xianchao-Wu/DiffusionNFT and jiaxi98/DiffusionNFT,
+which keep the training loop and configs); X-GenGroup/Flow-Factory
+src/flow_factory/trainers/rl/nft.py and hparams/training_args/nft.py for comparison.
+
+Published defaults, and where they live here:
+- timesteps: floor(0.99 T) of the T sampling steps per sample, without replacement (config
+  train.timestep_fraction = 0.99 over a per-sample shuffle of the scheduler's timesteps):
+  `timesteps: null`; `t_range: [0, 1]` (every sampling noise level is eligible).
+- nft_beta (config.beta) = 1.0 (GenEval, PickScore, HPSv2 configs; 0.1 for OCR and the
+  multi-reward config); adv_clip_max = 5 (train.adv_clip_max).
+- KL to the reference, mean((v - v_ref)^2), weight train.beta = 1e-4: `optim.beta`.
+- Run settings of the reference (run config, not this file): sampling.guidance = 1 (CFG-free;
+  the rollout here follows sampling.guidance), ODE rollouts of sampling.steps = 10 (its
+  dpm2 solver is Euler here), optim.lr = 3e-4, optim.global_std = true, one optimizer step
+  per iteration (optim.minibatches = 1).
+
+Differences from the reference code:
+- The old policy. The reference keeps an "old" copy of the weights that samples the
+  rollouts and gives v_old, soft-updated after each iteration, old <- d old + (1 - d) new
+  with d = min(0.001 * optimizer steps, 0.5). Here the rollout policy is the current one
+  and v_old is recorded under it: the reference at d = 0 (its first iterations have d
+  near 0). Following it would need the trainer to roll out with the old weights.
+- The paper writes the loss in velocity space, r |v+ - v*|^2 + (1 - r) |v- - v*|^2; the
+  code (followed here) works in x0 space with a detached per-sample adaptive weight and
+  the constants c / b.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.errors import ConfigError
+from grpo_zoo.objectives import renoise_steps
+
+
+@dataclass
+class DiffusionNFTConfig(AlgorithmConfig):
+    name: str = "diffusion_nft"
+    """DiffusionNFT (Zheng et al., 2025)."""
+    initial_noise: Literal["independent", "shared"] = "independent"
+    """Must stay independent: ODE rollouts from one noise would all be the same sample."""
+    timesteps: int | None = None
+    """Training noise levels per clean sample, distinct, drawn from the sampling schedule's
+    (inside t_range); null: floor(0.99 T), the reference's timestep_fraction 0.99."""
+    t_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    """[lo, hi]: the sampling noise levels sigma in lo <= sigma <= hi are eligible."""
+    nft_beta: float = 1.0
+    """b: strength of the implicit policies v+- = v_old +- b (v - v_old), in (0, 1]."""
+    adv_clip_max: float = 5.0
+    """c: advantages are clipped to +-c before r = A / (2c) + 1/2; the loss is scaled by c."""
+
+    def validate(self) -> None:
+        if self.timesteps is not None and self.timesteps < 1:
+            raise ConfigError(f"timesteps: must be at least 1 (or null), got {self.timesteps}")
+        r = self.t_range
+        if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
+            raise ConfigError(f"t_range: expected [lo, hi] with 0 <= lo < hi <= 1, got {r}")
+        if not 0 < self.nft_beta <= 1:
+            raise ConfigError(f"nft_beta: must lie in (0, 1], got {self.nft_beta}")
+        if not self.adv_clip_max > 0:
+            raise ConfigError(f"adv_clip_max: must be > 0, got {self.adv_clip_max}")
+
+
+@register("diffusion_nft")
+class DiffusionNFT(Algorithm):
+    Config = DiffusionNFTConfig
+    paper = 'Zheng et al., 2025, "DiffusionNFT" (arXiv 2509.16117)'
+    reference = "NVlabs/DiffusionNFT: scripts/train_nft_sd3.py"
+    objective = "nft"
+
+    def trainable_steps(self, table) -> range:
+        """The sampling steps whose noise level may be trained (re-noised at, not an SDE step)."""
+        steps = renoise_steps(table, tuple(self.cfg.t_range))
+        if not len(steps):
+            raise ConfigError(f"t_range: no sampling noise level lies in {self.cfg.t_range}; widen it")
+        return range(int(steps[0]), int(steps[-1]) + 1)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        return self.make_plan(ctx, self.empty(ctx))  # every step ODE; the objective re-noises x0
+
+    def check(self, table, group_size: int) -> None:
+        if group_size < 2:
+            raise ConfigError(f"group_size: GRPO needs groups of at least 2 rollouts, got {group_size}")
+        if self.cfg.initial_noise == "shared":
+            raise ConfigError("initial_noise: shared makes a group's ODE rollouts identical; use independent")
+        self.trainable_steps(table)

@@ -1,0 +1,81 @@
+"""GRPO-Guard: Flow-GRPO with a per-step normalised ratio and per-step gradient reweighting.
+
+Rollouts and trained steps are Flow-GRPO's (SDE at every step that has noise, train the
+first floor(T * timestep_fraction)). Two changes make PPO's clip act alike on every step:
+
+- RatioNorm (the `ratio_norm_clip` objective, grpo_zoo/objectives.py): the log-ratio is
+  shifted by its mean-difference term |mu - mu_old|^2 / (2 s^2) and scaled by the step's
+  noise std s, so it is centred at 0 (the plain one drifts below 0 as the policy moves)
+  with a spread that no longer grows as 1/s.
+- Gradient reweighting (a plan weight): after RatioNorm the log-ratio is mean(eps * dmu),
+  whose gradient in v scales with |d mu / d v| = |dt| (1 + std_t^2 (1 - sigma) / (2 sigma)).
+  The paper reweights each step's loss by 1/dt (`grad_reweight: dt`, default); under
+  Flow-GRPO's noise (flow_sde) the bracket is the constant 1 + a^2 / 2 away from the guarded
+  first step, so this equalises the steps. `mean_gain` weights by 1/|d mu / d v|, which
+  equalises them under any noise kind (wan_linear, cps); `none` is RatioNorm alone (the
+  paper's ablation). Weights are normalised to mean 1 over the optimizer batch, so only
+  their ratios across steps matter (the absolute 1/dt scale of the paper is a learning-rate
+  factor).
+
+Sources. Paper: Wang et al., "GRPO-Guard: Mitigating Implicit Over-Optimization in Flow
+Matching via Regulated Clipping", arXiv 2510.22319 (RatioNorm, 1/dt gradient reweighting).
+The brief's reference repository hxm2023/GRPO-Guard is an unrelated project of the same
+name (trajectory contracts for LLM GRPO training); the ratio follows X-GenGroup/Flow-Factory
+src/flow_factory/trainers/rl/grpo.py (GRPOGuardTrainer._guard_ratio). That repository's
+older src/flow_factory/trainers/grpo.py computes the normalised ratio and then overwrites it
+with the plain one; the paper's form is followed here. Flow-Factory applies no separate
+per-step reweighting; the 1/dt weight is the paper's (also verl-omni's GRPO-Guard loss).
+No public release of the authors states a clip range for the normalised ratio; it is
+`optim.clip_range` as for Flow-GRPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from grpo_zoo.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
+
+from grpo_zoo.algorithm import Plan, PlanContext, register
+from grpo_zoo.errors import ConfigError
+
+
+@dataclass
+class GRPOGuardConfig(FlowGRPOConfig):
+    name: str = "grpo_guard"
+    """GRPO-Guard (Wang et al., 2025)."""
+    grad_reweight: Literal["dt", "mean_gain", "none"] = "dt"
+    """Per-step loss weight: dt: 1/|dt| (the paper); mean_gain: 1/|d mu/d v| (equal gradient
+    sizes under any noise kind); none: RatioNorm alone."""
+
+
+@register("grpo_guard")
+class GRPOGuard(FlowGRPO):
+    Config = GRPOGuardConfig
+    paper = 'Wang et al., 2025, "GRPO-Guard" (arXiv 2510.22319)'
+    reference = "X-GenGroup/Flow-Factory: src/flow_factory/trainers/rl/grpo.py"
+    objective = "ratio_norm_clip"
+
+    def step_weights(self, table) -> torch.Tensor:
+        """[T] float64 weight of each step's transitions."""
+        if self.cfg.grad_reweight == "dt":
+            gain = table.dt.abs()
+        elif self.cfg.grad_reweight == "mean_gain":
+            gain = table.dmu_dv.abs()
+        else:
+            gain = torch.ones_like(table.dt)
+        return torch.where(gain > 0, 1.0 / gain.clamp_min(1e-300), torch.zeros_like(gain))
+
+    def check(self, table, group_size: int) -> None:
+        super().check(table, group_size)
+        dead = [j for j in self.trainable_steps(table) if self.step_weights(table)[j] <= 0]
+        if dead:
+            raise ConfigError(
+                f"grad_reweight: step {dead[0]} has d mu/d v = 0 under noise kind {table.kind!r}; use grad_reweight: dt"
+            )
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        plan = super().plan(ctx)
+        weight = plan.weight * self.step_weights(ctx.table).unsqueeze(0)
+        return self.make_plan(ctx, plan.sde, plan.train, weight)
