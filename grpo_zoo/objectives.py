@@ -79,7 +79,7 @@ class Terms:
 
 
 class Objective:
-    """Base: `records` is what the rollout keeps (SDE transitions or only final samples)."""
+    """Base class: `needs_transitions` says what the rollout must keep (SDE transitions, or only final samples)."""
 
     name: ClassVar[str]
     needs_transitions: ClassVar[bool] = True
