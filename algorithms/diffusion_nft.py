@@ -92,10 +92,3 @@ class DiffusionNFT(Algorithm):
 
     def plan(self, ctx: PlanContext) -> Plan:
         return self.make_plan(ctx, self.empty(ctx))  # every step ODE; the objective re-noises x0
-
-    def check(self, table, group_size: int) -> None:
-        if group_size < 2:
-            raise ConfigError(f"group_size: GRPO needs groups of at least 2 rollouts, got {group_size}")
-        if self.cfg.initial_noise == "shared":
-            raise ConfigError("initial_noise: shared makes a group's ODE rollouts identical; use independent")
-        self.trainable_steps(table)

@@ -282,9 +282,15 @@ class Algorithm:
 
     def check(self, table: StepTable, group_size: int) -> None:
         """Fail with one clear line if this config cannot run on `table` with groups of G."""
+        from grpo_zoo import objectives
+
         if group_size < 2:
             raise ConfigError(f"group_size: GRPO needs groups of at least 2 rollouts, got {group_size}")
         steps = self.trainable_steps(table)
+        if not objectives.get(self.objective).needs_transitions:  # trains on re-noised ODE samples
+            if self.cfg.initial_noise == "shared":
+                raise ConfigError("initial_noise: shared makes a group's ODE rollouts identical; use independent")
+            return
         silent = [j for j in steps if table.step_std[j] <= 0]
         if silent:
             raise ConfigError(

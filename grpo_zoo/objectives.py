@@ -84,6 +84,8 @@ class Objective:
     name: ClassVar[str]
     needs_transitions: ClassVar[bool] = True
     """True: items are the plan's trained SDE transitions with their log-probs."""
+    needs_sampling_velocity: ClassVar[bool] = False
+    """True: the rollout keeps the sampling policy's velocity of every trained transition (`aux`)."""
     trains_with_cfg: ClassVar[bool] = True
     """True: the objective's forwards use the sampling guidance; False: the conditional
     velocity alone (one transformer pass per sample) whatever `sampling.guidance`."""
@@ -198,6 +200,8 @@ class RatioNormClip(PPOClip):
     mu_old comes from the velocity recorded at sampling (`aux`), mu - mu_old is exact
     because the mean is linear in v. GRPO-Guard's second part, the per-step gradient
     reweighting, is a plan weight (algorithms/grpo_guard.py)."""
+
+    needs_sampling_velocity = True
 
     def log_ratio(self, logp, logp_old, v, tr, k) -> torch.Tensor:
         dmu = self.table.dmu_dv[k].float().to(self.device).view(-1, *([1] * (v.dim() - 1)))

@@ -90,6 +90,7 @@ def rollout(
     gen: torch.Generator,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    keep_velocity: bool = False,
 ) -> RolloutResult:
     """Sample the plan's trajectories for prompt embeddings `emb` [B, L, D] (row b = p * G + g).
 
@@ -139,11 +140,14 @@ def rollout(
             recs["x_next"].append(x_next[train_rows].cpu())
             recs["logp_old"].append(logp[train_rows])
             recs["weight"].append(plan.weight[train_rows, j])
-            recs["aux"].append(v[train_rows].cpu())
+            if keep_velocity:  # only an objective that asks for it pays the copy
+                recs["aux"].append(v[train_rows].cpu())
         x = x_next
     empty = {"traj": torch.empty(0, dtype=torch.long), "step": torch.empty(0, dtype=torch.long)}
     empty["weight"] = torch.empty(0, dtype=torch.float64)  # an ODE-only plan trains no transition
     order_keys = {k: torch.cat(v) if v else empty.get(k, torch.empty(0)) for k, v in recs.items()}
+    if not keep_velocity:
+        order_keys["aux"] = None
     tr = Transitions(**order_keys)
     if len(tr):
         order = torch.argsort(tr.traj * t + tr.step)

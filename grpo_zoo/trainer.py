@@ -179,6 +179,7 @@ class Trainer:
             generator(cfg.seed, step, self.rank, "rollout"),
             dtype=self.dtype,
             device=self.device,
+            keep_velocity=self.objective.needs_sampling_velocity,
         )
         scores = rewards.score(self.reward_fn, self.policy.decode, ro.latents, texts, g)
         r_local = scores[cfg.reward.name].float().cpu()

@@ -26,6 +26,7 @@ from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
 
 from .conftest import ROOT
+from .helpers import CountingPolicy
 
 SMALL = {
     "model.lora_rank": 0,
@@ -203,27 +204,13 @@ class Branching(Algorithm):
         return self.make_plan(ctx, sde, parent=parent, branch_at=branch_at, group=group)
 
 
-class ToyPolicy(torch.nn.Module):
-    """A deterministic stand-in velocity field that counts its forwards (rows)."""
-
-    latent_shape = (3, 2, 4, 4)
-
-    def __init__(self):
-        super().__init__()
-        self.rows = 0
-
-    def velocity(self, x, sigma, emb, null_emb, guidance):
-        self.rows += len(x)
-        return torch.tanh(x * 0.5 + emb.mean((1, 2)).view(-1, 1, 1, 1, 1) + sigma.view(-1, 1, 1, 1, 1))
-
-
 def test_branching_plan_computes_each_shared_prefix_once(table, registered):
     registered("branching")(Branching)
     alg = algorithm.build({"name": "branching", "branch_steps": [0, 2, 4], "children": 2})
     ctx = PlanContext.of(2, 7, table, torch.Generator().manual_seed(0))
     plan = alg.plan(ctx)
     plan.check(table)
-    policy, t = ToyPolicy(), table.num_steps
+    policy, t = CountingPolicy(), table.num_steps
     emb = torch.randn(2, 3, 5).repeat_interleave(7, 0)
     ro = rollout(policy, emb, None, plan, table, 1.0, torch.Generator().manual_seed(1))
     # backbone: T forwards; a child branching at s shares the velocity at s: T - s - 1 forwards
@@ -231,7 +218,7 @@ def test_branching_plan_computes_each_shared_prefix_once(table, registered):
     assert ro.nfe == expected == policy.rows == int(plan.forward_rows().sum())
     # each trained transition is the child's own SDE step at its branch step, from the backbone's state
     assert len(ro.transitions) == 2 * 6
-    again = rollout(ToyPolicy(), emb, None, plan, table, 1.0, torch.Generator().manual_seed(1))
+    again = rollout(CountingPolicy(), emb, None, plan, table, 1.0, torch.Generator().manual_seed(1))
     assert torch.equal(ro.latents, again.latents)
     rows = torch.arange(14).view(2, 7)
     for s_i, s in enumerate((0, 2, 4)):
@@ -253,7 +240,7 @@ def test_tree_of_depth_two_shares_both_prefixes(table):
     plan = Plan(sde=sde, train=train, weight=train.double(), group_size=4,
                 parent=torch.tensor([0, 0, 1, 1]), branch_at=torch.tensor([0, 2, 5, 5]))  # fmt: skip
     plan.check(table)
-    policy, t = ToyPolicy(), table.num_steps
+    policy, t = CountingPolicy(), table.num_steps
     ro = rollout(policy, torch.randn(4, 3, 5), None, plan, table, 1.0, torch.Generator().manual_seed(0))
     assert ro.nfe == t + (t - 3) + 2 * (t - 6) == policy.rows
     x_at_5 = ro.transitions.x[ro.transitions.step == 5]

@@ -9,7 +9,7 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
 
-from .test_zoo_tempflow_grpo import CountingPolicy
+from .helpers import CountingPolicy
 
 
 def table(steps=20, kind="flow_sde"):

@@ -10,6 +10,8 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
 
+from .helpers import CountingPolicy
+
 P, G = 3, 4
 
 
@@ -65,24 +67,12 @@ def test_group_shares_the_prefix_and_the_velocity_and_differs_only_in_the_noise_
     assert not indep.shared_noise and torch.equal(indep.sde, plan.sde)
 
 
-class ToyPolicy(torch.nn.Module):
-    latent_shape = (3, 2, 4, 4)
-
-    def __init__(self):
-        super().__init__()
-        self.rows = 0
-
-    def velocity(self, x, sigma, emb, null_emb, guidance):
-        self.rows += len(x)
-        return torch.tanh(x * 0.5 + emb.mean((1, 2)).view(-1, 1, 1, 1, 1) + sigma.view(-1, 1, 1, 1, 1))
-
-
 def test_rollout_branches_from_one_state_and_computes_the_prefix_once():
     plan, table, *_ = plan_for({}, 6, iteration=2)  # s = 2
     s, t = 2, 6
-    policy = ToyPolicy()
+    policy = CountingPolicy()
     emb = torch.randn(P, 3, 5).repeat_interleave(G, 0)
-    ro = rollout(policy, emb, None, plan, table, 1.0, torch.Generator().manual_seed(0))
+    ro = rollout(policy, emb, None, plan, table, 1.0, torch.Generator().manual_seed(0), keep_velocity=True)
     assert ro.nfe == policy.rows == P * (t + (G - 1) * (t - s - 1))
     tr = ro.transitions
     assert len(tr) == P * G and (tr.step == s).all()

@@ -9,6 +9,8 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
 
+from .helpers import CountingPolicy
+
 
 def table(steps=6, kind="flow_sde"):
     return step_table(make_sigmas("wan", steps, 3.0), kind)
@@ -21,20 +23,6 @@ def plan_of(cfg: dict, tab, p: int, g: int):
     plan = alg.plan(ctx)
     plan.check(tab)
     return alg, ctx, plan
-
-
-class CountingPolicy(torch.nn.Module):
-    """A deterministic velocity field that counts the rows it is asked for."""
-
-    latent_shape = (3, 2, 4, 4)
-
-    def __init__(self):
-        super().__init__()
-        self.rows = 0
-
-    def velocity(self, x, sigma, emb, null_emb, guidance):
-        self.rows += len(x)
-        return torch.tanh(x * 0.5 + emb.mean((1, 2)).view(-1, 1, 1, 1, 1) + sigma.view(-1, 1, 1, 1, 1))
 
 
 def hand_nfe(t: int, k: int, steps: list[int]) -> int:
