@@ -104,12 +104,12 @@ def check_model(model: str) -> None:
 def load_policy(model: str):
     """A toy policy from a shipped name, a checkpoint directory, a run directory or a run's checkpoint."""
     from grpo_zoo.models.toy import ToyPolicy
-    from grpo_zoo.toy.model import load_checkpoint
 
     found = run_checkpoint(model)
     if found is None:
-        transformer, encoder = load_checkpoint(model)
-        return ToyPolicy(transformer.eval(), encoder)
+        policy = ToyPolicy.from_checkpoint(model)
+        policy.net.eval()
+        return policy
     from grpo_zoo.config import build, load_yaml
     from grpo_zoo.run_config import RunConfig
 

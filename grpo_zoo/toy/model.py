@@ -2,8 +2,18 @@
 frozen word-level prompt encoder.
 
 Pixel space: the "latent" is the video itself, [B, 3, 8, 16, 16] in [-1, 1]; patches of
-1 x 4 x 4 give 128 tokens. The prompt encoder is a WordLevel tokenizer (`tokenizers`)
+1 x 4 x 4 give 128 tokens of width 64 (2 heads of 32). The prompt encoder is a WordLevel tokenizer (`tokenizers`)
 over the grammar's words and a fixed random embedding: deterministic ids, no training.
+
+Prediction target. A checkpoint's `meta.json` says what the transformer outputs:
+`velocity` (v = noise - x0, as Wan2.1 does in its VAE latent space) or `sample` (the
+clean video x0, converted to the velocity v = (x_t - x0_hat) / sigma, so the policy is
+a velocity model either way). In pixel space with 4 x 4 patches a small transformer
+cannot carry the noise through its width precisely enough to predict v near the clean
+end (its videos stay grainy); predicting the clean sample is easy there. This is the
+"x-prediction" of Li and He, "Back to Basics: Let Denoising Generative Models Denoise"
+(arXiv:2511.13720), for pixel-space transformers with large patches; like them the
+pretraining loss is the velocity loss, its weight 1 / sigma^2 capped at SIGMA_FLOOR.
 """
 
 from __future__ import annotations
@@ -27,8 +37,8 @@ PAD, UNK = "[PAD]", "[UNK]"
 
 TRANSFORMER_CONFIG = dict(
     patch_size=(1, 4, 4),
-    num_attention_heads=4,
-    attention_head_dim=16,
+    num_attention_heads=2,
+    attention_head_dim=32,
     in_channels=3,
     out_channels=3,
     text_dim=TEXT_DIM,
@@ -40,6 +50,30 @@ TRANSFORMER_CONFIG = dict(
     eps=1e-6,
     rope_max_seq_len=64,
 )
+
+
+PREDICTIONS = ("velocity", "sample")
+SIGMA_FLOOR = 0.05
+"""Below this noise level the pretraining loss of a `sample` model stops growing as 1 / sigma^2."""
+
+
+def velocity(output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor, prediction: str) -> torch.Tensor:
+    """The flow velocity from the transformer's `output` for x_t at noise levels sigma [B]."""
+    if prediction == "velocity":
+        return output
+    s = sigma.to(output.dtype).clamp_min(1e-4).view(-1, *([1] * (output.dim() - 1)))
+    return (x.to(output.dtype) - output) / s
+
+
+def prediction_of(name_or_path: str) -> str:
+    """What a checkpoint's transformer predicts (`velocity` when its meta.json does not say)."""
+    meta = resolve(name_or_path) / "meta.json"
+    found = json.loads(meta.read_text()).get("prediction", "velocity") if meta.is_file() else "velocity"
+    if found not in PREDICTIONS:
+        from grpo_zoo.errors import ConfigError
+
+        raise ConfigError(f"model: {str(meta)!r} says prediction {found!r}; expected one of {', '.join(PREDICTIONS)}")
+    return found
 
 
 def vocabulary() -> list[str]:

@@ -31,7 +31,14 @@ from grpo_zoo.config import apply_overrides, build, describe, load_yaml, num, pa
 from grpo_zoo.errors import ConfigError, cli
 from grpo_zoo.flow.schedules import NUM_TRAIN_TIMESTEPS, shift_sigmas
 from grpo_zoo.toy import world
-from grpo_zoo.toy.model import CHECKPOINT_DIR, PromptEncoder, new_transformer, save_checkpoint
+from grpo_zoo.toy.model import (
+    CHECKPOINT_DIR,
+    SIGMA_FLOOR,
+    PromptEncoder,
+    new_transformer,
+    prediction_of,
+    save_checkpoint,
+)
 
 
 @dataclass
@@ -67,11 +74,17 @@ class PretrainConfig:
     ema: float = num(0.0, ge=0, lt=1)
     """Decay of an exponential moving average of the weights, saved instead of the raw ones (0 = off)."""
     heads: int | None = num(None, ge=1)
-    """Attention heads of 16 channels each (width = 16 * heads); None keeps the toy default. From scratch only."""
+    """Attention heads (width = heads * head_dim); None keeps the toy default. From scratch only."""
+    head_dim: int | None = num(None, ge=6)
+    """Channels per attention head (RoPE splits them over time, height and width); None keeps the toy default. From scratch only."""
     ffn_dim: int | None = num(None, ge=1)
     """Feed-forward width; None keeps the toy default. From scratch only."""
     layers: int | None = num(None, ge=1)
     """Transformer blocks; None keeps the toy default. From scratch only."""
+    patch: list[int] | None = None
+    """Patch size [frames, height, width], each dividing the video's; None keeps the toy default. From scratch only."""
+    prediction: Literal["velocity", "sample"] | None = None
+    """What the transformer predicts (see grpo_zoo.toy.model): None = the init's, or `sample` from scratch."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`cpu`, `cuda` or `auto` (cuda when available). Data and noise are drawn on the CPU either way."""
     save_every: int = num(0, ge=0)
@@ -104,8 +117,22 @@ def batch(cfg: PretrainConfig, gen: torch.Generator, device=None) -> tuple[torch
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
-    if cfg.init and any(v is not None for v in (cfg.heads, cfg.ffn_dim, cfg.layers)):
-        raise ConfigError("heads, ffn_dim, layers: set them only when pretraining from scratch (init is set)")
+    arch = {
+        "num_attention_heads": cfg.heads,
+        "attention_head_dim": cfg.head_dim,
+        "ffn_dim": cfg.ffn_dim,
+        "num_layers": cfg.layers,
+        "patch_size": tuple(cfg.patch) if cfg.patch is not None else None,
+    }
+    arch = {k: v for k, v in arch.items() if v is not None}
+    if cfg.init and arch:
+        raise ConfigError(
+            "heads, head_dim, ffn_dim, layers, patch: set them only when pretraining from scratch (init is set)"
+        )
+    if cfg.patch is not None:
+        sizes = (world.FRAMES, world.SIZE, world.SIZE)
+        if len(cfg.patch) != 3 or any(p < 1 or n % p for p, n in zip(cfg.patch, sizes)):
+            raise ConfigError(f"patch: {list(cfg.patch)} must be three sizes that divide the video's {list(sizes)}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: cuda is not available here (use cpu or auto)")
     gen = torch.Generator().manual_seed(cfg.seed + cfg.data_seed_offset)
@@ -113,9 +140,12 @@ def pretrain(cfg: PretrainConfig) -> Path:
         from grpo_zoo.toy.model import load_checkpoint
 
         transformer, encoder = load_checkpoint(cfg.init)
+        if cfg.prediction not in (None, prediction_of(cfg.init)):
+            raise ConfigError(f"prediction: {cfg.init!r} predicts {prediction_of(cfg.init)}; pretrain it as that")
+        cfg.prediction = prediction_of(cfg.init)
     else:
-        arch = {"num_attention_heads": cfg.heads, "ffn_dim": cfg.ffn_dim, "num_layers": cfg.layers}
-        transformer = new_transformer(cfg.seed, **{k: v for k, v in arch.items() if v is not None})
+        cfg.prediction = cfg.prediction or "sample"
+        transformer = new_transformer(cfg.seed, **arch)
         encoder = PromptEncoder()
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if cfg.device == "auto" else cfg.device)
@@ -146,8 +176,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
         x0, noise, sigma = x0.to(device), noise.to(device), sigma.to(device)
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
-        pred = transformer(xt, sigma * NUM_TRAIN_TIMESTEPS, encoder(captions), return_dict=False)[0]
-        loss = torch.nn.functional.mse_loss(pred.float(), noise - x0)
+        out = transformer(xt, sigma * NUM_TRAIN_TIMESTEPS, encoder(captions), return_dict=False)[0].float()
+        if cfg.prediction == "velocity":
+            loss = torch.nn.functional.mse_loss(out, noise - x0)
+        else:  # the velocity loss (x0 - x0_hat) / sigma, its weight capped below SIGMA_FLOOR
+            loss = ((out - x0) / s.clamp_min(SIGMA_FLOOR)).pow(2).mean()
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite pretraining loss at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -169,7 +202,12 @@ def write(cfg: PretrainConfig, transformer, encoder: PromptEncoder, rows: list[d
     out = Path(cfg.out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    meta = {"pretrain_seconds": round(time.time() - start, 1), "steps": len(rows), "final_loss": rows[-1]["loss"]}
+    meta = {
+        "prediction": cfg.prediction,
+        "pretrain_seconds": round(time.time() - start, 1),
+        "steps": len(rows),
+        "final_loss": rows[-1]["loss"],
+    }
     if cfg.init:
         from grpo_zoo.toy.model import resolve
 

@@ -8,7 +8,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 state="${GRPO_ZOO_SLURM_STATE:-/tmp/grpo-zoo-slurm}"
 mkdir -p "$state/ctld" "$state/d"
 host="$(hostname -s)"
-cpus="$(nproc)"
+# The machine's CPUs (nproc alone obeys OMP_NUM_THREADS, and a 1-CPU node never runs a 2-task job).
+cpus="$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)"
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 
 # munge: a key, then the daemon
@@ -29,6 +30,10 @@ sed -e "s|@HOST@|$host|g" -e "s|@STATE@|$state|g" -e "s|@CPUS@|$cpus|g" -e "s|@M
     "$here/slurm.conf.in" > "$state/slurm.conf"
 export SLURM_CONF="$state/slurm.conf"
 
+# A cluster left running with another node size (an older start) is restarted with this one.
+if scontrol ping >/dev/null 2>&1 && [ "$(sinfo -h -N -o '%c' 2>/dev/null | head -1)" != "$cpus" ]; then
+  bash "$here/stop.sh"
+fi
 if ! scontrol ping >/dev/null 2>&1; then
   slurmctld -f "$SLURM_CONF" -i >&2
   slurmd -f "$SLURM_CONF" -N "$host" >&2
