@@ -33,7 +33,8 @@ def train():
 
 @pytest.fixture(scope="session")
 def slurm():
-    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+    daemons = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # as start.sh looks
+    if shutil.which("sbatch") is None or shutil.which("slurmctld", path=daemons) is None:
         if os.environ.get("CI"):
             pytest.fail("SLURM is not installed; .ci/run installs slurm-wlm and munge")
         pytest.skip("SLURM not installed (apt-get install slurm-wlm munge)")

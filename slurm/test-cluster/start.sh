@@ -4,6 +4,7 @@
 # Prints `export SLURM_CONF=...`: eval it to point sbatch/squeue/scontrol (and submitit) here.
 #   eval "$(bash slurm/test-cluster/start.sh)"
 set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"  # slurmctld, slurmd and munged live there; a minimal PATH may lack them
 here="$(cd "$(dirname "$0")" && pwd)"
 state="${GRPO_ZOO_SLURM_STATE:-/tmp/grpo-zoo-slurm}"
 mkdir -p "$state/ctld" "$state/d"
