@@ -243,6 +243,7 @@ def test_pretrain_cli_writes_a_loadable_checkpoint(tmp_path):
         (["patch=[1,3,4]"], "patch"),
         (["patch=[1,4]"], "patch"),
         (["head_dim=2"], "head_dim"),
+        (["head_dim=7"], "head_dim"),
         (["prediction=noise"], "prediction"),
         ([f"init={ck}", "prediction=velocity"], "prediction"),
         ([f"init={ck}", "heads=2"], "heads"),

@@ -129,6 +129,8 @@ def pretrain(cfg: PretrainConfig) -> Path:
         raise ConfigError(
             "heads, head_dim, ffn_dim, layers, patch: set them only when pretraining from scratch (init is set)"
         )
+    if cfg.head_dim is not None and cfg.head_dim % 2:
+        raise ConfigError(f"head_dim: {cfg.head_dim} must be even (RoPE rotates channel pairs)")
     if cfg.patch is not None:
         sizes = (world.FRAMES, world.SIZE, world.SIZE)
         if len(cfg.patch) != 3 or any(p < 1 or n % p for p, n in zip(cfg.patch, sizes)):
