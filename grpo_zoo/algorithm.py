@@ -68,6 +68,15 @@ class PlanContext:
     """Advantages are clipped to +-adv_clip."""
     rank: int = 0
     world: int = 1
+    ode_stride: int = 1
+    """sampling.ode_stride: the stride `make_plan` gives every row's ODE tail (Plan.stride)."""
+    scores: dict[str, torch.Tensor] | None = None
+    """Set by the trainer after the rollout, before `advantages`: every entry the reward
+    returned (the training reward and its components), [P_all, G] each, all ranks."""
+    logp: torch.Tensor | None = None
+    """Set by the trainer after the rollout: [B, T] float32, this rank's log-prob of each
+    row's transition at each SDE step under the sampling policy (0 at ODE steps; a step a
+    row shares with its parent carries the parent's)."""
 
     @classmethod
     def of(
@@ -112,6 +121,10 @@ class Plan:
     """[B] long: the step at which row b leaves its parent (ignored for roots)."""
     group: torch.Tensor | None = None
     """[B, T] long: the advantage group of each trained transition (None: the prompt's group)."""
+    stride: torch.Tensor | None = None
+    """[B] long >= 1: after its last SDE step, row b runs the model only at every stride-th
+    step and holds its data prediction in between: an ODE on a coarser grid of the same
+    sigmas (grpo_zoo/flow/multistep.py), fewer forwards. 1 (default): every step."""
 
     def __post_init__(self) -> None:
         b = self.sde.shape[0]
@@ -119,6 +132,8 @@ class Plan:
             self.parent = torch.arange(b)
         if self.branch_at is None:
             self.branch_at = torch.zeros(b, dtype=torch.long)
+        if self.stride is None:
+            self.stride = torch.ones(b, dtype=torch.long)
 
     @property
     def num_prompts(self) -> int:
@@ -148,10 +163,30 @@ class Plan:
                 src_x[r] = torch.where(steps >= at, r, src_x[p])
         return src_v, src_x
 
+    def last_sde(self) -> torch.Tensor:
+        """[B] long: each row's last SDE step (-1 for an ODE-only row)."""
+        t = self.sde.shape[1]
+        return torch.where(self.sde.any(1), t - 1 - self.sde.flip(1).float().argmax(1), -1)
+
+    def skips(self) -> torch.Tensor:
+        """[B, T] bool: row b holds its data prediction at step j instead of running the
+        model. A row's ODE tail starts after its last SDE step (and, for a branch, where it
+        leaves its parent) and calls the model at its first step and every stride-th one
+        after; a row whose velocity other rows take at j (a shared prefix) skips only where
+        every one of them would."""
+        b, t = self.sde.shape
+        rows = torch.arange(b)
+        start = torch.maximum(self.last_sde() + 1, torch.where(self.parent != rows, self.branch_at, 0))
+        off = torch.arange(t)[None] - start[:, None]
+        own = (off > 0) & (off % self.stride[:, None] != 0)
+        src_v, _ = self.sources()
+        needed = torch.zeros(b, t).scatter_add_(0, src_v, (~own).float()) > 0
+        return own & ~needed & (src_v == rows[:, None])
+
     def forward_rows(self) -> torch.Tensor:
         """[B, T] bool: which rows run a transformer forward at each step."""
         src_v, _ = self.sources()
-        return src_v == torch.arange(len(src_v))[:, None]
+        return (src_v == torch.arange(len(src_v))[:, None]) & ~self.skips()
 
     def check(self, table: StepTable) -> None:
         """Invariants every plan satisfies, whatever the algorithm."""
@@ -183,6 +218,8 @@ class Plan:
             raise ValueError("plan gives a shared prefix steps of another kind (SDE/ODE) than its owner's")
         if self.group is not None and self.group.shape != self.sde.shape:
             raise ValueError(f"plan group must have shape {tuple(self.sde.shape)}")
+        if self.stride.shape != (b,) or (self.stride < 1).any():
+            raise ValueError(f"plan stride must have shape ({b},) and values >= 1")
 
 
 def group_prefix(sde: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,9 +272,11 @@ class Algorithm:
         parent: torch.Tensor | None = None,
         branch_at: torch.Tensor | None = None,
         group: torch.Tensor | None = None,
+        stride: torch.Tensor | None = None,
     ) -> Plan:
-        """A Plan from masks: `train` defaults to `sde`, `weight` to 1 on trained transitions;
-        with `initial_noise: shared` and no explicit tree, a group shares its prefix."""
+        """A Plan from masks: `train` defaults to `sde`, `weight` to 1 on trained transitions,
+        `stride` to the run's `sampling.ode_stride`; with `initial_noise: shared` and no
+        explicit tree, a group shares its prefix."""
         train = sde.clone() if train is None else train
         weight = train.double() if weight is None else weight.double() * train
         if parent is None and self.cfg.initial_noise == "shared":
@@ -250,6 +289,7 @@ class Algorithm:
             parent=parent,
             branch_at=branch_at,
             group=group,
+            stride=torch.full((ctx.batch_size,), ctx.ode_stride, dtype=torch.long) if stride is None else stride,
         )
 
     def empty(self, ctx: PlanContext) -> torch.Tensor:

@@ -117,7 +117,9 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
     local = cfg.data.prompts_per_step // world
     rollout = trained = made = 0
     for rank in range(world):
-        ctx = PlanContext.of(local, cfg.data.group_size, table, generator(cfg.seed, step, rank, "plan"), step)
+        ctx = PlanContext.of(
+            local, cfg.data.group_size, table, generator(cfg.seed, step, rank, "plan"), step, ode_stride=s.ode_stride
+        )
         plan = alg.plan(ctx)
         rollout += int(plan.forward_rows().sum()) * cfg_mult
         trained += obj.num_items(plan)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from grpo_zoo.algorithm import Plan
+from grpo_zoo.flow.multistep import ODE_SOLVERS, dpm2_ratio, velocity_of
 from grpo_zoo.flow.sde import StepTable, ode_step, sde_step
 from grpo_zoo.models.base import Policy
 
@@ -63,6 +64,8 @@ class RolloutResult:
     transitions: Transitions
     nfe: int
     """Transformer forward passes run (a CFG forward counts twice)."""
+    logp: torch.Tensor | None = None
+    """[B, T] log-prob of each row's transition at each SDE step (0 at ODE steps)."""
 
 
 def initial_noise(plan: Plan, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -91,30 +94,50 @@ def rollout(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     keep_velocity: bool = False,
+    solver: str = "euler",
 ) -> RolloutResult:
     """Sample the plan's trajectories for prompt embeddings `emb` [B, L, D] (row b = p * G + g).
 
     A row that shares a prefix with its parent takes the parent's velocity up to (and at)
-    its branch step and the parent's transitions before it: each shared forward runs once."""
+    its branch step and the parent's transitions before it: each shared forward runs once.
+    ODE steps use `solver` (grpo_zoo/flow/multistep.py: `euler`, or `dpm2`, the
+    second-order multistep DPM-Solver++); a row holds its data prediction at the steps its
+    strided tail skips (`plan.skips()`). SDE steps always use the model's own velocity."""
+    if solver not in ODE_SOLVERS:
+        raise ValueError(f"unknown ODE solver {solver!r} (choose one of {', '.join(ODE_SOLVERS)})")
     b, t = plan.sde.shape
     rows_all = torch.arange(b)
     x = initial_noise(plan, policy.latent_shape, gen).to(device)
     src_v, src_x = plan.sources()
+    skip = plan.skips()
+    row_skip = skip.gather(0, src_v)  # [B, T]: the row takes a held step (its velocity's owner skips)
+    node_sigma = torch.cat([table.sigma, table.sigma_next[-1:]]).double()
+    next_sigma = node_sigma[_next_nodes(row_skip)]  # [B, T] sigma of each row's next model call
+    post = torch.arange(t)[None] > plan.last_sde()[:, None]  # [B, T] ODE steps after the row's last SDE step
+    plain = solver == "euler" and not bool(skip.any())
+    held = None if plain else torch.zeros_like(x)  # each row's data prediction of its last model call
+    hist = torch.zeros_like(x) if solver == "dpm2" else None  # the model's own data prediction there
+    hist_sigma = torch.full((b,), float("nan"), dtype=torch.float64)  # its sigma (NaN: none yet)
     cfg_mult = 2 if (guidance != 1.0 and null_emb is not None) else 1
     nfe = 0
+    logp_all = torch.zeros(b, t)
     recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight", "aux")}
     for j in range(t):
-        compute = src_v[:, j] == rows_all
+        compute = (src_v[:, j] == rows_all) & ~skip[:, j]
         every = bool(compute.all())
         rows = compute.nonzero().flatten()
-        x_in = x if every else x[rows]
-        sigma = table.sigma[j].float().to(device).expand(len(rows))
-        v = policy.velocity(x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance).float()
-        nfe += len(rows) * cfg_mult
+        v = torch.empty_like(x)
+        if len(rows):
+            x_in = x if every else x[rows]
+            sigma = table.sigma[j].float().to(device).expand(len(rows))
+            v[rows] = policy.velocity(x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance).float()
+            nfe += len(rows) * cfg_mult
         if not every:  # rows of a shared prefix take the velocity of the row that computed it
-            full = torch.empty_like(x)
-            full[rows] = v
-            v = full[src_v[:, j].to(full.device)]
+            v = v[src_v[:, j].to(v.device)]
+        if not plain:
+            v = _solve(
+                v, x, float(table.sigma[j]), row_skip[:, j], post[:, j], next_sigma[:, j], held, hist, hist_sigma
+            )
         eps = torch.randn(x.shape, generator=gen).to(device)
         sde = plan.sde[:, j]
         logp = torch.zeros(b)
@@ -132,6 +155,7 @@ def rollout(
         owner = src_x[:, j]
         if bool((owner != rows_all).any()):  # a shared transition: the owner's sample, not a new one
             x_next, logp = x_next[owner.to(x_next.device)], logp[owner]
+        logp_all[:, j] = logp
         train_rows = plan.train[:, j].nonzero().flatten()
         if len(train_rows):
             recs["traj"].append(train_rows)
@@ -152,7 +176,43 @@ def rollout(
     if len(tr):
         order = torch.argsort(tr.traj * t + tr.step)
         tr = tr.select(order)
-    return RolloutResult(latents=x, transitions=tr, nfe=nfe)
+    return RolloutResult(latents=x, transitions=tr, nfe=nfe, logp=logp_all)
+
+
+def _next_nodes(skip: torch.Tensor) -> torch.Tensor:
+    """[B, T] long: the next step after j at which row b runs the model (T: the end)."""
+    b, t = skip.shape
+    nxt = torch.full((b, t), t, dtype=torch.long)
+    for j in range(t - 2, -1, -1):
+        nxt[:, j] = torch.where(skip[:, j + 1], nxt[:, j + 1], j + 1)
+    return nxt
+
+
+def _solve(v, x, sig, held_j, post_j, next_sigma_j, held, hist, hist_sigma) -> torch.Tensor:
+    """The velocity each row steps with at a step of noise level `sig`. A row that holds
+    (`held_j`) steps with its last model call's data prediction; a row that ran the model
+    keeps the model's velocity, but after its last SDE step (`post_j`) under dpm2 takes
+    DPM-Solver++(2M)'s corrected data prediction. Every model call updates the history."""
+    ran = ~held_j
+    d = x - sig * v
+    d[held_j] = held[held_j]
+    change = held_j.clone()
+    if hist is not None:
+        ratio = dpm2_ratio(hist_sigma, sig, next_sigma_j) * (post_j & ran)
+        fix = ratio != 0
+        if bool(fix.any()):
+            d_eff = d[fix] + (d[fix] - hist[fix]) * ratio[fix].float().view(-1, *([1] * (x.dim() - 1))).to(x.device)
+            hist[ran] = d[ran]
+            d[fix] = d_eff
+            change |= fix
+        else:
+            hist[ran] = d[ran]
+        hist_sigma[ran] = sig
+    held[ran] = d[ran]
+    if bool(change.any()):
+        v = v.clone()
+        v[change] = velocity_of(x[change], d[change], sig)
+    return v
 
 
 @torch.no_grad()

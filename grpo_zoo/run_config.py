@@ -56,7 +56,13 @@ class SamplingConfig:
     guidance: float = num(1.0, ge=1)
     """Classifier-free guidance scale for rollouts and evaluation (1 = off; CFG doubles the NFE)."""
     eval_steps: int = num(20, ge=1)
-    """ODE steps of evaluation sampling."""
+    """ODE steps of evaluation sampling (always Euler on every step: one yardstick for every run)."""
+    ode_solver: Literal["euler", "dpm2"] = "euler"
+    """Solver of a rollout's ODE steps: euler, or dpm2 (second-order multistep DPM-Solver++(2M), as
+    MixGRPO-Flash uses; grpo_zoo/flow/multistep.py). SDE steps are the noise kind's, whatever this is."""
+    ode_stride: int = num(1, ge=1)
+    """After its last SDE step a rollout runs the model only every ode_stride-th step (fewer NFE: the
+    ODE on a coarser grid of the same sigmas, as MixGRPO-Flash compresses the steps after its window)."""
 
 
 @dataclass

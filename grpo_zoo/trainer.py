@@ -158,6 +158,7 @@ class Trainer:
             adv_clip=cfg.optim.adv_clip,
             rank=self.rank,
             world=self.world,
+            ode_stride=cfg.sampling.ode_stride,
         )
 
     def iteration(self) -> dict:
@@ -180,12 +181,15 @@ class Trainer:
             dtype=self.dtype,
             device=self.device,
             keep_velocity=self.objective.needs_sampling_velocity,
+            solver=cfg.sampling.ode_solver,
         )
         scores = rewards.score(self.reward_fn, self.policy.decode, ro.latents, texts, g)
         r_local = scores[cfg.reward.name].float().cpu()
         if not torch.isfinite(r_local).all():
             raise NonFiniteError(f"non-finite reward at step {step}")
-        r_all = self.engine.all_gather_cat(r_local.view(len(prompts), g))
+        ctx.scores = {k: self.engine.all_gather_cat(v.float().cpu().view(len(prompts), g)) for k, v in scores.items()}
+        ctx.logp = ro.logp
+        r_all = ctx.scores[cfg.reward.name]
         items, made = self.objective.items(ro, emb, generator(cfg.seed, step, self.rank, "items"))
         adv = self.algorithm.advantages(ctx, plan, items.traj, items.step, r_all)
         comp = self.engine.all_reduce_sum(torch.tensor([ro.nfe, made], dtype=torch.float64))
@@ -207,9 +211,9 @@ class Trainer:
         self.meter.forward(stats.forwards + stats.extra_forwards, self.objective.cfg_mult)
         self.meter.backward(stats.forwards, self.objective.cfg_mult)
         row = {"kind": "train", "reward/mean": float(r_all.mean()), "reward/std": float(r_all.std())}
-        for name, values in scores.items():
+        for name, values in ctx.scores.items():
             if name != cfg.reward.name:
-                row[f"reward/{name}"] = float(self.engine.all_gather_cat(values.float().cpu()).mean())
+                row[f"reward/{name}"] = float(values.mean())
         row["stats/zero_std_ratio"] = zero_std_ratio(r_all)
         row["stats/transitions"] = float(self.engine.all_reduce_sum(torch.tensor([float(len(items))]))[0])
         row.update(stats.row())
