@@ -24,13 +24,21 @@ and Efficient GRPO with Structured Branching in Diffusion Models", arXiv 2509.06
   depth pruning by node depth (= step + 1) with a sliding window that stops at the last
   split; width pruning mode 1 (best ratio of each last-split branch's later transitions).
 
+Reward fusion with `prob_weighted` (the reference's --tree_prob_weighted,
+`compute_node_rewards_from_leaves`): bottom-up, a node with one child takes its value; a
+node with several takes sum(softmax(alpha * child edge log-probs) * child values), alpha =
+1, where a child edge's log-prob is that child's transition's (per-element mean, as the
+rollout records it, ctx.logp). Width pruning `best_worst` (the reference's mode 2,
+`train_one_step_tree`): of this rank's transitions after the last split, sorted by
+advantage, train the best keep // 2 and the worst keep - keep // 2, keep = max(2,
+int(n * width_ratio)); it is decided after the advantages (`keep`), and the others run no
+forward or backward.
+
 Differences from the reference: the depth-wise normalisation uses the bench's population
 std + 1e-4 and clip (the reference: sample std + 1e-8, 0 below std 1e-6); the split
 noise scale (4.0 in the script: split steps draw 4x noise but score it under the unscaled
-Gaussian) is not reproduced, every SDE step samples the Gaussian it scores; log-prob
-weighted fusion and width pruning mode 2 (best and worst leaves by advantage) are not
-offered: the first needs the transitions' log-probs and the second the rewards when the
-plan is made, neither of which the seam gives an algorithm.
+Gaussian) is not reproduced, every SDE step samples the Gaussian it scores; the script's
+--pruning_step_ratio (pruning only in the first part of training) is not offered.
 """
 
 from __future__ import annotations
@@ -65,10 +73,14 @@ class BranchGRPOConfig(AlgorithmConfig):
     """0: fixed pruned steps; n: they move one step earlier every n iterations (the reference: 30)."""
     prune_stop: int | None = None
     """The earliest step a sliding pruned window reaches; null: the step before the last split."""
-    width_pruning: Literal["off", "per_branch"] = "off"
+    width_pruning: Literal["off", "per_branch", "best_worst"] = "off"
     """per_branch (the reference's mode 1): of the n transitions each leaf makes after the last
     split, train the first max(1, int(n * width_ratio)); they share one advantage, so the
-    reference's stable sort by advantage keeps the earliest."""
+    reference's stable sort by advantage keeps the earliest. best_worst (mode 2): of the rank's
+    transitions after the last split, train those with the highest and the lowest advantages."""
+    prob_weighted: bool = False
+    """Fuse child values weighted by softmax of their edge log-probs (the reference's
+    --tree_prob_weighted; its script: off) instead of the mean of the leaves below."""
     width_ratio: float = 0.5
     """Share of each leaf's post-split transitions kept by width pruning, in (0, 1]."""
 
@@ -163,15 +175,50 @@ class BranchGRPO(Algorithm):
     def advantages(
         self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, rewards: torch.Tensor
     ) -> torch.Tensor:
-        """Each transition's node value (mean reward of the leaves below it), normalised among
-        the nodes of its tree at its depth."""
+        """Each transition's node value (mean reward of the leaves below it, or the
+        probability-weighted fusion), normalised among the nodes of its tree at its depth."""
         from grpo_zoo.advantages import normalize_within
 
         p, t = ctx.num_prompts, ctx.table.num_steps
         local = rewards[ctx.rank * p : (ctx.rank + 1) * p].flatten().double()
         _, owner = plan.sources()  # [B, T] the row whose transition each row takes at each step
-        total = torch.zeros(owner.shape, dtype=torch.float64).scatter_add_(0, owner, local[:, None].expand_as(owner))
-        count = torch.zeros(owner.shape, dtype=torch.float64).scatter_add_(0, owner, torch.ones(owner.shape).double())
-        value = total / count.clamp_min(1)  # value[b, j]: node reached by b's own transition at j
+        if self.cfg.prob_weighted:
+            value = fused_values(owner, ctx.logp.double(), local)
+        else:
+            ones = torch.ones(owner.shape, dtype=torch.float64)
+            total = torch.zeros_like(ones).scatter_add_(0, owner, local[:, None].expand_as(owner))
+            value = total / torch.zeros_like(ones).scatter_add_(0, owner, ones).clamp_min(1)
         depth_group = traj // ctx.group_size * t + step
         return normalize_within(value[traj, step], depth_group, ctx.global_std, ctx.adv_clip)
+
+    def keep(
+        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, adv: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Width pruning `best_worst`: the best and worst transitions after the last split."""
+        if self.cfg.width_pruning != "best_worst":
+            return None
+        late = step > self.splits(ctx.table, ctx.group_size)[-1]
+        idx = late.nonzero().flatten()
+        n = len(idx)
+        k = max(2, int(n * self.cfg.width_ratio))
+        order = idx[torch.argsort(adv[idx], descending=True, stable=True)]
+        mask = ~late
+        mask[order[: k // 2]] = True
+        mask[order[max(n - (k - k // 2), 0) :]] = True
+        return mask
+
+
+def fused_values(owner: torch.Tensor, logp: torch.Tensor, leaf: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """[B, T] value of the node each row reaches after step j: the leaf's reward after the last
+    step; above it, bottom-up, softmax(alpha * child edge log-probs) . child values (one child:
+    its value). `owner` [B, T]: whose transition row b takes at j; `logp` [B, T]: its log-prob."""
+    b, t = owner.shape
+    value = torch.zeros(b, t, dtype=torch.float64)
+    value[:, t - 1] = leaf[owner[:, t - 1]]
+    for j in range(t - 2, -1, -1):
+        for node in owner[:, j].unique().tolist():
+            members = (owner[:, j] == node).nonzero().flatten()
+            kids = owner[members, j + 1].unique()
+            weights = torch.softmax(alpha * logp[kids, j + 1], 0) if len(kids) > 1 else torch.ones(1).double()
+            value[members, j] = (weights * value[kids, j + 1]).sum()
+    return value

@@ -30,14 +30,16 @@ What the reference does, and what this plan does:
 - Advantages: GRPO's group advantage of the row's reward, given to every trained step of
   the row (the shared `advantages`; the reference divides by the unbiased std + 1e-8, the
   bench by the population std + 1e-4 for every algorithm).
+- Several rewards (`rewards: {entry: coefficient}`; the video trainer's VideoAlign visual
+  and motion quality with vq_coef / mq_coef, fastvideo/train_grpo_hunyuan.py
+  `train_one_step`): each named entry of the run's reward is normalised within the group
+  on its own and clipped to +-adv_clip; the PPO-clip loss is computed per reward with the
+  one shared ratio and the losses summed with the coefficients (advantages [N, K] to the
+  objective: the sum of K clipped losses, not the clipped loss of summed advantages). The
+  reference's defaults (vq_coef 1, mq_coef 0) train on one reward; so does null here.
 
 Not reproduced:
 
-- Several rewards (the video trainer's VideoAlign visual and motion quality, each
-  normalised within the group and their clipped losses summed with vq_coef / mq_coef):
-  `advantages()` receives only the run's training reward [P, G] (the reward's other
-  entries are logged, not passed), so it cannot normalise per reward without a trainer
-  change. The copy of the Hunyuan launch script we read sets mq_coef 0, i.e. one reward.
 - Best-of-N (`--bestofn 8` of 24 rollouts in the Hunyuan script: train only the 4 best and
   4 worst rows): the plan is made before the rewards exist.
 """
@@ -62,10 +64,19 @@ class DanceGRPOConfig(AlgorithmConfig):
     """The reference starts a group's rollouts from one noise (init_same_noise)."""
     timestep_fraction: float = 0.6
     """Each trajectory trains a random floor((T - 1) * fraction) of steps 0..T-2 (at least one), in (0, 1]."""
+    rewards: dict[str, float] | None = None
+    """Several rewards: {entry of the run's reward: coefficient >= 0}, each normalised within the group and
+    its clipped loss summed with the coefficient (the reference's vq_coef / mq_coef); null: the training reward."""
 
     def validate(self) -> None:
         if not 0 < self.timestep_fraction <= 1:
             raise ConfigError(f"timestep_fraction: must lie in (0, 1], got {self.timestep_fraction}")
+        if self.rewards is not None:
+            bad = [k for k, c in self.rewards.items() if not isinstance(c, (int, float)) or not 0 <= c < math.inf]
+            if not self.rewards or bad or not any(self.rewards.values()):
+                raise ConfigError(
+                    f"rewards: expected {{reward entry: coefficient >= 0}} with one coefficient > 0, got {self.rewards}"
+                )
 
 
 @register("dance_grpo")
@@ -97,3 +108,23 @@ class DanceGRPO(Algorithm):
         train = self.empty(ctx)
         train.scatter_(1, perm[:, : self.num_trained(ctx.table)] + pool.start, True)
         return self.make_plan(ctx, sde, train)
+
+    def reward_entries(self) -> list[str]:
+        return list(self.cfg.rewards or {})
+
+    def advantages(
+        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, rewards: torch.Tensor
+    ) -> torch.Tensor:
+        """[N] GRPO's advantage of the training reward; with `rewards`, [N, K]: each entry's own group
+        advantage (clipped) times its coefficient, one column per reward."""
+        if not self.cfg.rewards:
+            return super().advantages(ctx, plan, traj, step, rewards)
+        from grpo_zoo.advantages import group_advantages
+
+        p, cols = ctx.num_prompts, []
+        for entry, coef in self.cfg.rewards.items():
+            if ctx.scores is None or entry not in ctx.scores:
+                raise ConfigError(f"algorithm.rewards: the run's reward gives no entry {entry!r}")
+            adv = group_advantages(ctx.scores[entry], ctx.global_std, ctx.adv_clip)
+            cols.append(coef * adv[ctx.rank * p : (ctx.rank + 1) * p].flatten()[traj])
+        return torch.stack(cols, -1)

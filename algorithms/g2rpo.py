@@ -16,48 +16,46 @@ its own noise, and are then denoised by the ODE at every granularity g of granul
 the clean prediction). The reward of each (row, s, g) is normalised over the G rows; the
 advantage of the SDE transition (row, s) is the SUM over g; one optimizer step per s.
 
-This plan reproduces the single-granularity core (granular_list = [1]):
+This plan:
 
 - One SDE step per rollout, at the branch step s, ODE at every other step.
-- Rows branch from their group's first row at s (`parent`, `branch_at`): the G rows share
-  the initial noise, the ODE prefix x_0 .. x_s (the anchor's) and the velocity at s,
-  computed once, and differ only in the noise drawn at s. Each trains that one
-  transition, weight 1, with GRPO's group advantage of its reward (the bench normalises
-  by the population std + 1e-4; the reference by the unbiased std + 1e-8).
+- A group of G rows is n = G / K noise draws times the K granularities (granularities,
+  default [1, 2] as the reference's granular_list; it must contain 1). Row i * K of a
+  prompt's group (draw i at granularity 1) takes the SDE step and trains it; the draw's
+  other K - 1 rows share its prefix and its transition at s and leave it at s + 2 (the
+  reference's `prefix = sigma_schedule[:eta_step + 2]`), then run the model at every g-th
+  step of the table (`suffix = sigma_schedule[eta_step + 2::g]`: Plan.stride = g), holding
+  the data prediction in between (grpo_zoo/flow/multistep.py; the reference's final
+  `pred_original` jump is the same step). So the reference's 12 rollouts at [1, 2] are
+  `data.group_size: 24` here (12 draws x 2), and each row is one decoded video.
+- The n draws share the initial noise, the ODE prefix x_0 .. x_s (the anchor's) and the
+  velocity at s, computed once (`parent`, `branch_at`); they differ only in the noise drawn
+  at s. `initial_noise: independent` is an ablation (each draw from its own noise).
+- Advantages (Multi-Granularity Advantage Integration): for each granularity, the draws'
+  rewards are normalised within the prompt's n draws; the advantage of draw i's trained
+  transition is the SUM over granularities, clipped to +-adv_clip (the reference's
+  `advantages += group_advantages`, then the clamp). The bench normalises by the population
+  std + 1e-4, the reference by the unbiased std + 1e-8.
 - s is a function of the iteration: branch_steps[iteration % len(branch_steps)], the same
   for every prompt and rank, as the reference takes one optimizer step per s over all
   prompts; in len(branch_steps) iterations every step of the list is trained once. The
   reference trains all of them on the same prompts in one iteration (8 x G rollouts and
   8 optimizer steps per prompt batch); here each iteration rolls out G per prompt.
 - branch_steps defaults to the first half of the schedule (the reference's 0..7 of 16).
-- `initial_noise: independent` is an ablation (no shared prefix: G rollouts from their own
-  noise, each with one SDE step at s), not the reference.
 
 Not reproduced (and why):
 
-- Multi-granularity advantage integration. The rollout runs every row on one step table
-  (the run's schedule); a row denoised at granularity 2 needs Euler steps over sigma
-  intervals the table does not have. It is not expressible as extra branches: a child
-  that leaves an SDE row at step s + 1 and follows the ODE on the same table reproduces
-  its parent exactly. What would express it: a plan flag "reuse the previous step's
-  velocity at (row, step)" (an Euler step from sigma_a to sigma_c with v(x_a) equals two
-  table steps that share v(x_a); the reference's coarse steps sum consecutive table
-  intervals), so granularity-g children could branch from each SDE row at s + 1, sharing
-  its transition and the velocity there, and `advantages()` would sum, per trained
-  transition, the normalised rewards of the row and its children. That needs the flag in
-  Plan and rollout, group_size = G x len(granular_list) rows of which only G train (the
-  registry tests require every row to train a step), and a group id per granularity.
 - Several rewards (train_g2rpo_hps_clip.py and the other stored version of
-  train_g2rpo_hps.py, commit 04ee954, add a CLIP score's advantages to HPS's): the
-  algorithm receives only the run's training reward.
+  train_g2rpo_hps.py, commit 04ee954, add a CLIP score's advantages to HPS's): not in this
+  file; DanceGRPO's `rewards` option shows how an algorithm sums per-reward advantages.
 - The training forward: the reference runs the policy once at the shared x_s and reuses
   the velocity for all G rows; the shared PPO-clip objective runs one forward per trained
-  transition, so the update counts G forwards (and backwards) per group instead of one.
+  transition, so the update counts n forwards (and backwards) per group instead of one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -75,11 +73,17 @@ class G2RPOConfig(AlgorithmConfig):
     branch_steps: list[int] | None = None
     """Steps of the one SDE step, taken in turn (iteration i uses entry i mod len); null: steps 0..floor(T/2)-1
     that have noise (the reference's 0..7 of 16)."""
+    granularities: list[int] = field(default_factory=lambda: [1, 2])
+    """Step granularities the rest is denoised at after s + 2 (1 must be one; the reference's granular_list);
+    data.group_size is the number of noise draws times their count."""
 
     def validate(self) -> None:
         steps = self.branch_steps
         if steps is not None and (not steps or min(steps) < 0 or len(set(steps)) != len(steps)):
             raise ConfigError(f"branch_steps: expected distinct steps >= 0, got {steps}")
+        g = self.granularities
+        if not g or 1 not in g or min(g) < 1 or len(set(g)) != len(g):
+            raise ConfigError(f"granularities: expected distinct step strides >= 1 including 1, got {g}")
 
 
 @register("g2rpo")
@@ -103,6 +107,19 @@ class G2RPO(Algorithm):
             )
         return list(self.cfg.branch_steps)
 
+    def granularities(self) -> list[int]:
+        """1 first (the trained row's), then the others in the order given."""
+        return [1] + [g for g in self.cfg.granularities if g != 1]
+
+    def check(self, table, group_size: int) -> None:
+        super().check(table, group_size)
+        k = len(self.cfg.granularities)
+        if group_size % k or group_size // k < 2:
+            raise ConfigError(
+                f"group_size: g2rpo's {k} granularities need at least 2 noise draws each "
+                f"(group_size a multiple of {k}, at least {2 * k}), got {group_size}"
+            )
+
     def trainable_steps(self, table) -> range:
         steps = self.steps(table)
         return range(min(steps), max(steps) + 1)
@@ -113,12 +130,29 @@ class G2RPO(Algorithm):
         return steps[iteration % len(steps)]
 
     def plan(self, ctx: PlanContext) -> Plan:
-        s = self.branch_step(ctx.iteration, ctx.table)
+        s, t = self.branch_step(ctx.iteration, ctx.table), ctx.table.num_steps
+        grains = self.granularities()
+        k, rows = len(grains), torch.arange(ctx.batch_size)
+        level = rows % ctx.group_size % k  # granularity index of each row
+        carrier = rows - level  # the draw's granularity-1 row: it takes (and trains) the SDE step
+        first = rows - rows % ctx.group_size  # the group's first row: the anchor every draw leaves at s
+        shared = self.cfg.initial_noise == "shared"
+        parent = torch.where(level > 0, carrier, first if shared else rows)
+        branch_at = torch.where(level > 0, min(s + 2, t - 1), s if shared else 0)
         sde = self.empty(ctx)
         sde[:, s] = True
-        if self.cfg.initial_noise == "independent":
-            return self.make_plan(ctx, sde)
-        rows = torch.arange(ctx.batch_size)
-        first = rows - rows % ctx.group_size  # each row follows its group's first row up to s
-        branch_at = torch.full((ctx.batch_size,), s, dtype=torch.long)
-        return self.make_plan(ctx, sde, parent=first, branch_at=branch_at)
+        train = sde & (level == 0)[:, None]
+        stride = torch.tensor(grains)[level]
+        return self.make_plan(ctx, sde, train, parent=parent, branch_at=branch_at, stride=stride)
+
+    def advantages(
+        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, rewards: torch.Tensor
+    ) -> torch.Tensor:
+        """Per granularity, the draws' rewards normalised within the prompt; summed, then clipped."""
+        from grpo_zoo.advantages import normalize_within
+
+        p, g, k = ctx.num_prompts, ctx.group_size, len(self.cfg.granularities)
+        local = rewards[ctx.rank * p : (ctx.rank + 1) * p].reshape(p * g // k, k)  # [draws, K]
+        prompt = torch.arange(p * g // k) // (g // k)
+        adv = sum(normalize_within(local[:, c], prompt, ctx.global_std, float("inf")).double() for c in range(k))
+        return adv.clamp(-ctx.adv_clip, ctx.adv_clip).float()[traj // k]

@@ -313,6 +313,18 @@ class Algorithm:
         local = rewards[ctx.rank * p : (ctx.rank + 1) * p].flatten()
         return normalize_within(local[traj], plan.group[traj, step], ctx.global_std, ctx.adv_clip)
 
+    def keep(
+        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, adv: torch.Tensor
+    ) -> torch.Tensor | None:
+        """[N] bool: the items (traj, step) to train, decided once the advantages `adv` exist
+        (pruning by advantage); the others run no forward or backward. None (default): all."""
+        return None
+
+    def reward_entries(self) -> list[str]:
+        """Entries of the run's reward (besides the training reward) that `advantages` reads
+        from `ctx.scores`; checked against the reward before any compute."""
+        return []
+
     def state_dict(self) -> dict:
         """State that must survive a resume (none by default)."""
         return {}
@@ -327,6 +339,8 @@ class Algorithm:
         if group_size < 2:
             raise ConfigError(f"group_size: GRPO needs groups of at least 2 rollouts, got {group_size}")
         steps = self.trainable_steps(table)
+        if self.reward_entries() and not objectives.get(self.objective).per_reward_advantages:
+            raise ConfigError(f"rewards: objective {self.objective!r} trains on one reward; remove the per-reward list")
         if not objectives.get(self.objective).needs_transitions:  # trains on re-noised ODE samples
             if self.cfg.initial_noise == "shared":
                 raise ConfigError("initial_noise: shared makes a group's ODE rollouts identical; use independent")

@@ -28,12 +28,17 @@ def ppo_clip(
     weight: torch.Tensor,
     clip_range: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-transition weighted PPO-clip terms and their statistics (no reduction)."""
+    """Per-transition weighted PPO-clip terms and their statistics (no reduction).
+
+    `adv` [N] or [N, K]: with K columns (one per reward, coefficients applied), each column is
+    clipped on its own and the K terms summed, as DanceGRPO sums its per-reward losses."""
     log_ratio = logp - logp_old
     ratio = torch.exp(log_ratio)
-    unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    per = torch.maximum(unclipped, clipped) * weight
+    r = ratio[:, None] if adv.dim() == 2 else ratio
+    unclipped = -adv * r
+    clipped = -adv * torch.clamp(r, 1.0 - clip_range, 1.0 + clip_range)
+    per = torch.maximum(unclipped, clipped)
+    per = (per.sum(-1) if adv.dim() == 2 else per) * weight
     with torch.no_grad():
         stats = {
             "ratio": ratio.detach(),

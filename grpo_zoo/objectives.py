@@ -86,6 +86,8 @@ class Objective:
     """True: items are the plan's trained SDE transitions with their log-probs."""
     needs_sampling_velocity: ClassVar[bool] = False
     """True: the rollout keeps the sampling policy's velocity of every trained transition (`aux`)."""
+    per_reward_advantages: ClassVar[bool] = False
+    """True: the loss takes advantages [N, K], one column per reward (an algorithm's several rewards)."""
     trains_with_cfg: ClassVar[bool] = True
     """True: the objective's forwards use the sampling guidance; False: the conditional
     velocity alone (one transformer pass per sample) whatever `sampling.guidance`."""
@@ -153,6 +155,8 @@ class Objective:
 @register("ppo_clip")
 class PPOClip(Objective):
     """Weighted PPO-clip on SDE transitions (+ beta * KL to the reference)."""
+
+    per_reward_advantages = True
 
     def log_ratio(self, logp, logp_old, v, tr, k) -> torch.Tensor:
         """log pi(x'|x) - log pi_old(x'|x) per item (the plain PPO ratio)."""

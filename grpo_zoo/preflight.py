@@ -46,6 +46,12 @@ def preflight(cfg: RunConfig) -> Preflight:
         msg = str(err)
         raise ConfigError(msg if msg.startswith("group_size") else f"algorithm.{msg}") from None
     reward = rewards.get(cfg.reward.name, **cfg.reward.options)
+    known = rewards.entries(cfg.reward.name)
+    for entry in alg.reward_entries():
+        if known is not None and entry not in known:
+            raise ConfigError(
+                f"algorithm.rewards: reward {cfg.reward.name!r} gives no entry {entry!r} (it gives {', '.join(known)})"
+            )
     if cfg.data.prompts_per_step % world:
         raise ConfigError(
             f"data.prompts_per_step: {cfg.data.prompts_per_step} prompt groups do not split over {world} ranks; "

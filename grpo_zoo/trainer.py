@@ -192,6 +192,9 @@ class Trainer:
         r_all = ctx.scores[cfg.reward.name]
         items, made = self.objective.items(ro, emb, generator(cfg.seed, step, self.rank, "items"))
         adv = self.algorithm.advantages(ctx, plan, items.traj, items.step, r_all)
+        keep = self.algorithm.keep(ctx, plan, items.traj, items.step, adv)
+        if keep is not None:  # pruned by advantage: neither forward nor backward
+            items, adv = items.select(keep), adv[keep]
         comp = self.engine.all_reduce_sum(torch.tensor([ro.nfe, made], dtype=torch.float64))
         self.meter.forward(float(comp[0]))
         self.meter.forward(float(comp[1]), self.objective.cfg_mult)  # the objective's forwards, its CFG

@@ -70,7 +70,10 @@ def update(
     on_step=None,
     step: int = 0,
 ) -> UpdateStats:
-    """Train on `items` (with advantages `adv` [N], prompt embeddings `emb` per row)."""
+    """Train on `items` (with advantages `adv` [N], or [N, K] per reward where the objective
+    takes them, and prompt embeddings `emb` per row)."""
+    if adv.dim() == 2 and not objective.per_reward_advantages:
+        raise ValueError(f"objective {objective.name!r} takes one advantage per item, got {tuple(adv.shape)}")
     n = len(items)
     sums: dict[str, float] = defaultdict(float)
     gsum: dict[int, float] = defaultdict(float)

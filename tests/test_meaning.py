@@ -272,7 +272,7 @@ def test_every_registered_algorithm_trains_only_what_its_plan_marks(policy, vari
     from grpo_zoo.rollout import rollout
 
     table = step_table(make_sigmas("wan", 4, 3.0), "flow_sde")
-    plan = algorithm.build(golden.variants()[variant]).plan(
+    plan = algorithm.build(golden.split(golden.variants()[variant])[0]).plan(
         PlanContext.of(2, 2, table, torch.Generator().manual_seed(1))
     )
     emb = policy.encode(["a red circle moving left", "a yellow star moving down"]).repeat_interleave(2, 0)

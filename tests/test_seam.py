@@ -60,8 +60,11 @@ def registered():
 
 def run_config(tmp_path, name: str, alg: dict, steps: int) -> RunConfig:
     from grpo_zoo.config import apply_overrides, build, load_config_file
+    from tests.golden import split
 
-    data = apply_overrides(load_config_file("experiments/toy/base.yaml"), [f"{k}={v}" for k, v in SMALL.items()])
+    alg, run = split(alg)
+    changes = {**SMALL, **run}
+    data = apply_overrides(load_config_file("experiments/toy/base.yaml"), [f"{k}={v}" for k, v in changes.items()])
     data["algorithm"] = alg
     data["budget"] = {"steps": steps}
     data["run_dir"] = str(tmp_path / name)
@@ -313,6 +316,36 @@ def test_objective_plugins_train_and_count_what_they_ran(tmp_path, registered, o
     else:
         assert first["stats/transitions"] == b * 3 and first["compute/backward"] == b * 3
         assert first["stats/ratio_dev_first_minibatch"] < 1e-5  # normalised ratio is 1 on-policy
+
+
+def test_pruning_by_advantage_trains_and_counts_only_what_it_keeps(tmp_path):
+    """BranchGRPO's best_worst width pruning (Algorithm.keep): the pruned transitions run no
+    forward and no backward, and the counters say so."""
+    full = [r for r in train(run_config(tmp_path, "full", {"name": "branch_grpo"}, 1)) if r["kind"] == "train"]
+    alg = {"name": "branch_grpo", "width_pruning": "best_worst", "width_ratio": 0.5}
+    kept = [r for r in train(run_config(tmp_path, "kept", alg, 1)) if r["kind"] == "train"]
+    # G = 4 leaves on 6 steps split at 0 and 3: 4 leaves x 2 steps after the last split per prompt
+    late = 2 * 4 * 2
+    assert kept[0]["stats/transitions"] == full[0]["stats/transitions"] - late // 2
+    assert kept[0]["compute/backward"] == full[0]["compute/backward"] - late // 2
+    assert kept[0]["compute/nfe"] == full[0]["compute/nfe"] - late // 2
+
+
+def test_several_rewards_and_granularities_train_through_the_trainer(tmp_path):
+    """DanceGRPO's per-reward advantages reach the loss as [N, K]; G2RPO's coarse rows add
+    forwards but no trained transition."""
+    rows = train(
+        run_config(tmp_path, "dance", {"name": "dance_grpo", "rewards": {"toy_motion": 1.0, "toy_aesthetic": 0.5}}, 1)
+    )
+    one = [r for r in rows if r["kind"] == "train"][0]
+    base = train(run_config(tmp_path, "dance1", {"name": "dance_grpo"}, 1))
+    assert one["loss/policy"] != [r for r in base if r["kind"] == "train"][0]["loss/policy"]
+    fine = [
+        r for r in train(run_config(tmp_path, "g1", {"name": "g2rpo", "granularities": [1]}, 1)) if r["kind"] == "train"
+    ]
+    two = [r for r in train(run_config(tmp_path, "g2", {"name": "g2rpo"}, 1)) if r["kind"] == "train"]
+    assert two[0]["stats/transitions"] == fine[0]["stats/transitions"] / 2  # 2 draws x 2 granularities per group
+    assert fine[0]["compute/nfe"] > two[0]["compute/nfe"] > fine[0]["compute/nfe"] / 2
 
 
 def test_nft_gradient_vanishes_at_the_old_policy_with_zero_advantage():

@@ -160,3 +160,50 @@ def test_bad_settings_fail_with_one_line_naming_the_fix(cfg, g, steps, match):
     with pytest.raises(ConfigError, match=match) as err:
         plan_of(cfg, table(steps, "cps"), 1, g)
     assert "\n" not in str(err.value)
+
+
+def test_probability_weighted_fusion_weights_each_split_by_its_child_edges():
+    """--tree_prob_weighted: a node's value is softmax(child edge log-probs) . child values."""
+    tab = table(6)  # splits at steps 0 and 3: node A = leaves {0, 2}, node B = {1, 3} before step 3
+    alg, ctx, plan = plan_of({"prob_weighted": True}, tab, 1, 4)
+    traj, step = plan.train.nonzero(as_tuple=True)
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 5.0]])
+    ctx.logp = torch.zeros(4, 6)
+    ctx.logp[:, 3] = torch.tensor([0.0, -1.0, 2.0, 0.5])  # the four edges of the split at step 3
+    from grpo_zoo.algorithms.branch_grpo import fused_values
+
+    value = fused_values(plan.sources()[1], ctx.logp.double(), rewards[0].double())
+    w_a = torch.softmax(torch.tensor([0.0, 2.0]).double(), 0)
+    w_b = torch.softmax(torch.tensor([-1.0, 0.5]).double(), 0)
+    a, b = float(w_a @ torch.tensor([1.0, 3.0]).double()), float(w_b @ torch.tensor([2.0, 5.0]).double())
+    assert value[:, 3:].tolist() == [[r] * 3 for r in rewards[0].double().tolist()]  # leaves below the last split
+    for j in range(3):
+        assert value[0, j] == pytest.approx(a) and value[2, j] == pytest.approx(a)
+        assert value[1, j] == pytest.approx(b) and value[3, j] == pytest.approx(b)
+    adv = alg.advantages(ctx, plan, traj, step, rewards)
+    mean_adv = algorithm.build({"name": "branch_grpo"}).advantages(ctx, plan, traj, step, rewards)
+    early = step < 3
+    assert torch.allclose(adv[early].abs(), torch.ones(int(early.sum())), atol=1e-3)  # two nodes: -1 / +1
+    assert (adv[early & (traj == 0)] < 0).all() == (a < b)
+    ctx.logp.zero_()  # equal edges: the fusion is the mean of the leaves (a balanced tree)
+    assert torch.allclose(alg.advantages(ctx, plan, traj, step, rewards), mean_adv)
+
+
+def test_best_worst_width_pruning_trains_the_extremes_after_the_last_split():
+    """The reference's mode 2: after the last split, keep max(2, int(n * ratio)) transitions, the
+    best half and the worst half by advantage; everything before the last split trains."""
+    tab = table(10)
+    alg, ctx, plan = plan_of({"width_pruning": "best_worst", "width_ratio": 0.25}, tab, 2, 4)
+    last = alg.splits(tab, 4)[-1]
+    traj, step = plan.train.nonzero(as_tuple=True)
+    adv = torch.randn(len(traj), generator=torch.Generator().manual_seed(0))
+    keep = alg.keep(ctx, plan, traj, step, adv)
+    late = step > last
+    assert keep[~late].all()
+    n, k = int(late.sum()), max(2, int(int(late.sum()) * 0.25))
+    kept = adv[keep & late]
+    assert len(kept) == k and n > k
+    dropped = adv[~keep & late]
+    assert kept.max() >= dropped.max() and kept.min() <= dropped.min()
+    assert (kept >= dropped.max()).sum() == k // 2 and (kept <= dropped.min()).sum() == k - k // 2
+    assert algorithm.build({"name": "branch_grpo"}).keep(ctx, plan, traj, step, adv) is None

@@ -101,3 +101,39 @@ def test_short_schedules_and_bad_values():
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="timestep_fraction"):
             build(algorithm.AlgorithmConfig, {"name": "dance_grpo", "timestep_fraction": bad}, "algorithm")
+
+
+def test_several_rewards_are_normalised_each_within_the_group_and_weighted():
+    """The reference's vq / mq advantages: each reward normalised within the group on its own
+    (and clipped), one column per reward, times its coefficient."""
+    from grpo_zoo.advantages import group_advantages
+
+    table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
+    alg = algorithm.build({"name": "dance_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}})
+    assert alg.reward_entries() == ["toy_aesthetic", "toy_motion"]
+    ctx = PlanContext.of(P, G, table, torch.Generator().manual_seed(0))
+    plan = alg.plan(ctx)
+    traj, step = plan.train.nonzero(as_tuple=True)
+    gen = torch.Generator().manual_seed(1)
+    ctx.scores = {k: torch.rand(P, G, generator=gen) for k in ("toy_hps", "toy_aesthetic", "toy_motion")}
+    adv = alg.advantages(ctx, plan, traj, step, ctx.scores["toy_hps"])
+    assert adv.shape == (len(traj), 2)
+    assert torch.allclose(adv[:, 0], group_advantages(ctx.scores["toy_aesthetic"]).flatten()[traj])
+    assert torch.allclose(adv[:, 1], 0.5 * group_advantages(ctx.scores["toy_motion"]).flatten()[traj])
+    single = algorithm.build({"name": "dance_grpo"}).advantages(ctx, plan, traj, step, ctx.scores["toy_hps"])
+    assert torch.allclose(single, group_advantages(ctx.scores["toy_hps"]).flatten()[traj])
+
+
+def test_per_reward_losses_are_clipped_each_and_then_summed():
+    """sum_k max(-A_k r, -A_k clip(r)) is not max(-(sum_k A_k) r, ...): the reference's form."""
+    from grpo_zoo.loss import ppo_clip
+
+    logp_old = torch.zeros(3)
+    logp = torch.log(torch.tensor([1.5, 0.6, 1.0]))  # outside, outside, inside a 0.2 clip range
+    adv = torch.tensor([[1.0, -2.0], [-1.0, 0.5], [0.3, 0.3]])
+    w = torch.ones(3)
+    per, _ = ppo_clip(logp, logp_old, adv, w, 0.2)
+    each = sum(ppo_clip(logp, logp_old, adv[:, k], w, 0.2)[0] for k in range(2))
+    assert torch.allclose(per, each)
+    summed, _ = ppo_clip(logp, logp_old, adv.sum(1), w, 0.2)
+    assert not torch.allclose(per[:2], summed[:2]) and torch.allclose(per[2], summed[2])

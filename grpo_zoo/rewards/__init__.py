@@ -3,7 +3,8 @@
 A reward is a callable `(videos [B, 3, F, H, W] in [-1, 1], prompts: list[str]) ->
 dict[str, Tensor[B]]`: the entry under its own name is the training signal; other
 entries (components) are logged beside it. Register with `@register("name")` on a
-factory taking keyword options; `get(name, **options)` builds one.
+factory taking keyword options (and `entries=` the names it returns, so that a config
+naming an entry is checked before any compute); `get(name, **options)` builds one.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from grpo_zoo.errors import ConfigError
 
 RewardFn = Callable[[torch.Tensor, list[str]], dict[str, torch.Tensor]]
 _REGISTRY: dict[str, Callable[..., RewardFn]] = {}
+_ENTRIES: dict[str, tuple[str, ...]] = {}
 
 
-def register(name: str):
+def register(name: str, entries: tuple[str, ...] | None = None):
     def deco(factory: Callable[..., RewardFn]) -> Callable[..., RewardFn]:
         _REGISTRY[name] = factory
+        if entries is not None:
+            _ENTRIES[name] = (name, *[e for e in entries if e != name])
         return factory
 
     return deco
@@ -29,6 +33,11 @@ def register(name: str):
 
 def names() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def entries(name: str) -> tuple[str, ...] | None:
+    """The entries reward `name` returns (its own first), or None where it does not declare them."""
+    return _ENTRIES.get(name)
 
 
 def get(name: str, **options) -> RewardFn:
@@ -53,11 +62,12 @@ def _toy(name: str) -> Callable[..., RewardFn]:
     return factory
 
 
-for _name in ("toy_motion", "toy_aesthetic", "toy_prompt", "toy_hps"):
-    register(_name)(_toy(_name))
+TOY_REWARDS = ("toy_motion", "toy_aesthetic", "toy_prompt", "toy_hps")
+for _name in TOY_REWARDS:
+    register(_name, entries=TOY_REWARDS)(_toy(_name))
 
 
-@register("hpsv3")
+@register("hpsv3", entries=("hpsv3", "hpsv3_frame_mean"))
 def _hpsv3(**options) -> RewardFn:
     import inspect
 

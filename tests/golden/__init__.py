@@ -10,7 +10,9 @@ threads gave the same rows bit for bit).
 
 Variants come from the registry (grpo_zoo.algorithm.names()): each algorithm with its
 default config, plus each non-default choice of the boolean and Literal switches its own
-Config adds (Flash-GRPO's ablations: flash_grpo-per_sample, flash_grpo-no_rectify).
+Config adds (Flash-GRPO's ablations: flash_grpo-per_sample, flash_grpo-no_rectify), plus
+the settings in EXTRA that no switch reaches (a field with a value of its own, or a
+sampling option a method needs: a dotted key is a run override, not an algorithm field).
 
 All variants run in one process, one after another (the DeepSpeed process group is
 kept between them and torn down at the end): one import instead of one per variant.
@@ -93,8 +95,17 @@ def _switches(config_cls: type) -> list[tuple[str, object]]:
     return out
 
 
+EXTRA = {
+    "dance_grpo-two_rewards": {"name": "dance_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
+    "g2rpo-fine_only": {"name": "g2rpo", "granularities": [1]},
+    "mix_grpo-flash": {"name": "mix_grpo", "sampling.ode_solver": "dpm2", "sampling.ode_stride": 2},
+}
+"""Variants beyond the switches: DanceGRPO's several rewards, G2RPO at one granularity,
+MixGRPO-Flash (its multistep solver and compressed ODE tail are sampling options)."""
+
+
 def variants() -> dict[str, dict]:
-    """Variant name -> algorithm fields, enumerated from the registry."""
+    """Variant name -> algorithm fields (and dotted run overrides), enumerated from the registry."""
     from grpo_zoo import algorithm
 
     out = {}
@@ -103,7 +114,13 @@ def variants() -> dict[str, dict]:
         for field, value in _switches(algorithm.get(name).Config):
             label = (field if value else f"no_{field}") if isinstance(value, bool) else str(value)
             out[f"{name}-{label}"] = {"name": name, field: value}
-    return out
+    return {**out, **{k: v for k, v in EXTRA.items() if v["name"] in out}}
+
+
+def split(variant_fields: dict) -> tuple[dict, dict]:
+    """(algorithm fields, dotted run overrides) of a variant."""
+    alg = {k: v for k, v in variant_fields.items() if "." not in k}
+    return alg, {k: v for k, v in variant_fields.items() if "." in k}
 
 
 def checkpoint_hashes() -> dict[str, str]:
@@ -122,8 +139,10 @@ def golden_path(variant: str) -> Path:
 
 
 def algorithm_args(variant_fields: dict) -> list[str]:
-    """`algorithm.<field>=<value>` command-line overrides of a variant's algorithm fields."""
-    return [f"algorithm.{k}={json.dumps(v)}" for k, v in variant_fields.items()]
+    """`algorithm.<field>=<value>` command-line overrides of a variant's algorithm fields (and
+    its dotted run overrides as they are)."""
+    alg, run = split(variant_fields)
+    return [f"algorithm.{k}={json.dumps(v)}" for k, v in alg.items()] + [f"{k}={json.dumps(v)}" for k, v in run.items()]
 
 
 def overrides(variant_fields: dict, run_dir: Path) -> list[str]:
