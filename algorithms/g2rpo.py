@@ -25,8 +25,9 @@ This plan:
   other K - 1 rows share its prefix and its transition at s and leave it at s + 2 (the
   reference's `prefix = sigma_schedule[:eta_step + 2]`), then run the model at every g-th
   step of the table (`suffix = sigma_schedule[eta_step + 2::g]`: Plan.stride = g), holding
-  the data prediction in between (grpo_zoo/flow/multistep.py; the reference's final
-  `pred_original` jump is the same step). So the reference's 12 rollouts at [1, 2] are
+  the data prediction in between (grpo_zoo/flow/multistep.py). Where that grid misses
+  sigma = 0, the reference returns the clean prediction of its second-to-last node without
+  a model call at the last one; so does Plan.skips(). So the reference's 12 rollouts at [1, 2] are
   `data.group_size: 24` here (12 draws x 2), and each row is one decoded video.
 - The n draws share the initial noise, the ODE prefix x_0 .. x_s (the anchor's) and the
   velocity at s, computed once (`parent`, `branch_at`); they differ only in the noise drawn
@@ -114,6 +115,11 @@ class G2RPO(Algorithm):
     def check(self, table, group_size: int) -> None:
         super().check(table, group_size)
         k = len(self.cfg.granularities)
+        if k > 1 and table.num_steps - 1 in self.steps(table):
+            raise ConfigError(
+                f"branch_steps: at the last step ({table.num_steps - 1}) no step is left to denoise at "
+                "another granularity; use earlier steps or granularities: [1]"
+            )
         if group_size % k or group_size // k < 2:
             raise ConfigError(
                 f"group_size: g2rpo's {k} granularities need at least 2 noise draws each "
@@ -142,7 +148,7 @@ class G2RPO(Algorithm):
         sde = self.empty(ctx)
         sde[:, s] = True
         train = sde & (level == 0)[:, None]
-        stride = torch.tensor(grains)[level]
+        stride = torch.tensor(grains)[level] * ctx.ode_stride  # sampling.ode_stride coarsens every row alike
         return self.make_plan(ctx, sde, train, parent=parent, branch_at=branch_at, stride=stride)
 
     def advantages(

@@ -171,14 +171,18 @@ class Plan:
     def skips(self) -> torch.Tensor:
         """[B, T] bool: row b holds its data prediction at step j instead of running the
         model. A row's ODE tail starts after its last SDE step (and, for a branch, where it
-        leaves its parent) and calls the model at its first step and every stride-th one
-        after; a row whose velocity other rows take at j (a shared prefix) skips only where
-        every one of them would."""
+        leaves its parent) on the grid start, start + stride, ... of the table's steps: it
+        calls the model at the grid nodes a whole stride from the end or more, and holds
+        elsewhere (so a grid that misses sigma = 0 ends with its last called node's data
+        prediction, as G2RPO's `sigma_schedule[s + 2::g]` does). A row whose velocity other
+        rows take at j (a shared prefix) skips only where every one of them would."""
         b, t = self.sde.shape
         rows = torch.arange(b)
         start = torch.maximum(self.last_sde() + 1, torch.where(self.parent != rows, self.branch_at, 0))
-        off = torch.arange(t)[None] - start[:, None]
-        own = (off > 0) & (off % self.stride[:, None] != 0)
+        steps = torch.arange(t)[None]
+        off = steps - start[:, None]
+        stride = self.stride[:, None]
+        own = (off > 0) & ((off % stride != 0) | (steps + stride > t))
         src_v, _ = self.sources()
         needed = torch.zeros(b, t).scatter_add_(0, src_v, (~own).float()) > 0
         return own & ~needed & (src_v == rows[:, None])

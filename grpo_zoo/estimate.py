@@ -122,7 +122,12 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
         )
         plan = alg.plan(ctx)
         rollout += int(plan.forward_rows().sum()) * cfg_mult
-        trained += obj.num_items(plan)
+        items = obj.num_items(plan)
+        if objective.needs_transitions:  # pruning by advantage: its count, with advantages not known yet
+            traj, st = plan.train.nonzero(as_tuple=True)
+            keep = alg.keep(ctx, plan, traj, st, torch.zeros(len(traj)))
+            items = items if keep is None else int(keep.sum())
+        trained += items
         made += obj.num_items(plan) * obj.item_forwards() * obj.cfg_mult
     passes = trained * cfg.optim.inner_epochs * obj.cfg_mult
     extra = passes * obj.extra_forwards()

@@ -114,6 +114,8 @@ def rollout(
     node_sigma = torch.cat([table.sigma, table.sigma_next[-1:]]).double()
     next_sigma = node_sigma[_next_nodes(row_skip)]  # [B, T] sigma of each row's next model call
     post = torch.arange(t)[None] > plan.last_sde()[:, None]  # [B, T] ODE steps after the row's last SDE step
+    # a transition other rows take (a shared prefix) is post only where it is post for all of them
+    post &= ~(torch.zeros(b, t).scatter_add_(0, src_x, (~post).float()) > 0)
     plain = solver == "euler" and not bool(skip.any())
     held = None if plain else torch.zeros_like(x)  # each row's data prediction of its last model call
     hist = torch.zeros_like(x) if solver == "dpm2" else None  # the model's own data prediction there

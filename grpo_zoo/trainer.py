@@ -187,7 +187,13 @@ class Trainer:
         r_local = scores[cfg.reward.name].float().cpu()
         if not torch.isfinite(r_local).all():
             raise NonFiniteError(f"non-finite reward at step {step}")
-        ctx.scores = {k: self.engine.all_gather_cat(v.float().cpu().view(len(prompts), g)) for k, v in scores.items()}
+        for entry in self.algorithm.reward_entries():  # rewards the advantages read must be finite too
+            if entry in scores and not torch.isfinite(scores[entry].float()).all():
+                raise NonFiniteError(f"non-finite reward entry {entry!r} at step {step}")
+        per_video = {k: v for k, v in scores.items() if v.numel() == len(texts)}  # [B] entries (others: not gathered)
+        ctx.scores = {
+            k: self.engine.all_gather_cat(v.float().cpu().view(len(prompts), g)) for k, v in per_video.items()
+        }
         ctx.logp = ro.logp
         r_all = ctx.scores[cfg.reward.name]
         items, made = self.objective.items(ro, emb, generator(cfg.seed, step, self.rank, "items"))

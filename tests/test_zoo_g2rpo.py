@@ -105,6 +105,7 @@ def test_advantages_are_the_groups_of_the_row_rewards():
         ({"granularities": [1, 1]}, "flow_sde", "granularities: expected distinct"),
         ({"granularities": [1, 0]}, "flow_sde", "granularities: expected distinct"),
         ({"granularities": [1, 2, 3]}, "flow_sde", "group_size: g2rpo's 3 granularities need at least 2 noise draws"),
+        ({"branch_steps": [5]}, "flow_sde", "branch_steps: at the last step \\(5\\) no step is left"),
     ],
 )
 def test_bad_branch_steps_fail_with_one_line(cfg, kind, match):
@@ -133,9 +134,13 @@ def test_each_draw_is_denoised_at_every_granularity_after_s_plus_two():
     assert torch.equal(plan.parent[carriers], carriers - carriers % group) and (plan.branch_at[carriers] == s).all()
     fwd = plan.forward_rows()
     child = fwd[1]
-    assert child.nonzero().flatten().tolist() == [s + 4, s + 6]  # s + 1, s + 2 shared; the model at s + 4, s + 6
+    # s + 1, s + 2 shared; the grid s + 2, s + 4, s + 6 misses sigma = 0 (T = 10): the model at s + 4
+    # only, and the clean prediction made there is the result (the reference's last `pred_original`)
+    assert child.nonzero().flatten().tolist() == [s + 4]
     # hand count per prompt: the anchor T forwards, 2 more draws from s + 1 on, 3 coarse children after s + 2
-    assert int(fwd.sum()) == P * (t + 2 * (t - s - 1) + 3 * len(range(s + 4, t, 2)))
+    assert int(fwd.sum()) == P * (t + 2 * (t - s - 1) + 3 * 1)
+    even, *_ = plan_for({"granularities": [1, 2]}, t, iteration=2, group=group)  # grid 4, 6, 8, 10 reaches 0
+    assert even.forward_rows()[1].nonzero().flatten().tolist() == [6, 8]
 
 
 def test_a_coarse_child_is_the_euler_ode_on_every_other_sigma_from_its_draws_state():
@@ -192,3 +197,10 @@ def test_advantage_is_the_sum_over_granularities_of_the_per_granularity_group_ad
     assert torch.allclose(adv, (z(fine) + z(coarse)).clamp(-5, 5), atol=1e-5)
     assert torch.allclose(adv[0], torch.zeros(3), atol=1e-4)  # the granularities disagree: no signal
     assert torch.allclose(adv[2], 2 * z(fine)[2], atol=1e-5)  # they agree: twice the signal
+
+
+def test_the_runs_ode_stride_coarsens_every_granularity_alike():
+    table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
+    alg = algorithm.build({"name": "g2rpo"})
+    ctx = PlanContext.of(P, 4, table, torch.Generator().manual_seed(0), iteration=1, ode_stride=2)
+    assert alg.plan(ctx).stride.tolist() == [2, 4] * (2 * P)
