@@ -24,15 +24,18 @@ Published defaults, and where they live here:
 - KL to the reference, mean((v - v_ref)^2), weight train.beta = 1e-4: `optim.beta`.
 - Run settings of the reference (run config, not this file): sampling.guidance = 1 (CFG-free;
   the rollout here follows sampling.guidance), ODE rollouts of sampling.steps = 10 (its
-  dpm2 solver is Euler here), optim.lr = 3e-4, optim.global_std = true, one optimizer step
-  per iteration (optim.minibatches = 1).
+  solver "dpm2"; here sampling.ode_solver, Euler in the toy experiments), optim.lr = 3e-4,
+  optim.global_std = true, one optimizer step per iteration (optim.minibatches = 1).
+- The old policy (`old_decay_max`, `old_decay_rate`, `old_decay_flat`). The reference
+  keeps an "old" copy of the weights (a second LoRA adapter, equal to the weights at the
+  start) that samples the rollouts and gives v_old, and soft-updates it after each
+  iteration's update, old <- d old + (1 - d) new, d = return_decay(global step, decay_type):
+  decay_type 1 (its default: min(0.001 * steps, 0.5)) or 2 (its OCR config: 0 for 75 steps,
+  then 0.0075 per step up to 0.999). Here the copy moves once per iteration before the
+  rollout with the same d (the same weights at the same point of the loop), samples the
+  rollout and gives v_old. Evaluation samples with the policy itself, as the reference's.
 
 Differences from the reference code:
-- The old policy. The reference keeps an "old" copy of the weights that samples the
-  rollouts and gives v_old, soft-updated after each iteration, old <- d old + (1 - d) new
-  with d = min(0.001 * optimizer steps, 0.5). Here the rollout policy is the current one
-  and v_old is recorded under it: the reference at d = 0 (its first iterations have d
-  near 0). Following it would need the trainer to roll out with the old weights.
 - The paper writes the loss in velocity space, r |v+ - v*|^2 + (1 - r) |v- - v*|^2; the
   code (followed here) works in x0 space with a detached per-sample adaptive weight and
   the constants c / b.
@@ -63,6 +66,14 @@ class DiffusionNFTConfig(AlgorithmConfig):
     """b: strength of the implicit policies v+- = v_old +- b (v - v_old), in (0, 1]."""
     adv_clip_max: float = 5.0
     """c: advantages are clipped to +-c before r = A / (2c) + 1/2; the loss is scaled by c."""
+    old_decay_max: float = 0.5
+    """The old policy (it samples the rollouts and gives v_old) trails the weights with decay
+    min(max(0, steps - old_decay_flat) * old_decay_rate, old_decay_max), moved once per
+    iteration; 0: the old policy is the current one (no copy kept)."""
+    old_decay_rate: float = 1e-3
+    """Decay gained per optimizer step."""
+    old_decay_flat: int = 0
+    """Optimizer steps before the decay starts to grow (0 until then)."""
 
     def validate(self) -> None:
         if self.timesteps is not None and self.timesteps < 1:
@@ -74,6 +85,12 @@ class DiffusionNFTConfig(AlgorithmConfig):
             raise ConfigError(f"nft_beta: must lie in (0, 1], got {self.nft_beta}")
         if not self.adv_clip_max > 0:
             raise ConfigError(f"adv_clip_max: must be > 0, got {self.adv_clip_max}")
+        if not 0 <= self.old_decay_max < 1:
+            raise ConfigError(f"old_decay_max: must lie in [0, 1), got {self.old_decay_max}")
+        if not 0 <= self.old_decay_rate < float("inf"):
+            raise ConfigError(f"old_decay_rate: must be a finite number >= 0, got {self.old_decay_rate}")
+        if not self.old_decay_flat >= 0:
+            raise ConfigError(f"old_decay_flat: must be >= 0 optimizer steps, got {self.old_decay_flat}")
 
 
 @register("diffusion_nft")

@@ -37,3 +37,39 @@ class EMA:
             yield
         finally:
             self.load(backup)
+
+
+class Trailing:
+    """A copy of the trainable weights that trails them by one update and a decay: equal to
+    them at the first iteration, then moved once per iteration, before it is used,
+    copy <- d copy + (1 - d) weights, with d = decay(optimizer steps so far). DiffusionNFT's
+    "old" policy (it samples the rollouts and gives v_old) and AWM's EMA policy (its KL).
+    `state_dict` / `load_state_dict` carry it through a checkpoint."""
+
+    def __init__(self, trainable: Callable[[], dict[str, torch.nn.Parameter]]):
+        self.trainable = trainable
+        self.ema: EMA | None = None
+        self.calls = 0
+        """Iterations that used it (it moved at each but the first)."""
+        self._restored: dict[str, torch.Tensor] | None = None
+
+    def advance(self, decay: Callable[[int], float]) -> EMA:
+        """The copy for this iteration: created, or moved with decay(calls so far)."""
+        if self.ema is None:
+            self.ema = EMA(self.trainable, 0.0)
+            if self._restored is not None:
+                params = self.trainable()
+                self.ema.shadow = {n: self._restored[n].to(p.device, p.dtype, copy=True) for n, p in params.items()}
+                self._restored = None
+        if self.calls > 0:
+            self.ema.decay = decay(self.calls)
+            self.ema.update()
+        self.calls += 1
+        return self.ema
+
+    def state_dict(self) -> dict:
+        return {} if self.ema is None else {"ema": self.ema.shadow, "calls": self.calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("ema") is not None:
+            self._restored, self.calls = state["ema"], int(state["calls"])

@@ -17,12 +17,14 @@ they ran under CFG, `item_forwards`/`extra_forwards` predict them for the estima
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
+from grpo_zoo.ema import Trailing
 from grpo_zoo.flow import sde_step, transition_mean
 from grpo_zoo.loss import gaussian_kl, ppo_clip
 
@@ -137,6 +139,14 @@ class Objective:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
+
+    def sampling_weights(self) -> contextlib.AbstractContextManager:
+        """Entered around the training rollout: the weights it samples with (default: the
+        policy's own; DiffusionNFT's old policy swaps its trailing copy in)."""
+        return contextlib.nullcontext()
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.policy.net.named_parameters() if p.requires_grad}
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         null = self.null_emb if self.guidance != 1.0 else None
@@ -302,9 +312,48 @@ class NFT(ForwardProcess):
         loss = c * (r |x0(v+) - x0|^2 / d+ + (1 - r) |x0(v-) - x0|^2 / d-) / b + beta * mean((v - v_ref)^2)
     with d+- the detached per-sample mean |x0(v+-) - x0| (at least 1e-5: adaptive weighting).
     The paper writes the loss in velocity space without the constants c / b and the
-    adaptive weight; the reference code has them, and so does this. The reference's old
-    policy is an EMA of the policy (decay min(0.001 * step, 0.5)) that also samples the
-    rollouts; here the old policy is the rollout-time policy (that EMA at decay 0)."""
+    adaptive weight; the reference code has them, and so does this. The old policy is a
+    trailing copy of the weights (grpo_zoo.ema.Trailing): it samples the rollouts
+    (`sampling_weights`) and gives v_old, and moves once per iteration before the rollout,
+    old <- d old + (1 - d) weights, d = min(max(0, steps - old_decay_flat) * old_decay_rate,
+    old_decay_max) at the optimizer steps made so far (the reference's `return_decay`).
+    old_decay_max 0 keeps no copy: the old policy is the current one."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.trailing = Trailing(self.trainable)
+
+    @property
+    def trails(self) -> bool:
+        return float(getattr(self.alg_cfg, "old_decay_max", 0.0) or 0.0) > 0
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        from grpo_zoo.errors import ConfigError
+
+        if float(getattr(cfg.algorithm, "old_decay_max", 0.0) or 0.0) > 0 and cfg.engine.zero_stage == 3:
+            raise ConfigError(
+                "algorithm.old_decay_max: the old policy needs whole parameters on each rank; "
+                "use engine.zero_stage <= 2 or old_decay_max: 0 (the old policy is then the current one)"
+            )
+
+    def old_decay(self, calls: int) -> float:
+        """The decay of the move made at the `calls`-th iteration (1, 2, ...)."""
+        steps = calls * int(getattr(self.optim, "minibatches", 1)) * int(getattr(self.optim, "inner_epochs", 1))
+        flat = int(getattr(self.alg_cfg, "old_decay_flat", 0))
+        rate = float(getattr(self.alg_cfg, "old_decay_rate", 1e-3))
+        return min(max(0, steps - flat) * rate, float(getattr(self.alg_cfg, "old_decay_max", 0.5)))
+
+    def sampling_weights(self) -> contextlib.AbstractContextManager:
+        if not self.trails:
+            return contextlib.nullcontext()
+        return self.trailing.advance(self.old_decay).swapped_in()
+
+    def state_dict(self) -> dict:
+        return self.trailing.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trailing.load_state_dict(state)
 
     def steps_per_sample(self) -> int:
         eligible = len(renoise_steps(self.table, self._t_range()))
@@ -323,7 +372,13 @@ class NFT(ForwardProcess):
 
     def items(self, ro, emb: torch.Tensor, gen: torch.Generator) -> tuple[object, int]:
         traj, step, t, x0, _, xt = self.renoise(ro, gen)
-        v_old = self.forward_all(xt, t, emb[traj])
+        old = (
+            self.trailing.ema.swapped_in()
+            if self.trails and self.trailing.ema is not None
+            else contextlib.nullcontext()
+        )
+        with old:  # the old policy as the rollout had it (moved before it)
+            v_old = self.forward_all(xt, t, emb[traj])
         return self.transitions(traj, step, t, x0, xt, v_old), len(traj)
 
     def loss(self, b: Batch) -> Terms:
@@ -383,10 +438,7 @@ class AWM(ForwardProcess):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self._ema = None
-        self._calls = 0
-        """Iterations whose items were made (the EMA took one step at each but the first)."""
-        self._restored: dict | None = None
+        self.trailing = Trailing(self.trainable)
 
     def steps_per_sample(self) -> int:
         return max(1, int(getattr(self.alg_cfg, "timesteps", 6)))
@@ -427,31 +479,14 @@ class AWM(ForwardProcess):
         return top if ramp is None else min(top, float(ramp) * steps)
 
     def ema_policy(self):
-        """The EMA of the trainable weights: a copy of them at the first iteration, then one
-        step per iteration, folding in the weights the previous update left."""
-        from grpo_zoo.ema import EMA
-
-        def trainable() -> dict[str, torch.nn.Parameter]:
-            return {n: p for n, p in self.policy.net.named_parameters() if p.requires_grad}
-
-        if self._ema is None:
-            self._ema = EMA(trainable, 0.0)
-            if self._restored is not None:
-                params = trainable()
-                self._ema.shadow = {n: self._restored[n].to(p.device, p.dtype) for n, p in params.items()}
-                self._restored = None
-        if self._calls > 0:
-            self._ema.decay = self.ema_decay(self._calls)
-            self._ema.update()
-        self._calls += 1
-        return self._ema
+        """The EMA of the trainable weights for this iteration (one step per iteration)."""
+        return self.trailing.advance(self.ema_decay)
 
     def state_dict(self) -> dict:
-        return {} if self._ema is None else {"ema": self._ema.shadow, "calls": self._calls}
+        return self.trailing.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("ema") is not None:
-            self._restored, self._calls = state["ema"], int(state["calls"])
+        self.trailing.load_state_dict(state)
 
     def items(self, ro, emb: torch.Tensor, gen: torch.Generator) -> tuple[object, int]:
         traj, step, t, x0, eps, xt = self.renoise(ro, gen)

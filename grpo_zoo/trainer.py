@@ -170,19 +170,20 @@ class Trainer:
         plan = self.algorithm.plan(ctx)
         plan.check(self.table)
         self.policy.eval()
-        ro = rollout(
-            self.policy,
-            emb,
-            self.null_emb,
-            plan,
-            self.table,
-            cfg.sampling.guidance,
-            generator(cfg.seed, step, self.rank, "rollout"),
-            dtype=self.dtype,
-            device=self.device,
-            keep_velocity=self.objective.needs_sampling_velocity,
-            solver=cfg.sampling.ode_solver,
-        )
+        with self.objective.sampling_weights():  # the policy's own weights, or the objective's old policy
+            ro = rollout(
+                self.policy,
+                emb,
+                self.null_emb,
+                plan,
+                self.table,
+                cfg.sampling.guidance,
+                generator(cfg.seed, step, self.rank, "rollout"),
+                dtype=self.dtype,
+                device=self.device,
+                keep_velocity=self.objective.needs_sampling_velocity,
+                solver=cfg.sampling.ode_solver,
+            )
         scores = rewards.score(self.reward_fn, self.policy.decode, ro.latents, texts, g)
         r_local = scores[cfg.reward.name].float().cpu()
         if not torch.isfinite(r_local).all():

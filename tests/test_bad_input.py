@@ -201,6 +201,12 @@ TRAIN = [
     ["{cfg}", "run_dir={run}", "algorithm.name=dance_grpo", "algorithm.rewards={}"],
     ["{cfg}", "run_dir={run}", "algorithm.name=g2rpo", "data.group_size=4", "algorithm.granularities=[1, 2, 3]"],
     ["{cfg}", "run_dir={run}", "algorithm.name=g2rpo", "algorithm.granularities=[2]"],
+    ["{cfg}", "run_dir={run}", "algorithm.name=diffusion_nft", "algorithm.old_decay_max=1.0"],
+    ["{cfg}", "run_dir={run}", "algorithm.name=diffusion_nft", "algorithm.old_decay_rate=nan"],
+    ["{cfg}", "run_dir={run}", "algorithm.name=diffusion_nft", "algorithm.old_decay_flat=-5"],
+    ["{cfg}", "run_dir={run}", "algorithm.name=diffusion_nft", "algorithm.old_decay_flat=2.5"],
+    ["{cfg}", "run_dir={run}", "algorithm.name=diffusion_nft", "engine.zero_stage=3"],
+    ["{cfg}", "run_dir={run}", "algorithm.name=awm", "engine.zero_stage=3"],
     ["{cfg}", "run_dir={run}", "budget.steps=0"],
     ["{cfg}", "run_dir={run}", "budget.device_hours=-1"],
     ["{cfg}", "run_dir={run}", "budget.flops=.nan"],
@@ -469,6 +475,7 @@ BENCHMARKS = [
 
 def _mains():
     from benchmarks.__main__ import main as benchmarks
+    from benchmarks.ode_solver import main as ode_solver
     from grpo_zoo.estimate import main as estimate
     from grpo_zoo.report import main as report
     from grpo_zoo.schedule import main as schedule
@@ -488,6 +495,7 @@ def _mains():
         "toy.evaluate": evaluate,
         "toy.pretrain": pretrain,
         "benchmarks": benchmarks,
+        "benchmarks.ode_solver": ode_solver,
     }
 
 
@@ -501,6 +509,7 @@ TABLE = {
     "toy.evaluate": EVALUATE,
     "toy.pretrain": PRETRAIN,
     "benchmarks": BENCHMARKS,
+    "benchmarks.ode_solver": [["--n", "1"], ["--n", "0"], ["--n", "-3"], ["--n", "two"], ["--bogus"], ["extra"]],
 }
 CASES = [(cli, argv) for cli, rows in TABLE.items() for argv in rows]
 

@@ -143,3 +143,17 @@ def test_a_row_that_lends_its_velocity_runs_the_model_where_a_branch_needs_it():
     policy = CountingPolicy()
     ro = rollout(policy, torch.randn(4, 3, 5), None, plan, table, 1.0, torch.Generator().manual_seed(0), solver="dpm2")
     assert ro.nfe == policy.rows == int(plan.forward_rows().sum()) < 4 * steps
+
+
+def test_the_solver_benchmark_measures_the_toy_base_model():
+    """`python -m benchmarks.ode_solver` (published in BENCHMARKS.md) stays runnable: on the
+    toy base model, a stride of 2 halves the forwards per video and every figure is finite."""
+    import math
+
+    from benchmarks.ode_solver import measure
+
+    rows = measure(n=2, steps=(10,), strides=(1, 2))
+    assert [(r["solver"], r["stride"]) for r in rows] == [("euler", 1), ("euler", 2), ("dpm2", 1), ("dpm2", 2)]
+    assert [r["nfe"] for r in rows] == [10, 5, 10, 5]
+    assert all(math.isfinite(r[k]) for r in rows for k in ("reward", "ci", "error"))
+    assert all(r["error"] > 0 for r in rows)  # 10 steps are not the 200-step answer

@@ -149,11 +149,11 @@ def test_ema_policy_steps_once_per_iteration_with_the_reference_decay(table):
     pol = Lin()
     obj = awm(table, pol, minibatches=2, kl_ema_decay=0.3, kl_ema_ramp=0.1)
     make_items(obj)  # iteration 0: the EMA starts as a copy of the weights
-    assert float(obj._ema.shadow["w"]) == pytest.approx(0.7)
+    assert float(obj.trailing.ema.shadow["w"]) == pytest.approx(0.7)
     with torch.no_grad():
         pol.net["w"].fill_(1.7)  # what the update left
     items, _ = make_items(obj, seed=1)  # iteration 1: decay min(0.3, 0.1 * 2 optimizer steps) = 0.2
-    assert float(obj._ema.shadow["w"]) == pytest.approx(0.2 * 0.7 + 0.8 * 1.7)
+    assert float(obj.trailing.ema.shadow["w"]) == pytest.approx(0.2 * 0.7 + 0.8 * 1.7)
     assert float(pol.net["w"].detach()) == pytest.approx(1.7)  # the policy got its own weights back
     v_ema = items.aux[:, 1]
     want = (0.2 * 0.7 + 0.8 * 1.7) * items.x + -0.3 * items.sigma.float().view(-1, 1, 1, 1, 1)
@@ -166,7 +166,7 @@ def test_ema_policy_steps_once_per_iteration_with_the_reference_decay(table):
         pol.net["w"].fill_(2.7)
     make_items(fresh, seed=2)
     make_items(obj, seed=2)
-    assert float(fresh._ema.shadow["w"]) == pytest.approx(float(obj._ema.shadow["w"]))
+    assert float(fresh.trailing.ema.shadow["w"]) == pytest.approx(float(obj.trailing.ema.shadow["w"]))
 
 
 def test_trainer_counts_every_forward_and_the_estimator_predicts_them(tmp_path):

@@ -147,3 +147,64 @@ def test_trainer_counts_cfg_free_forwards_once_and_the_estimator_agrees(tmp_path
     assert row["compute/nfe"] == 2 * b * t + items + 2 * items
     c = iteration_counts(cfg, 0)
     assert c["rollout_nfe"] + c["update_nfe"] == row["compute/nfe"] and c["backward"] == items
+
+
+def w(pol) -> float:
+    return float(pol.net["w"].detach())
+
+
+def test_old_policy_trails_the_weights_samples_the_rollout_and_gives_v_old(table):
+    """The reference's old adapter: equal to the weights at first, then moved once per
+    iteration with d = min(max(0, steps - flat) * rate, max) (its `return_decay`); the
+    rollout samples with it and v_old is its velocity; the policy keeps its own weights."""
+    pol = Lin()
+    obj = nft(table, pol, old_decay_rate=0.1, old_decay_max=0.25, old_decay_flat=1)
+    with obj.sampling_weights():  # iteration 0: a copy of the weights
+        assert w(pol) == pytest.approx(0.7)
+    with torch.no_grad():
+        pol.net["w"].fill_(1.7)  # what the first update left
+    with obj.sampling_weights():  # iteration 1: 1 optimizer step so far, inside the flat part: d = 0
+        assert w(pol) == pytest.approx(1.7)
+    with torch.no_grad():
+        pol.net["w"].fill_(2.7)
+    old = 0.1 * 1.7 + 0.9 * 2.7  # iteration 2: d = min((2 - 1) * 0.1, 0.25)
+    with obj.sampling_weights():
+        assert w(pol) == pytest.approx(old)
+    assert w(pol) == pytest.approx(2.7)  # its own weights back after the rollout
+    items, _ = make_items(obj)
+    want = old * items.x - 0.3 * items.sigma.float().view(-1, 1, 1, 1, 1)
+    assert torch.allclose(items.aux, want, atol=1e-6)  # v_old is the old policy's
+    assert obj.old_decay(10) == pytest.approx(0.25)  # capped
+    fresh = nft(table, pol, old_decay_rate=0.1, old_decay_max=0.25, old_decay_flat=1)
+    fresh.load_state_dict(obj.state_dict())  # a resume moves it on from the saved copy
+    with fresh.sampling_weights():
+        moved = w(pol)
+    with obj.sampling_weights():
+        assert moved == pytest.approx(w(pol))
+
+
+def test_without_decay_the_old_policy_is_the_current_one_and_no_copy_is_kept(table):
+    pol = Lin()
+    obj = nft(table, pol, old_decay_max=0.0)
+    with obj.sampling_weights():
+        pass
+    assert obj.trailing.ema is None and obj.state_dict() == {}
+    with torch.no_grad():
+        pol.net["w"].fill_(1.7)
+    items, _ = make_items(obj)
+    assert torch.allclose(items.aux, 1.7 * items.x - 0.3 * items.sigma.float().view(-1, 1, 1, 1, 1), atol=1e-6)
+    for bad in ({"old_decay_max": 1.0}, {"old_decay_max": -0.1}, {"old_decay_rate": -1e-3}, {"old_decay_flat": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            algorithm.build({"name": "diffusion_nft", **bad})
+
+
+def test_the_trainer_rolls_out_with_the_old_policy(tmp_path):
+    """Iteration 0 samples with a copy of the initial weights either way; from iteration 1 a
+    slow old policy (d = 0.9) samples other videos than the current weights do (d = 0)."""
+    rows = {}
+    for name, alg in {"current": {"old_decay_max": 0.0}, "old": {"old_decay_rate": 1.0, "old_decay_max": 0.9}}.items():
+        cfg = run_config(tmp_path, name, {"name": "diffusion_nft", "timesteps": 2, **alg}, 2)
+        cfg.optim.lr = 1e-2  # a visible first update
+        rows[name] = [r for r in train(cfg) if r["kind"] == "train"]
+    assert rows["old"][0]["reward/mean"] == rows["current"][0]["reward/mean"]
+    assert rows["old"][1]["reward/mean"] != rows["current"][1]["reward/mean"]

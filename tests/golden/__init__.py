@@ -6,7 +6,8 @@ the loss terms, rewards, gradient sizes by timestep (`grad_t/<k>`) and compute c
 of every metrics row (wall-clock keys left out), with the sha256 of the toy base
 checkpoint it ran on. tests/test_golden.py runs the same and compares within
 RTOL/ATOL, which survive a change of the thread count (generated with 2 threads; 1 and 4
-threads gave the same rows bit for bit).
+threads gave the same rows bit for bit) and of the machine (x86: ATen's AVX2 kernels on
+every one, see below).
 
 Variants come from the registry (grpo_zoo.algorithm.names()): each algorithm with its
 default config, plus each non-default choice of the boolean and Literal switches its own
@@ -25,8 +26,15 @@ import hashlib
 import json
 import math
 import os
+import platform
 import typing
 from pathlib import Path
+
+if platform.machine().lower() in ("x86_64", "amd64") and "torch" not in __import__("sys").modules:
+    # One instruction set for every x86 machine: ATen's AVX-512 kernels round otherwise than
+    # its AVX2 ones, and AWM's rows drift by up to 3e-3 relative between the two (measured;
+    # every other variant matched within RTOL). Read by torch at import, so set before it.
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 UPDATE_COMMAND = "python -m tests.golden --update"
@@ -99,9 +107,11 @@ EXTRA = {
     "dance_grpo-two_rewards": {"name": "dance_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
     "g2rpo-fine_only": {"name": "g2rpo", "granularities": [1]},
     "mix_grpo-flash": {"name": "mix_grpo", "sampling.ode_solver": "dpm2", "sampling.ode_stride": 2},
+    "diffusion_nft-no_old_copy": {"name": "diffusion_nft", "old_decay_max": 0.0},
 }
 """Variants beyond the switches: DanceGRPO's several rewards, G2RPO at one granularity,
-MixGRPO-Flash (its multistep solver and compressed ODE tail are sampling options)."""
+MixGRPO-Flash (its multistep solver and compressed ODE tail are sampling options),
+DiffusionNFT with the current policy as its old one."""
 
 
 def variants() -> dict[str, dict]:
