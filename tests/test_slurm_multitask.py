@@ -103,12 +103,14 @@ def test_sweep_submits_a_two_task_run_through_submitit(tmp_path, slurm):
 
 @pytest.fixture
 def capture_sbatch(tmp_path, monkeypatch):
-    """PATH with an `sbatch` that accepts any script (job 4242); submitit keeps the script it wrote."""
+    """PATH with an `sbatch` that accepts any script (job 4242); submitit keeps the script it wrote.
+    An `srun` too: submitit looks for one before it submits (SLURM need not be installed)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    fake = bin_dir / "sbatch"
-    fake.write_text("#!/bin/sh\necho 'Submitted batch job 4242'\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    for name, body in {"sbatch": "echo 'Submitted batch job 4242'", "srun": "exit 1"}.items():
+        fake = bin_dir / name
+        fake.write_text(f"#!/bin/sh\n{body}\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(ROOT)
 
