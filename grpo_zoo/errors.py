@@ -65,7 +65,8 @@ class Range:
     def problem(self, value: float) -> str | None:
         """None when `value` is valid, else what is wrong with it (for one error line)."""
         if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite number {self.describe()}, got {value}"
+            where = "" if self.describe() == "finite" else f" {self.describe()}"
+            return f"must be a finite number{where}, got {value}"
         lo, hi = self.low, self.high
         if (lo is not None and (value <= lo if self.low_open else value < lo)) or (
             hi is not None and (value >= hi if self.high_open else value > hi)

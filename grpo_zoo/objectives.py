@@ -247,6 +247,30 @@ class ForwardProcess(Objective):
 
     needs_transitions = False
     trains_with_cfg = False
+    trailing_field: ClassVar[str | None] = None
+    """The algorithm field that, when > 0, makes the objective keep a trailing copy of the
+    weights (`self.trailing`): DiffusionNFT's old policy, AWM's EMA policy."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.trailing = Trailing(self.trainable)  # empty until an objective advances it
+
+    def state_dict(self) -> dict:
+        return self.trailing.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.trailing.load_state_dict(state)
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        field = cls.trailing_field
+        if field and float(getattr(cfg.algorithm, field, 0.0) or 0.0) > 0 and cfg.engine.zero_stage == 3:
+            from grpo_zoo.errors import ConfigError
+
+            raise ConfigError(
+                f"algorithm.{field}: {cls.name}'s trailing copy of the weights needs whole parameters on "
+                f"each rank; use engine.zero_stage <= 2 or {field}: 0"
+            )
 
     def steps_per_sample(self) -> int:
         raise NotImplementedError
@@ -319,23 +343,11 @@ class NFT(ForwardProcess):
     old_decay_max) at the optimizer steps made so far (the reference's `return_decay`).
     old_decay_max 0 keeps no copy: the old policy is the current one."""
 
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.trailing = Trailing(self.trainable)
+    trailing_field = "old_decay_max"
 
     @property
     def trails(self) -> bool:
         return float(getattr(self.alg_cfg, "old_decay_max", 0.0) or 0.0) > 0
-
-    @classmethod
-    def preflight(cls, cfg) -> None:
-        from grpo_zoo.errors import ConfigError
-
-        if float(getattr(cfg.algorithm, "old_decay_max", 0.0) or 0.0) > 0 and cfg.engine.zero_stage == 3:
-            raise ConfigError(
-                "algorithm.old_decay_max: the old policy needs whole parameters on each rank; "
-                "use engine.zero_stage <= 2 or old_decay_max: 0 (the old policy is then the current one)"
-            )
 
     def old_decay(self, calls: int) -> float:
         """The decay of the move made at the `calls`-th iteration (1, 2, ...)."""
@@ -348,12 +360,6 @@ class NFT(ForwardProcess):
         if not self.trails:
             return contextlib.nullcontext()
         return self.trailing.advance(self.old_decay).swapped_in()
-
-    def state_dict(self) -> dict:
-        return self.trailing.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trailing.load_state_dict(state)
 
     def steps_per_sample(self) -> int:
         eligible = len(renoise_steps(self.table, self._t_range()))
@@ -436,9 +442,7 @@ class AWM(ForwardProcess):
     before the items are made (the reference: after each epoch's update), with decay
     min(kl_ema_decay, kl_ema_ramp * optimizer steps so far), kept in `state_dict`."""
 
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self.trailing = Trailing(self.trainable)
+    trailing_field = "ema_kl_beta"
 
     def steps_per_sample(self) -> int:
         return max(1, int(getattr(self.alg_cfg, "timesteps", 6)))
@@ -458,16 +462,6 @@ class AWM(ForwardProcess):
     def ema_beta(self) -> float:
         return float(getattr(self.alg_cfg, "ema_kl_beta", 0.0) or 0.0)
 
-    @classmethod
-    def preflight(cls, cfg) -> None:
-        from grpo_zoo.errors import ConfigError
-
-        if float(getattr(cfg.algorithm, "ema_kl_beta", 0.0) or 0.0) > 0 and cfg.engine.zero_stage == 3:
-            raise ConfigError(
-                "algorithm.ema_kl_beta: the EMA policy needs whole parameters on each rank; "
-                "use engine.zero_stage <= 2 or ema_kl_beta: 0"
-            )
-
     def item_forwards(self) -> int:
         return 2 if self.ema_beta > 0 else 1
 
@@ -481,12 +475,6 @@ class AWM(ForwardProcess):
     def ema_policy(self):
         """The EMA of the trainable weights for this iteration (one step per iteration)."""
         return self.trailing.advance(self.ema_decay)
-
-    def state_dict(self) -> dict:
-        return self.trailing.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.trailing.load_state_dict(state)
 
     def items(self, ro, emb: torch.Tensor, gen: torch.Generator) -> tuple[object, int]:
         traj, step, t, x0, eps, xt = self.renoise(ro, gen)
