@@ -6,7 +6,7 @@ floor(T * timestep_fraction) steps, x_t = (1 - t) x0 + t eps. The flow-matching 
 there, weighted (`weighting`), is a log-likelihood surrogate logp; the loss is PPO's clip
 on exp(logp - logp_old) with the advantage scaled to [-advantage_max, advantage_max], plus
 KLs in velocity space to the reference (optim.beta) and to an EMA of the policy
-(ema_kl_beta) (grpo_zoo/objectives.py, `AWM`). Training forwards use no CFG.
+(ema_kl_beta) (`AWMObjective` below). Training forwards use no CFG.
 
 Sources. Paper: Xue et al., "Advantage Weighted Matching: Aligning RL with Pretraining in
 Diffusion Models", arXiv 2509.25050. Code: scxue/advantage_weighted_matching
@@ -41,12 +41,18 @@ Differences from the reference code, each small:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+import torch
+
+from grpo_zoo.core import objective
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.contract import Batch, ReNoised, Terms
+from grpo_zoo.core.forward_process import ForwardProcess
+from grpo_zoo.core.loss import ppo_clip
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.objectives import stratified_range
 
 
 @dataclass
@@ -94,6 +100,14 @@ class AWMConfig(AlgorithmConfig):
             raise ConfigError(f"kl_ema_ramp: must be >= 0 (or null), got {self.kl_ema_ramp}")
 
 
+def stratified_range(table, fraction: float, skip_first: bool) -> tuple[int, int]:
+    """(lo, hi): the strata cover steps lo..hi-1 with hi = floor(T * fraction) and lo = 1
+    when the first step (sigma = 1) is left out; at least one step on short schedules."""
+    t = table.num_steps
+    lo = 1 if skip_first and t > 1 else 0
+    return lo, max(lo + 1, min(t, math.floor(t * fraction)))
+
+
 @register("awm")
 class AWM(Algorithm):
     Config = AWMConfig
@@ -107,3 +121,96 @@ class AWM(Algorithm):
 
     def plan(self, ctx: PlanContext) -> Plan:
         return self.make_plan(ctx, self.empty(ctx))  # every step ODE; the objective re-noises x0
+
+
+def matching_logp(v: torch.Tensor, target: torch.Tensor, t: torch.Tensor, weighting: str, power: float):
+    """AWM's log-likelihood surrogate: -mean((v - (eps - x0))^2), reshaped by `weighting`
+    ("ghuber": -((mse + 1e-10)^p - 1e-10^p) * t / p), in float64, returned as float32."""
+    lp = -(v.double() - target.double()).pow(2).flatten(1).mean(1)
+    if weighting == "ghuber":
+        tiny = 1e-10
+        lp = -((-lp + tiny) ** power - tiny**power) * t.double() / power
+    return lp.float()
+
+
+@objective.register("awm")
+class AWMObjective(ForwardProcess):
+    """The `awm` objective, as scxue/advantage_weighted_matching scripts/train_sd3_awm.py computes it.
+
+    Items: each clean sample at `timesteps` noise levels, one per stratum of the first
+    floor(T * timestep_fraction) sampling steps (step 0, sigma = 1, left out under
+    `time_type: discrete_wo_init`); the flow-matching error there is a log-likelihood
+    surrogate, logp = matching_logp(v, eps - x0, t), recorded under the rollout policy.
+    Per item (the reference's `exp_first`), with A' = clip(A, -c, c) / c * advantage_max:
+        loss = max(-A' ratio, -A' clip(ratio, 1 - e, 1 + e)) + beta * mean((v - v_ref)^2)
+               + ema_kl_beta * mean((v - v_ema)^2),   ratio = exp(logp - logp_old),
+    e = the algorithm's clip_range (the surrogate has its own scale: optim.clip_range is not
+    used). v_ema comes from an EMA of the trainable weights updated once per iteration,
+    before the items are made (the reference: after each epoch's update), with decay
+    min(kl_ema_decay, kl_ema_ramp * optimizer steps so far), kept in `state_dict`.
+    Items record aux[:, 0] = eps and, with the EMA KL on, aux[:, 1] = v_ema."""
+
+    Config = AWMConfig
+    trailing_field = "ema_kl_beta"
+
+    def steps_per_sample(self) -> int:
+        return self.alg_cfg.timesteps
+
+    def draw_steps(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        cfg = self.alg_cfg
+        n = self.steps_per_sample()
+        lo, hi = stratified_range(self.table, cfg.timestep_fraction, cfg.time_type == "discrete_wo_init")
+        bounds = torch.linspace(lo, hi, n + 1, dtype=torch.float64).long()
+        lower, upper = bounds[:-1], bounds[1:]
+        u = torch.rand(b, n, generator=gen, dtype=torch.float64)
+        return lower + (u * (upper - lower)).long()
+
+    # -- the EMA policy the second KL pulls toward --
+    @property
+    def ema_beta(self) -> float:
+        return self.alg_cfg.ema_kl_beta
+
+    def item_forwards(self) -> int:
+        return 2 if self.ema_beta > 0 else 1
+
+    def ema_decay(self, calls: int) -> float:
+        """The decay of the EMA step made at the `calls`-th iteration (1, 2, ...)."""
+        top, ramp = self.alg_cfg.kl_ema_decay, self.alg_cfg.kl_ema_ramp
+        return top if ramp is None else min(top, ramp * self.optimizer_steps(calls))
+
+    def ema_policy(self):
+        """The EMA of the trainable weights for this iteration (one step per iteration)."""
+        return self.trailing.advance(self.ema_decay)
+
+    def items(self, ro, ctx, emb: torch.Tensor, gen: torch.Generator) -> tuple[ReNoised, int]:
+        cfg = self.alg_cfg
+        it, eps = self.renoise(ro, gen)
+        v_old = self.forward_all(it.x_t, it.t, emb[it.traj])
+        it.logp_old = matching_logp(v_old, eps - it.x0, it.t, cfg.weighting, cfg.ghuber_power)
+        aux = [eps]
+        if self.ema_beta > 0:
+            with self.ema_policy().swapped_in():
+                aux.append(self.forward_all(it.x_t, it.t, emb[it.traj]))
+        it.aux = torch.stack(aux, 1)
+        return it, len(it) * len(aux)
+
+    def loss(self, b: Batch) -> Terms:
+        it, cfg = b.items, self.alg_cfg
+        c = cfg.adv_clip_max
+        adv = b.adv.to(self.device).clamp(-c, c) / c * cfg.advantage_max
+        x_t, x0, aux = it.x_t.to(self.device), it.x0.to(self.device), it.aux.to(self.device)
+        t = it.t.to(self.device)
+        v = self.velocity(x_t, t.float(), b.emb)
+        v.retain_grad()
+        logp = matching_logp(v, aux[:, 0] - x0, t, cfg.weighting, cfg.ghuber_power)
+        per, st = ppo_clip(logp, it.logp_old.to(self.device), adv, b.weight.to(self.device), cfg.clip_range)
+        stats = {"policy": per.detach(), **st}
+        kl = self.kl_to_reference(v, x_t, t.float(), b.emb)
+        if kl is not None:
+            per = per + self.beta * kl
+            stats["kl"] = kl.detach()
+        if self.ema_beta > 0:
+            ema_kl = (v - aux[:, 1]).pow(2).flatten(1).mean(1)
+            per = per + self.ema_beta * ema_kl
+            stats["ema_kl"] = ema_kl.detach()
+        return Terms(per, stats, v, 0 if kl is None else len(t))

@@ -48,7 +48,8 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.advantages import normalize_within
+from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -172,16 +173,12 @@ class BranchGRPO(Algorithm):
         train = owned & self.train_mask(ctx.iteration, table, pts)
         return self.make_plan(ctx, sde, train, parent=parent, branch_at=branch_at)
 
-    def advantages(
-        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, rewards: torch.Tensor
-    ) -> torch.Tensor:
+    def advantages(self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Each transition's node value (mean reward of the leaves below it, or the
         probability-weighted fusion), normalised among the nodes of its tree at its depth."""
-        from grpo_zoo.advantages import normalize_within
-
-        p, t = ctx.num_prompts, ctx.table.num_steps
-        local = rewards[ctx.rank * p : (ctx.rank + 1) * p].flatten().double()
-        _, owner = plan.sources()  # [B, T] the row whose transition each row takes at each step
+        t = ctx.table.num_steps
+        local = ctx.scores.flatten().double()
+        _, owner = ctx.plan.sources()  # [B, T] the row whose transition each row takes at each step
         if self.cfg.prob_weighted:
             value = fused_values(owner, ctx.logp.double(), local)
         else:
@@ -192,7 +189,7 @@ class BranchGRPO(Algorithm):
         return normalize_within(value[traj, step], depth_group, ctx.global_std, ctx.adv_clip)
 
     def keep(
-        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, adv: torch.Tensor
+        self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor, adv: torch.Tensor
     ) -> torch.Tensor | None:
         """Width pruning `best_worst`: the best and worst transitions after the last split."""
         if self.cfg.width_pruning != "best_worst":

@@ -52,7 +52,8 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.advantages import rank_group_advantages
+from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -112,19 +113,14 @@ class DanceGRPO(Algorithm):
     def reward_entries(self) -> list[str]:
         return list(self.cfg.rewards or {})
 
-    def advantages(
-        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, rewards: torch.Tensor
-    ) -> torch.Tensor:
+    def advantages(self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """[N] GRPO's advantage of the training reward; with `rewards`, [N, K]: each entry's own group
         advantage (clipped) times its coefficient, one column per reward."""
         if not self.cfg.rewards:
-            return super().advantages(ctx, plan, traj, step, rewards)
-        from grpo_zoo.advantages import group_advantages
-
-        p, cols = ctx.num_prompts, []
+            return super().advantages(ctx, traj, step)
+        cols = []
         for entry, coef in self.cfg.rewards.items():
-            if ctx.scores is None or entry not in ctx.scores:
+            if entry not in ctx.rewards:
                 raise ConfigError(f"algorithm.rewards: the run's reward gives no entry {entry!r}")
-            adv = group_advantages(ctx.scores[entry], ctx.global_std, ctx.adv_clip)
-            cols.append(coef * adv[ctx.rank * p : (ctx.rank + 1) * p].flatten()[traj])
+            cols.append(coef * rank_group_advantages(ctx, entry).flatten()[traj])
         return torch.stack(cols, -1)

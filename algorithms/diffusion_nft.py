@@ -6,7 +6,7 @@ x_t = (1 - t) x0 + t eps, and the policy v is trained there against two implicit
 built from it and the old (rollout) velocity v_old: v+ = b v + (1 - b) v_old pulled toward
 x0 with weight r, v- = (1 + b) v_old - b v with weight 1 - r, where r = clip(A, -c, c) /
 (2c) + 1/2 maps the group advantage to [0, 1]; both in x0 space with an adaptive weight,
-scaled by c / b (grpo_zoo/objectives.py, `NFT`). Training forwards use no CFG.
+scaled by c / b (`NFTObjective` below). Training forwards use no CFG.
 
 Sources. Paper: Zheng et al., "DiffusionNFT: Online Diffusion Reinforcement with Forward
 Process", arXiv 2509.16117. Code: NVlabs/DiffusionNFT scripts/train_nft_sd3.py and
@@ -43,12 +43,18 @@ Differences from the reference code:
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+import torch
+
+from grpo_zoo.core import objective
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.contract import Batch, ReNoised, Terms
+from grpo_zoo.core.forward_process import ForwardProcess, renoise_steps
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.objectives import renoise_steps
 
 
 @dataclass
@@ -109,3 +115,92 @@ class DiffusionNFT(Algorithm):
 
     def plan(self, ctx: PlanContext) -> Plan:
         return self.make_plan(ctx, self.empty(ctx))  # every step ODE; the objective re-noises x0
+
+
+@objective.register("nft")
+class NFTObjective(ForwardProcess):
+    """The `nft` objective, as NVlabs/DiffusionNFT scripts/train_nft_sd3.py computes it.
+
+    Items: each clean sample at `timesteps` distinct noise levels drawn from the sampling
+    schedule's (those inside `t_range`; default floor(0.99 T), the reference's
+    timestep_fraction 0.99 of its shuffled scheduler timesteps), v_old recorded at each
+    under the rollout policy (`aux`). With r = clip(A, -c, c) / (2c) + 1/2 (c = adv_clip_max),
+    v+ = b v + (1 - b) v_old, v- = (1 + b) v_old - b v (b = nft_beta) and x0(u) = x_t - t u:
+        loss = c * (r |x0(v+) - x0|^2 / d+ + (1 - r) |x0(v-) - x0|^2 / d-) / b + beta * mean((v - v_ref)^2)
+    with d+- the detached per-sample mean |x0(v+-) - x0| (at least 1e-5: adaptive weighting).
+    The paper writes the loss in velocity space without the constants c / b and the
+    adaptive weight; the reference code has them, and so does this. The old policy is a
+    trailing copy of the weights (grpo_zoo.ema.Trailing): it samples the rollouts
+    (`sampling_weights`) and gives v_old, and moves once per iteration before the rollout,
+    old <- d old + (1 - d) weights, d = min(max(0, steps - old_decay_flat) * old_decay_rate,
+    old_decay_max) at the optimizer steps made so far (the reference's `return_decay`).
+    old_decay_max 0 keeps no copy: the old policy is the current one."""
+
+    Config = DiffusionNFTConfig
+    trailing_field = "old_decay_max"
+
+    @property
+    def trails(self) -> bool:
+        return self.alg_cfg.old_decay_max > 0
+
+    def old_decay(self, calls: int) -> float:
+        """The decay of the move made at the `calls`-th iteration (1, 2, ...)."""
+        cfg = self.alg_cfg
+        return min(max(0, self.optimizer_steps(calls) - cfg.old_decay_flat) * cfg.old_decay_rate, cfg.old_decay_max)
+
+    def sampling_weights(self) -> contextlib.AbstractContextManager:
+        if not self.trails:
+            return contextlib.nullcontext()
+        return self.trailing.advance(self.old_decay).swapped_in()
+
+    def t_range(self) -> tuple[float, float]:
+        lo, hi = self.alg_cfg.t_range
+        return float(lo), float(hi)
+
+    def steps_per_sample(self) -> int:
+        eligible = len(renoise_steps(self.table, self.t_range()))
+        n = self.alg_cfg.timesteps
+        n = max(1, math.floor(0.99 * self.table.num_steps)) if n is None else n
+        return max(1, min(n, eligible))
+
+    def draw_steps(self, b: int, gen: torch.Generator) -> torch.Tensor:
+        eligible = renoise_steps(self.table, self.t_range())
+        order = torch.rand(b, len(eligible), generator=gen, dtype=torch.float64).argsort(1)
+        return eligible[order[:, : self.steps_per_sample()]]
+
+    def items(self, ro, ctx, emb: torch.Tensor, gen: torch.Generator) -> tuple[ReNoised, int]:
+        it, _ = self.renoise(ro, gen)
+        old = (
+            self.trailing.ema.swapped_in()
+            if self.trails and self.trailing.ema is not None
+            else contextlib.nullcontext()
+        )
+        with old:  # the old policy as the rollout had it (moved before it)
+            it.aux = self.forward_all(it.x_t, it.t, emb[it.traj])
+        return it, len(it)
+
+    def loss(self, b: Batch) -> Terms:
+        it, cfg = b.items, self.alg_cfg
+        beta, c = cfg.nft_beta, cfg.adv_clip_max
+        x_t, x0, v_old = it.x_t.to(self.device), it.x0.to(self.device), it.aux.to(self.device)
+        t = it.t.float().to(self.device)
+        v = self.velocity(x_t, t, b.emb)
+        v.retain_grad()
+        r = (b.adv.to(self.device).clamp(-c, c) / c / 2 + 0.5).clamp(0, 1)
+        tt = t.view(-1, *([1] * (x_t.dim() - 1)))
+        pos = x_t - tt * (beta * v + (1 - beta) * v_old)
+        neg = x_t - tt * ((1 + beta) * v_old - beta * v)
+
+        def adaptive(pred: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                scale = (pred.double() - x0.double()).abs().flatten(1).mean(1).clamp_min(1e-5)
+            return ((pred - x0) ** 2).flatten(1).mean(1) / scale.float()
+
+        per = c * (r * adaptive(pos) + (1 - r) * adaptive(neg)) / beta * b.weight.to(self.device)
+        zero = torch.zeros_like(per).detach()  # no ratio: reported as on-policy, never clipped
+        stats = {"policy": per.detach(), "clipfrac": zero, "approx_kl": zero, "ratio": zero + 1}
+        kl = self.kl_to_reference(v, x_t, t, b.emb)
+        if kl is not None:
+            per = per + self.beta * kl
+            stats["kl"] = kl.detach()
+        return Terms(per, stats, v, 0 if kl is None else len(t))

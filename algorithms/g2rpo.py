@@ -61,7 +61,8 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.advantages import normalize_within
+from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -151,14 +152,10 @@ class G2RPO(Algorithm):
         stride = torch.tensor(grains)[level] * ctx.ode_stride  # sampling.ode_stride coarsens every row alike
         return self.make_plan(ctx, sde, train, parent=parent, branch_at=branch_at, stride=stride)
 
-    def advantages(
-        self, ctx: PlanContext, plan: Plan, traj: torch.Tensor, step: torch.Tensor, rewards: torch.Tensor
-    ) -> torch.Tensor:
+    def advantages(self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Per granularity, the draws' rewards normalised within the prompt; summed, then clipped."""
-        from grpo_zoo.advantages import normalize_within
-
         p, g, k = ctx.num_prompts, ctx.group_size, len(self.cfg.granularities)
-        local = rewards[ctx.rank * p : (ctx.rank + 1) * p].reshape(p * g // k, k)  # [draws, K]
+        local = ctx.scores.reshape(p * g // k, k)  # [draws, K]
         prompt = torch.arange(p * g // k) // (g // k)
         adv = sum(normalize_within(local[:, c], prompt, ctx.global_std, float("inf")).double() for c in range(k))
         return adv.clamp(-ctx.adv_clip, ctx.adv_clip).float()[traj // k]

@@ -3,7 +3,7 @@
 Rollouts and trained steps are Flow-GRPO's (SDE at every step that has noise, train the
 first floor(T * timestep_fraction)). Two changes make PPO's clip act alike on every step:
 
-- RatioNorm (the `ratio_norm_clip` objective, grpo_zoo/objectives.py): the log-ratio is
+- RatioNorm (the `ratio_norm_clip` objective, `RatioNormClip` below): the log-ratio is
   shifted by its mean-difference term |mu - mu_old|^2 / (2 s^2) and scaled by the step's
   noise std s, so it is centred at 0 (the plain one drifts below 0 as the policy moves)
   with a spread that no longer grows as 1/s.
@@ -37,7 +37,9 @@ from typing import Literal
 import torch
 from grpo_zoo.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 
-from grpo_zoo.algorithm import Plan, PlanContext, register
+from grpo_zoo.core import objective
+from grpo_zoo.core.algorithm import Plan, PlanContext, register
+from grpo_zoo.core.objective import PPOClip
 from grpo_zoo.errors import ConfigError
 
 
@@ -79,3 +81,30 @@ class GRPOGuard(FlowGRPO):
         plan = super().plan(ctx)
         weight = plan.weight * self.step_weights(ctx.table).unsqueeze(0)
         return self.make_plan(ctx, plan.sde, plan.train, weight)
+
+
+@objective.register("ratio_norm_clip")
+class RatioNormClip(PPOClip):
+    """PPO-clip with GRPO-Guard's RatioNorm (Wang et al., 2025, arXiv 2510.22319).
+
+    A step is Gaussian with per-element std s and mean mu = a x + dmu_dv v. For a sample
+    x' = mu_old + s eps, the per-element mean log-ratio is
+        log r = mean(eps * dmu) / s - |dmu|^2 / (2 s^2),   dmu = mu - mu_old = dmu_dv (v - v_old),
+    so E[log r] = -|dmu|^2 / (2 s^2) < 0, worst where s is small: the ratio drifts below 1
+    and its spread differs by step. RatioNorm adds the mean term back and scales by s:
+        log r_hat = s * (log r + |dmu|^2 / (2 s^2)) = mean(eps * dmu),
+    exactly 1 on-policy, centred at 0 for any policy change, with a spread that no longer
+    carries 1/s. |dmu|^2 (mean over elements) flows into the gradient, as in the reference
+    (X-GenGroup/Flow-Factory src/flow_factory/trainers/rl/grpo.py, GRPOGuardTrainer._guard_ratio:
+    (log_prob - old_log_prob) * scale + mse / (2 * scale), scale = sqrt(-dt) * std_dev_t);
+    mu_old comes from the velocity recorded at sampling (`v_sample`), mu - mu_old is exact
+    because the mean is linear in v. GRPO-Guard's second part, the per-step gradient
+    reweighting, is a plan weight (`GRPOGuard.step_weights`)."""
+
+    needs_sampling_velocity = True
+
+    def log_ratio(self, logp, logp_old, v, tr, k) -> torch.Tensor:
+        dmu = self.table.dmu_dv[k].float().to(self.device).view(-1, *([1] * (v.dim() - 1)))
+        diff = (dmu * (v - tr.v_sample.to(self.device).float())).flatten(1).pow(2).mean(1)
+        s = self.table.step_std[k].float().to(self.device)
+        return (logp - logp_old) * s + diff / (2 * s)

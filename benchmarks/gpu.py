@@ -13,7 +13,7 @@ any video size: HPSv3 needs its service and weights, and its cost is not what th
 Prints ONE JSON object: the device's name; per algorithm the MFU of the rollout forwards
 and of the update (model FLOPs counted as the estimate counts them, over the measured time,
 against the GPU's dense bf16 peak; null on CPU), the measured peak memory against
-grpo_zoo.memory's prediction, seconds per iteration against grpo_zoo.estimate's (at its
+grpo_zoo.cost.memory's prediction, seconds per iteration against grpo_zoo.estimate's (at its
 assumed MFU of 0.4), and whether the bf16 rollout and update log-probs agree (the largest
 |ratio - 1| of the first minibatch, which is on-policy, against the clip range).
 
@@ -114,7 +114,7 @@ def run_config(model_dir: Path, algorithm: dict, width: str, frames: int | None,
 
 
 def gpu_key(name: str) -> str | None:
-    from grpo_zoo.estimate import GPUS
+    from grpo_zoo.cost.flops import GPUS
 
     return next((k for k in GPUS if k in name.lower()), None)
 
@@ -145,7 +145,8 @@ def sync() -> None:
 def measure(cfg) -> dict:
     """One iteration through the library's Trainer: times, FLOPs, peak memory, log-prob agreement."""
     from benchmarks.common import release
-    from grpo_zoo.estimate import flops_per_nfe, iteration_counts
+    from grpo_zoo.cost.counts import iteration_counts
+    from grpo_zoo.cost.flops import flops_per_nfe
     from grpo_zoo.trainer import Trainer
 
     gc.collect()
@@ -199,8 +200,9 @@ def measure(cfg) -> dict:
 
 
 def check(width: str, frames: int | None, steps: int, group: int, out: Path) -> dict:
-    from grpo_zoo.estimate import GPUS, estimate
-    from grpo_zoo.memory import report
+    from grpo_zoo.cost.counts import estimate
+    from grpo_zoo.cost.flops import GPUS
+    from grpo_zoo.cost.memory import report
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")

@@ -19,7 +19,7 @@ from grpo_zoo.errors import cli
 @torch.no_grad()
 def measure(n: int = 64, steps: tuple[int, ...] = (10, 20), strides: tuple[int, ...] = (1, 2, 3), seed: int = 0):
     from grpo_zoo import rewards
-    from grpo_zoo.algorithm import Plan
+    from grpo_zoo.core.algorithm import Plan
     from grpo_zoo.flow import make_sigmas, step_table
     from grpo_zoo.models.toy import ToyPolicy
     from grpo_zoo.prompts import load_prompts

@@ -17,7 +17,7 @@ import time
 import torch
 
 from benchmarks.common import iteration_costs, make_trainer, release
-from grpo_zoo.algorithm import PlanContext
+from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.flow.sde import ode_step
 from grpo_zoo.rollout import rollout
 from grpo_zoo.seeding import generator

@@ -25,15 +25,15 @@ def _first_sentence(text: str | None) -> str:
 
 
 def algorithm_table() -> str:
-    from grpo_zoo import algorithm
-    from grpo_zoo.algorithm import AlgorithmConfig
+    from grpo_zoo.core import algorithm
+    from grpo_zoo.core.algorithm import AlgorithmConfig
 
     base = {f.name for f in dataclasses.fields(AlgorithmConfig)} - {"initial_noise"}
     lines = [
         "| algorithm | paper | reference | plan | objective | config fields (default) |",
         "|---|---|---|---|---|---|",
     ]
-    for name in algorithm.names():
+    for name in algorithm.names(plugins=False):
         cls = algorithm.get(name)
         module = sys.modules[cls.__module__]
         fields = [f for f in dataclasses.fields(cls.Config) if f.name not in base]

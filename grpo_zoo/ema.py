@@ -23,6 +23,13 @@ class EMA:
             for name, p in self.trainable().items():
                 p.copy_(values[name])
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights (a checkpoint's "ema" entry)."""
+        return self.shadow
+
+    def load_state_dict(self, shadow: dict[str, torch.Tensor]) -> None:
+        self.shadow = shadow
+
     @torch.no_grad()
     def update(self) -> None:
         for name, p in self.trainable().items():

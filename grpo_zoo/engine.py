@@ -148,6 +148,21 @@ class Engine:
         if self.world_size > 1:
             dist.barrier()
 
+    def param_checksum(self) -> float:
+        """A number that differs when any trainable weight differs (to compare ranks)."""
+        import contextlib
+
+        import deepspeed
+
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        total = torch.zeros((), dtype=torch.float64)
+        gather = deepspeed.zero.GatheredParameters(params) if self.zero_stage == 3 else contextlib.nullcontext()
+        with torch.no_grad(), gather:
+            for i, p in enumerate(params):
+                w = p.detach().double().flatten().cpu()
+                total += (w * torch.linspace(1, 2, len(w), dtype=torch.float64)).sum() * (i + 1)
+        return float(total)
+
     # -- checkpoints -------------------------------------------------------------------
     def save(self, directory: Path) -> None:
         """Model and optimizer states (every rank writes its shard) under `directory`."""

@@ -12,6 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+class NonFiniteError(RuntimeError):
+    """A reward or loss was NaN or inf: reported, never trained on."""
+
+
 class ConfigError(ValueError):
     """Bad input: an unknown name, an impossible value, a missing file.
 

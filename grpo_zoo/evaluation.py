@@ -9,8 +9,9 @@ from grpo_zoo import rewards
 from grpo_zoo.rollout import generate_ode
 
 
-def evaluate(trainer) -> tuple[dict, object]:
-    """One eval row for `trainer`'s current (or EMA) weights, and the videos this rank made."""
+def evaluate(trainer) -> dict:
+    """One eval row for `trainer`'s current (or EMA) weights; with `save_eval_videos`, a grid
+    of the first videos (rank 0) and this rank's videos kept on the host for the run's end."""
     cfg, engine = trainer.cfg, trainer.engine
     n = cfg.data.eval_samples
     local = n // trainer.world
@@ -34,4 +35,23 @@ def evaluate(trainer) -> tuple[dict, object]:
     row = {"kind": "eval", "eval/reward": float(engine.all_gather_cat(scores[cfg.reward.name].float()).mean())}
     for name, values in scores.items():
         row[f"eval/{name}"] = float(engine.all_gather_cat(values.float()).mean())
-    return row, (videos, mine)
+    if cfg.save_eval_videos:
+        from grpo_zoo.media import save_grid, to_uint8
+
+        if trainer.rank == 0:
+            save_grid(videos[:16], trainer.run.path / "eval" / f"step-{trainer.step:06d}.png", mine[:16])
+        trainer.last_videos = (to_uint8(videos.cpu()), mine)  # kept on the host until the run ends
+    return row
+
+
+def write_eval_videos(trainer) -> None:
+    """The last evaluation's videos as mp4 files named as VBench expects (every rank its own)."""
+    if trainer.last_videos is None:
+        return
+    from grpo_zoo.vbench import save_eval_videos
+
+    frames, prompts = trainer.last_videos
+    local = trainer.cfg.data.eval_samples // trainer.world
+    save_eval_videos(
+        frames, prompts, trainer.rank * local, len(trainer.eval_prompts), trainer.run.path / "eval" / "videos"
+    )

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from grpo_zoo import algorithm as algorithms
-from grpo_zoo import objectives, rewards
+from grpo_zoo import rewards
+from grpo_zoo.core import algorithm as algorithms
+from grpo_zoo.core import objective as objectives
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.flow.sde import StepTable
@@ -38,13 +39,13 @@ def preflight(cfg: RunConfig) -> Preflight:
     """Build the algorithm, tables, reward and prompts, and check they fit together."""
     world = world_size_from_env()
     alg = algorithms.build(cfg.algorithm)
-    objectives.get(alg.objective).preflight(cfg)
     table, eval_table = sampling_tables(cfg.sampling)
     try:
-        alg.check(table, cfg.data.group_size)
+        alg.check(table, cfg.data.group_size)  # the algorithm x objective pairing included
     except ConfigError as err:
         msg = str(err)
         raise ConfigError(msg if msg.startswith("group_size") else f"algorithm.{msg}") from None
+    objectives.get(alg.objective).preflight(cfg)
     reward = rewards.get(cfg.reward.name, **cfg.reward.options)
     known = rewards.entries(cfg.reward.name)
     for entry in alg.reward_entries():

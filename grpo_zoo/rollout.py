@@ -17,55 +17,12 @@ skipped.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from grpo_zoo.algorithm import Plan
+from grpo_zoo.core.contract import Plan, RolloutResult, Transitions
 from grpo_zoo.flow.multistep import ODE_SOLVERS, dpm2_ratio, velocity_of
 from grpo_zoo.flow.sde import StepTable, ode_step, sde_step
 from grpo_zoo.models.base import Policy
-
-
-@dataclass
-class Transitions:
-    """The trained transitions of a rollout, N of them, in (trajectory, step) order."""
-
-    traj: torch.Tensor
-    """[N] trajectory (row) index b = p * G + g."""
-    step: torch.Tensor
-    """[N] step index k."""
-    x: torch.Tensor
-    """[N, C, F, H, W] x_k."""
-    x_next: torch.Tensor
-    """[N, C, F, H, W] x_{k+1} as sampled."""
-    logp_old: torch.Tensor
-    """[N] float32 log-prob of the transition under the sampling policy."""
-    weight: torch.Tensor
-    """[N] raw per-transition weight from the plan."""
-    aux: torch.Tensor | None = None
-    """[N, ...] the sampling policy's velocity at x_k (an objective may use it), or its own data."""
-    sigma: torch.Tensor | None = None
-    """[N] noise level of each item when it is not the table's sigma[step] (re-noised items)."""
-
-    def __len__(self) -> int:
-        return len(self.traj)
-
-    def select(self, idx: torch.Tensor) -> Transitions:
-        return Transitions(
-            **{f: None if getattr(self, f) is None else getattr(self, f)[idx] for f in self.__dataclass_fields__}
-        )
-
-
-@dataclass
-class RolloutResult:
-    latents: torch.Tensor
-    """[B, C, F, H, W] final latents x_T (sigma = 0)."""
-    transitions: Transitions
-    nfe: int
-    """Transformer forward passes run (a CFG forward counts twice)."""
-    logp: torch.Tensor | None = None
-    """[B, T] log-prob of each row's transition at each SDE step (0 at ODE steps)."""
 
 
 def initial_noise(plan: Plan, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -123,7 +80,7 @@ def rollout(
     cfg_mult = 2 if (guidance != 1.0 and null_emb is not None) else 1
     nfe = 0
     logp_all = torch.zeros(b, t)
-    recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight", "aux")}
+    recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight", "v_sample")}
     for j in range(t):
         compute = (src_v[:, j] == rows_all) & ~skip[:, j]
         every = bool(compute.all())
@@ -167,13 +124,13 @@ def rollout(
             recs["logp_old"].append(logp[train_rows])
             recs["weight"].append(plan.weight[train_rows, j])
             if keep_velocity:  # only an objective that asks for it pays the copy
-                recs["aux"].append(v[train_rows].cpu())
+                recs["v_sample"].append(v[train_rows].cpu())
         x = x_next
     empty = {"traj": torch.empty(0, dtype=torch.long), "step": torch.empty(0, dtype=torch.long)}
     empty["weight"] = torch.empty(0, dtype=torch.float64)  # an ODE-only plan trains no transition
     order_keys = {k: torch.cat(v) if v else empty.get(k, torch.empty(0)) for k, v in recs.items()}
     if not keep_velocity:
-        order_keys["aux"] = None
+        order_keys["v_sample"] = None
     tr = Transitions(**order_keys)
     if len(tr):
         order = torch.argsort(tr.traj * t + tr.step)

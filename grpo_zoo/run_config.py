@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from grpo_zoo.algorithm import AlgorithmConfig
 from grpo_zoo.config import num, path
+from grpo_zoo.core.algorithm import AlgorithmConfig
 from grpo_zoo.errors import ConfigError, readable_file
 
 

@@ -30,7 +30,7 @@ def resolve(argv: list[str]) -> RunConfig:
 
 
 def help_text() -> str:
-    from grpo_zoo import algorithm
+    from grpo_zoo.core import algorithm
 
     lines = [__doc__.strip(), "", "Fields (algorithm fields depend on algorithm.name):"]
     lines += describe(RunConfig)

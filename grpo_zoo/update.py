@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grpo_zoo.loss import normalize_weights
-from grpo_zoo.objectives import Batch, Objective
+from grpo_zoo.core.contract import AdvantageContext, Batch, Items
+from grpo_zoo.core.loss import normalize_weights
+from grpo_zoo.core.objective import Objective
+from grpo_zoo.errors import NonFiniteError
 
-
-class NonFiniteError(RuntimeError):
-    """A reward or loss was NaN or inf: reported, never trained on."""
+FIXED = ("policy", "kl", "clipfrac", "approx_kl", "ratio")
+"""Stats with a fixed metric name (UpdateStats.row); any other an objective reports is
+logged as stats/<name>."""
 
 
 @dataclass
@@ -38,8 +40,10 @@ class UpdateStats:
     grad_norm: float = 0.0
     grad_t: dict[int, float] = field(default_factory=dict)
     """Mean per-item gradient size at the velocity, by timestep index."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Means of the objective's own stats (names outside FIXED), logged as stats/<name>."""
     forwards: float = 0.0
-    """Samples forwarded with grad (all ranks)."""
+    """Samples forwarded with grad, each with a backward (all ranks)."""
     extra_forwards: float = 0.0
     """Samples forwarded without a backward (reference models; all ranks)."""
 
@@ -56,22 +60,25 @@ class UpdateStats:
         }
         for k in sorted(self.grad_t):
             out[f"grad_t/{k:02d}"] = self.grad_t[k]
+        for name in sorted(self.extra):
+            out[f"stats/{name}"] = self.extra[name]
         return out
 
 
 def update(
     objective: Objective,
     engine,
-    items,
+    items: Items,
     adv: torch.Tensor,
     emb: torch.Tensor,
     optim,
     gen: torch.Generator,
     on_step=None,
     step: int = 0,
+    ctx: AdvantageContext | None = None,
 ) -> UpdateStats:
     """Train on `items` (with advantages `adv` [N], or [N, K] per reward where the objective
-    takes them, and prompt embeddings `emb` per row)."""
+    takes them, prompt embeddings `emb` per row, and the iteration's scored context `ctx`)."""
     if adv.dim() == 2 and not objective.per_reward_advantages:
         raise ValueError(f"objective {objective.name!r} takes one advantage per item, got {tuple(adv.shape)}")
     n = len(items)
@@ -80,6 +87,7 @@ def update(
     gcount: dict[int, int] = defaultdict(int)
     grad_norms: list[float] = []
     forwards = extra = 0
+    passes = objective.passes_per_item()
     first_dev = None
     for _ in range(optim.inner_epochs):
         perm = torch.randperm(n, generator=gen)
@@ -91,12 +99,12 @@ def update(
             for i, idx in enumerate(micro):
                 sub = items.select(idx)
                 w = normalize_weights(sub.weight, float(total[0]), int(total[1])).float()
-                terms = objective.loss(Batch(sub, adv[idx], w, emb[sub.traj].to(objective.device)))
+                terms = objective.loss(Batch(sub, adv[idx], w, emb[sub.traj].to(objective.device), ctx))
                 loss = terms.per.sum() / len(mb)
                 if not torch.isfinite(loss):
                     raise NonFiniteError(f"non-finite loss at step {step}")
                 engine.backward(loss, last_micro_batch=i == len(micro) - 1)
-                forwards += len(idx)
+                forwards += len(idx) * passes
                 extra += terms.extra_forwards
                 if terms.velocity is not None and terms.velocity.grad is not None:
                     norms = terms.velocity.grad.flatten(1).norm(dim=1).cpu() * len(mb)  # per item, undo 1/|mb|
@@ -105,11 +113,10 @@ def update(
                             gsum[kk] += nn
                             gcount[kk] += 1
                 st = terms.stats
-                for key in ("policy", "kl", "clipfrac", "approx_kl"):
-                    if key in st:
-                        sums[key] += float(st[key].sum())
-                sums["ratio"] += float(st["ratio"].sum())
-                sums["ratio_dev"] = max(sums["ratio_dev"], float((st["ratio"] - 1).abs().max()))
+                for key, value in st.items():
+                    sums[key] += float(value.sum())
+                if "ratio" in st:
+                    sums["ratio_dev"] = max(sums["ratio_dev"], float((st["ratio"] - 1).abs().max()))
                 sums["count"] += len(idx)
             if first_dev is None:  # the first minibatch is on-policy: its ratios are 1
                 first_dev = sums["ratio_dev"]
@@ -123,11 +130,12 @@ def update(
         kl=sums["kl"] / c,
         clipfrac=sums["clipfrac"] / c,
         approx_kl=sums["approx_kl"] / c,
-        ratio_mean=sums["ratio"] / c,
+        ratio_mean=sums["ratio"] / c if "ratio" in sums else 1.0,  # no ratio reported: on-policy
         ratio_max_dev=sums["ratio_dev"],
         ratio_dev_first_minibatch=first_dev if first_dev is not None else 0.0,
         grad_norm=sum(grad_norms) / max(len(grad_norms), 1),
         grad_t={kk: gsum[kk] / gcount[kk] for kk in gsum},
+        extra={k: v / c for k, v in sums.items() if k not in (*FIXED, "ratio_dev", "count")},
         forwards=float(counts[0]),
         extra_forwards=float(counts[1]),
     )

@@ -1,6 +1,43 @@
-"""Small stand-ins shared by several test files."""
+"""Small stand-ins and helpers shared by several test files (no test file imports another)."""
+
+import os
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def clean_env() -> dict:
+    """This process's environment without the rendezvous it set up for its own trainers."""
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+
+
+def readme_block(heading: str, index: int = 0) -> str:
+    """The `index`-th ```python block after README.md's `heading` line."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(heading) :]
+    start = -1
+    for _ in range(index + 1):
+        start = section.index("```python\n", start + 1)
+    start += len("```python\n")
+    return section[start : section.index("\n```", start)]
+
+
+def install_plugin(tmp_path, module: str, source: str, package: str = "plugin_algos") -> dict:
+    """`source` as module `package.module` of a distribution whose entry point registers it in the
+    group "grpo_zoo.algorithms" (its own dist-info on the path, as pip would leave it); returns
+    the environment that sees it."""
+    site = tmp_path / "site"
+    (site / package).mkdir(parents=True, exist_ok=True)
+    (site / package / "__init__.py").write_text("")
+    (site / package / f"{module}.py").write_text(source)
+    info = site / f"{package}_{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}-{module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[grpo_zoo.algorithms]\n{module} = {package}.{module}\n")
+    return {**clean_env(), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
 
 
 class CountingPolicy(torch.nn.Module):

@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from grpo_zoo import algorithm
-from grpo_zoo.advantages import group_advantages, zero_std_ratio
-from grpo_zoo.algorithm import PlanContext
 from grpo_zoo.config import build
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.advantages import group_advantages, zero_std_ratio
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.loss import gaussian_kl, normalize_weights, ppo_clip
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.loss import gaussian_kl, normalize_weights, ppo_clip
 from tests import golden
 
 P, G = 6, 4
@@ -41,7 +41,7 @@ def test_every_registered_algorithm_plans_within_the_invariants(variant, kind):
     trains noisy SDE steps with positive weights, every trajectory's reward reaching a trained
     transition (one it trains, or one it shares with the row that trains it: G2RPO's coarse
     rows), or, for an objective on re-noised clean samples, none; and it is reproducible."""
-    from grpo_zoo import objectives
+    from grpo_zoo.core import objective as objectives
 
     tab = step_table(make_sigmas("wan", 10, 3.0), kind)
     alg = algorithm.build(golden.split(golden.variants()[variant])[0])

@@ -13,12 +13,12 @@ import math
 import pytest
 import torch
 
-from grpo_zoo import algorithm
-from grpo_zoo.advantages import STD_EPS, group_advantages
-from grpo_zoo.algorithm import Plan, PlanContext
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.advantages import STD_EPS, group_advantages
+from grpo_zoo.core.algorithm import Plan, PlanContext
+from grpo_zoo.core.loss import normalize_weights, ppo_clip
 from grpo_zoo.flow import make_sigmas, sde_step, step_table
 from grpo_zoo.flow.sde import transition_mean
-from grpo_zoo.loss import normalize_weights, ppo_clip
 from tests import golden
 
 REWARDS = torch.tensor(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from grpo_zoo import algorithm as algorithms
-from grpo_zoo.algorithm import Plan, PlanContext
+from grpo_zoo.core import algorithm as algorithms
+from grpo_zoo.core.algorithm import Plan, PlanContext
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
 

@@ -8,8 +8,9 @@ import yaml
 
 from grpo_zoo import rewards
 from grpo_zoo.config import build
+from grpo_zoo.cost.counts import iteration_counts
+from grpo_zoo.cost.flops import flops_per_nfe
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.estimate import flops_per_nfe, iteration_counts
 from grpo_zoo.experiment import load_experiment
 from grpo_zoo.preflight import check
 from grpo_zoo.run_config import RunConfig

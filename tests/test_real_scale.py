@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from grpo_zoo import rewards
-from grpo_zoo.algorithm import PlanContext
 from grpo_zoo.config import build
+from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.experiment import load_experiment
 from grpo_zoo.run_config import ModelConfig, RunConfig
 
@@ -61,7 +61,7 @@ def test_paper_sweeps_follow_the_settings_table(tmp_path):
         else:
             assert a.name == "flow_grpo" and a.timestep_fraction == 0.51
     # the plans: Flash-GRPO's k is one of steps 0..9, the same for a prompt's whole group
-    from grpo_zoo import algorithm as algorithms
+    from grpo_zoo.core import algorithm as algorithms
     from grpo_zoo.flow import make_sigmas, step_table
     from grpo_zoo.seeding import generator
 
@@ -181,8 +181,8 @@ def test_memory_of_the_update_matches_the_profiled_peak(gpu_check_model, tmp_pat
     from diffusers import WanTransformer3DModel
 
     from benchmarks.gpu import ALGORITHMS, run_config
-    from grpo_zoo.estimate import model_shapes
-    from grpo_zoo.memory import estimate_memory
+    from grpo_zoo.cost.flops import model_shapes
+    from grpo_zoo.cost.memory import estimate_memory
     from grpo_zoo.models.lora import apply_lora
 
     cfg = run_config(gpu_check_model, ALGORITHMS["flash_grpo"], "tiny", 17, 10, 4, tmp_path / "run")

@@ -13,20 +13,20 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext
+from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
 from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
 
 from .conftest import ROOT
-from .helpers import CountingPolicy
+from .helpers import CountingPolicy, install_plugin, readme_block
 
 SMALL = {
     "model.lora_rank": 0,
@@ -271,7 +271,7 @@ def test_advantages_per_branch_group(table, registered):
     plan = alg.plan(ctx)
     traj, step = plan.train.nonzero(as_tuple=True)
     rewards = torch.arange(10, dtype=torch.float32).view(2, 5) ** 2
-    adv = alg.advantages(ctx, plan, traj, step, rewards)
+    adv = alg.advantages(AdvantageContext.of(ctx, plan, rewards), traj, step)
     # each branch step's two children form a group: advantages are -1, +1 within each pair
     assert torch.allclose(adv, torch.tensor([-1.0, 1.0] * 4), atol=1e-3)
 
@@ -349,8 +349,10 @@ def test_several_rewards_and_granularities_train_through_the_trainer(tmp_path):
 
 
 def test_nft_gradient_vanishes_at_the_old_policy_with_zero_advantage():
-    from grpo_zoo.objectives import NFT, Batch
-    from grpo_zoo.rollout import Transitions
+    from grpo_zoo.algorithms.diffusion_nft import NFTObjective as NFT
+
+    from grpo_zoo.core.contract import Batch, ReNoised
+    from grpo_zoo.core.objective import Runtime
 
     class Lin(torch.nn.Module):
         def __init__(self):
@@ -362,15 +364,13 @@ def test_nft_gradient_vanishes_at_the_old_policy_with_zero_advantage():
 
     pol = Lin()
 
-    @dataclass
-    class A:
-        nft_beta: float = 1.0
-
-    obj = NFT(A(), None, type("S", (), {"guidance": 1.0})(), None, pol, None, torch.float32, "cpu")
+    cfg = algorithm.build({"name": "diffusion_nft", "nft_beta": 1.0}).cfg
+    optim = type("O", (), {"beta": 0.0})()
+    obj = NFT(cfg, optim, type("S", (), {"guidance": 1.0})(), None, Runtime(pol, None, torch.float32, "cpu"))
     x = torch.randn(4, 3, 2, 2, 2)
-    items = Transitions(traj=torch.arange(4), step=torch.full((4,), -1), x=x, x_next=torch.randn_like(x),
-                        logp_old=torch.zeros(4), weight=torch.ones(4, dtype=torch.float64),
-                        aux=(0.7 * x).detach(), sigma=torch.rand(4, dtype=torch.float64))  # fmt: skip
+    items = ReNoised(traj=torch.arange(4), step=torch.full((4,), -1), x_t=x, x0=torch.randn_like(x),
+                     weight=torch.ones(4, dtype=torch.float64), aux=(0.7 * x).detach(),
+                     t=torch.rand(4, dtype=torch.float64))  # fmt: skip
     terms = obj.loss(Batch(items, torch.zeros(4), torch.ones(4), torch.zeros(4, 1, 1)))
     terms.per.sum().backward()
     assert abs(float(pol.w.grad)) < 1e-6
@@ -381,35 +381,14 @@ def test_nft_gradient_vanishes_at_the_old_policy_with_zero_advantage():
 
 
 # -- algorithms from outside the repository ----------------------------------------------
-def clean_env() -> dict:
-    """This process's environment without the rendezvous it set up for its own trainers."""
-    skip = {"MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"}
-    return {k: v for k, v in os.environ.items() if k not in skip}
-
-
-def readme_example() -> str:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = text[text.index("## Adding an algorithm") :]
-    start = section.index("```python\n") + len("```python\n")
-    return section[start : section.index("\n```", start)]
-
-
 def test_readme_example_installs_as_a_plugin_and_trains(tmp_path):
     """The README's example, as a distribution with an entry point (its own dist-info on
     the path, as pip would leave it): registered, planned, trained by the CLI."""
-    site = tmp_path / "site"
-    (site / "my_algos").mkdir(parents=True)
-    (site / "my_algos" / "__init__.py").write_text("")
-    (site / "my_algos" / "random_steps.py").write_text(readme_example())
-    info = site / "my_algos-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-algos\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[grpo_zoo.algorithms]\nrandom_steps = my_algos.random_steps\n")
-    env = {**clean_env(), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    env = install_plugin(tmp_path, "random_steps", readme_block("## Adding an algorithm"), package="my_algos")
     probe = (
         "import torch\n"
-        "from grpo_zoo import algorithm\n"
-        "from grpo_zoo.algorithm import PlanContext\n"
+        "from grpo_zoo.core import algorithm\n"
+        "from grpo_zoo.core.algorithm import PlanContext\n"
         "from grpo_zoo.flow import make_sigmas, step_table\n"
         "assert 'random_steps' in algorithm.names()\n"
         "table = step_table(make_sigmas('wan', 10, 3.0), 'flow_sde')\n"
@@ -440,7 +419,7 @@ def test_readme_example_installs_as_a_plugin_and_trains(tmp_path):
 UNEVEN = '''
 from dataclasses import dataclass
 
-from grpo_zoo.algorithm import Algorithm, AlgorithmConfig, register
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, register
 
 
 @dataclass
@@ -465,18 +444,6 @@ class Uneven(Algorithm):
             sde[:, :3] = True
         return self.make_plan(ctx, sde)
 '''
-
-
-def install_plugin(tmp_path, module: str, source: str) -> dict:
-    site = tmp_path / "site"
-    (site / "plugin_algos").mkdir(parents=True, exist_ok=True)
-    (site / "plugin_algos" / "__init__.py").write_text("")
-    (site / "plugin_algos" / f"{module}.py").write_text(source)
-    info = site / f"plugin_algos_{module}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: plugin-algos-{module}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[grpo_zoo.algorithms]\n{module} = plugin_algos.{module}\n")
-    return {**clean_env(), "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
 
 
 @pytest.mark.slow

@@ -9,12 +9,16 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from grpo_zoo.algorithms.awm import AWMObjective as AWM
+from grpo_zoo.algorithms.awm import matching_logp
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import PlanContext
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.contract import Batch
+from grpo_zoo.core.objective import Runtime
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.objectives import AWM, Batch, matching_logp
+from grpo_zoo.run_config import OptimConfig
 
 from .test_seam import run_config, train
 
@@ -62,14 +66,14 @@ def table():
 
 def awm(table, policy, minibatches=1, **fields):
     cfg = algorithm.build({"name": "awm", **fields}).cfg
-    optim = SimpleNamespace(beta=0.0, micro_batch=5, minibatches=minibatches, inner_epochs=1)
-    return AWM(cfg, optim, SimpleNamespace(guidance=1.0), table, policy, None, torch.float32, "cpu")
+    optim = OptimConfig(beta=0.0, micro_batch=5, minibatches=minibatches, inner_epochs=1)
+    return AWM(cfg, optim, SimpleNamespace(guidance=1.0), table, Runtime(policy, None, torch.float32, "cpu"))
 
 
 def make_items(obj, b=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn(b, 3, 2, 4, 4, generator=gen)
-    return obj.items(SimpleNamespace(latents=x0), torch.zeros(b, 1, 1), gen)
+    return obj.items(SimpleNamespace(latents=x0), None, torch.zeros(b, 1, 1), gen)
 
 
 def loss(obj, items, adv):
@@ -133,9 +137,7 @@ def test_positive_advantage_lowers_the_matching_error(table):
 
     def error() -> float:
         with torch.no_grad():
-            return float(
-                (pol.velocity(items.x, items.sigma.float(), None, None, 1.0) - (eps - items.x_next)).pow(2).mean()
-            )
+            return float((pol.velocity(items.x_t, items.t.float(), None, None, 1.0) - (eps - items.x0)).pow(2).mean())
 
     before = error()
     loss(obj, items, torch.ones(len(items))).per.sum().backward()
@@ -156,7 +158,7 @@ def test_ema_policy_steps_once_per_iteration_with_the_reference_decay(table):
     assert float(obj.trailing.ema.shadow["w"]) == pytest.approx(0.2 * 0.7 + 0.8 * 1.7)
     assert float(pol.net["w"].detach()) == pytest.approx(1.7)  # the policy got its own weights back
     v_ema = items.aux[:, 1]
-    want = (0.2 * 0.7 + 0.8 * 1.7) * items.x + -0.3 * items.sigma.float().view(-1, 1, 1, 1, 1)
+    want = (0.2 * 0.7 + 0.8 * 1.7) * items.x_t + -0.3 * items.t.float().view(-1, 1, 1, 1, 1)
     assert torch.allclose(v_ema, want, atol=1e-6)
     assert obj.ema_decay(5) == pytest.approx(0.3)  # capped at kl_ema_decay
     state = obj.state_dict()
@@ -170,7 +172,7 @@ def test_ema_policy_steps_once_per_iteration_with_the_reference_decay(table):
 
 
 def test_trainer_counts_every_forward_and_the_estimator_predicts_them(tmp_path):
-    from grpo_zoo.estimate import iteration_counts
+    from grpo_zoo.cost.counts import iteration_counts
 
     b, t = 2 * 4, 6
     cfg = run_config(tmp_path, "awm", {"name": "awm", "timesteps": 3}, 1)

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import PlanContext
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
@@ -70,7 +71,7 @@ def test_node_values_are_leaf_means_normalised_per_depth():
     alg, ctx, plan = plan_of({}, tab, 2, 4)
     traj, step = plan.train.nonzero(as_tuple=True)
     rewards = torch.tensor([[1.0, 2.0, 3.0, 5.0], [0.0, 0.0, 1.0, 1.0]])
-    adv = alg.advantages(ctx, plan, traj, step, rewards)
+    adv = alg.advantages(AdvantageContext.of(ctx, plan, rewards), traj, step)
     got = {(int(b), int(j)): float(a) for b, j, a in zip(traj, step, adv)}
     # tree 0, steps 0-2: two nodes, leaves {0, 2} (mean 2) and {1, 3} (mean 3.5): -1 and +1
     for j in range(3):
@@ -91,7 +92,7 @@ def test_node_value_is_the_mean_of_the_leaves_below_it():
     alg, ctx, plan = plan_of({}, tab, 1, 16)
     rewards = torch.randn(1, 16, generator=torch.Generator().manual_seed(3)) ** 3
     traj, step = plan.train.nonzero(as_tuple=True)
-    adv = alg.advantages(ctx, plan, traj, step, rewards)
+    adv = alg.advantages(AdvantageContext.of(ctx, plan, rewards), traj, step)
     for j in (0, 4, 7, 12):
         k = sum(s <= j for s in (0, 3, 6, 9))  # splits so far: the branch is the leaves equal mod 2^k
         values = torch.stack([rewards[0, c :: 1 << k].double().mean() for c in range(1 << k)])
@@ -168,11 +169,12 @@ def test_probability_weighted_fusion_weights_each_split_by_its_child_edges():
     alg, ctx, plan = plan_of({"prob_weighted": True}, tab, 1, 4)
     traj, step = plan.train.nonzero(as_tuple=True)
     rewards = torch.tensor([[1.0, 2.0, 3.0, 5.0]])
-    ctx.logp = torch.zeros(4, 6)
-    ctx.logp[:, 3] = torch.tensor([0.0, -1.0, 2.0, 0.5])  # the four edges of the split at step 3
+    logp = torch.zeros(4, 6)
+    logp[:, 3] = torch.tensor([0.0, -1.0, 2.0, 0.5])  # the four edges of the split at step 3
+    scored = AdvantageContext.of(ctx, plan, rewards, logp=logp)
     from grpo_zoo.algorithms.branch_grpo import fused_values
 
-    value = fused_values(plan.sources()[1], ctx.logp.double(), rewards[0].double())
+    value = fused_values(plan.sources()[1], logp.double(), rewards[0].double())
     w_a = torch.softmax(torch.tensor([0.0, 2.0]).double(), 0)
     w_b = torch.softmax(torch.tensor([-1.0, 0.5]).double(), 0)
     a, b = float(w_a @ torch.tensor([1.0, 3.0]).double()), float(w_b @ torch.tensor([2.0, 5.0]).double())
@@ -180,13 +182,13 @@ def test_probability_weighted_fusion_weights_each_split_by_its_child_edges():
     for j in range(3):
         assert value[0, j] == pytest.approx(a) and value[2, j] == pytest.approx(a)
         assert value[1, j] == pytest.approx(b) and value[3, j] == pytest.approx(b)
-    adv = alg.advantages(ctx, plan, traj, step, rewards)
-    mean_adv = algorithm.build({"name": "branch_grpo"}).advantages(ctx, plan, traj, step, rewards)
+    adv = alg.advantages(scored, traj, step)
+    mean_adv = algorithm.build({"name": "branch_grpo"}).advantages(scored, traj, step)
     early = step < 3
     assert torch.allclose(adv[early].abs(), torch.ones(int(early.sum())), atol=1e-3)  # two nodes: -1 / +1
     assert (adv[early & (traj == 0)] < 0).all() == (a < b)
-    ctx.logp.zero_()  # equal edges: the fusion is the mean of the leaves (a balanced tree)
-    assert torch.allclose(alg.advantages(ctx, plan, traj, step, rewards), mean_adv)
+    logp.zero_()  # equal edges: the fusion is the mean of the leaves (a balanced tree)
+    assert torch.allclose(alg.advantages(scored, traj, step), mean_adv)
 
 
 def test_best_worst_width_pruning_trains_the_extremes_after_the_last_split():
@@ -197,7 +199,7 @@ def test_best_worst_width_pruning_trains_the_extremes_after_the_last_split():
     last = alg.splits(tab, 4)[-1]
     traj, step = plan.train.nonzero(as_tuple=True)
     adv = torch.randn(len(traj), generator=torch.Generator().manual_seed(0))
-    keep = alg.keep(ctx, plan, traj, step, adv)
+    keep = alg.keep(AdvantageContext.of(ctx, plan, torch.zeros(ctx.num_prompts, ctx.group_size)), traj, step, adv)
     late = step > last
     assert keep[~late].all()
     n, k = int(late.sum()), max(2, int(int(late.sum()) * 0.25))
@@ -206,4 +208,9 @@ def test_best_worst_width_pruning_trains_the_extremes_after_the_last_split():
     dropped = adv[~keep & late]
     assert kept.max() >= dropped.max() and kept.min() <= dropped.min()
     assert (kept >= dropped.max()).sum() == k // 2 and (kept <= dropped.min()).sum() == k - k // 2
-    assert algorithm.build({"name": "branch_grpo"}).keep(ctx, plan, traj, step, adv) is None
+    assert (
+        algorithm.build({"name": "branch_grpo"}).keep(
+            AdvantageContext.of(ctx, plan, torch.zeros(ctx.num_prompts, ctx.group_size)), traj, step, adv
+        )
+        is None
+    )

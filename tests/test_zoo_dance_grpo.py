@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import PlanContext
 from grpo_zoo.config import build, load_config_file
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
@@ -106,7 +107,7 @@ def test_short_schedules_and_bad_values():
 def test_several_rewards_are_normalised_each_within_the_group_and_weighted():
     """The reference's vq / mq advantages: each reward normalised within the group on its own
     (and clipped), one column per reward, times its coefficient."""
-    from grpo_zoo.advantages import group_advantages
+    from grpo_zoo.core.advantages import group_advantages
 
     table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
     alg = algorithm.build({"name": "dance_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}})
@@ -115,18 +116,19 @@ def test_several_rewards_are_normalised_each_within_the_group_and_weighted():
     plan = alg.plan(ctx)
     traj, step = plan.train.nonzero(as_tuple=True)
     gen = torch.Generator().manual_seed(1)
-    ctx.scores = {k: torch.rand(P, G, generator=gen) for k in ("toy_hps", "toy_aesthetic", "toy_motion")}
-    adv = alg.advantages(ctx, plan, traj, step, ctx.scores["toy_hps"])
+    scores = {k: torch.rand(P, G, generator=gen) for k in ("toy_hps", "toy_aesthetic", "toy_motion")}
+    scored = AdvantageContext.of(ctx, plan, scores, reward="toy_hps")
+    adv = alg.advantages(scored, traj, step)
     assert adv.shape == (len(traj), 2)
-    assert torch.allclose(adv[:, 0], group_advantages(ctx.scores["toy_aesthetic"]).flatten()[traj])
-    assert torch.allclose(adv[:, 1], 0.5 * group_advantages(ctx.scores["toy_motion"]).flatten()[traj])
-    single = algorithm.build({"name": "dance_grpo"}).advantages(ctx, plan, traj, step, ctx.scores["toy_hps"])
-    assert torch.allclose(single, group_advantages(ctx.scores["toy_hps"]).flatten()[traj])
+    assert torch.allclose(adv[:, 0], group_advantages(scores["toy_aesthetic"]).flatten()[traj])
+    assert torch.allclose(adv[:, 1], 0.5 * group_advantages(scores["toy_motion"]).flatten()[traj])
+    single = algorithm.build({"name": "dance_grpo"}).advantages(scored, traj, step)
+    assert torch.allclose(single, group_advantages(scores["toy_hps"]).flatten()[traj])
 
 
 def test_per_reward_losses_are_clipped_each_and_then_summed():
     """sum_k max(-A_k r, -A_k clip(r)) is not max(-(sum_k A_k) r, ...): the reference's form."""
-    from grpo_zoo.loss import ppo_clip
+    from grpo_zoo.core.loss import ppo_clip
 
     logp_old = torch.zeros(3)
     logp = torch.log(torch.tensor([1.5, 0.6, 1.0]))  # outside, outside, inside a 0.2 clip range

@@ -8,12 +8,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from grpo_zoo.algorithms.diffusion_nft import NFTObjective as NFT
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import PlanContext
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.contract import Batch
+from grpo_zoo.core.objective import Runtime
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.objectives import NFT, Batch
+from grpo_zoo.run_config import OptimConfig
 
 from .test_seam import run_config, train
 from .test_zoo_awm import process_group  # noqa: F401 (this module's process group)
@@ -41,16 +44,15 @@ def table():
 
 def nft(table, policy, guidance=1.0, **fields):
     cfg = algorithm.build({"name": "diffusion_nft", **fields}).cfg
-    optim = SimpleNamespace(beta=0.0, micro_batch=7)
-    return NFT(
-        cfg, optim, SimpleNamespace(guidance=guidance), table, policy, torch.zeros(1, 1, 1), torch.float32, "cpu"
-    )
+    optim = OptimConfig(beta=0.0, micro_batch=7)  # one optimizer step per iteration
+    runtime = Runtime(policy, torch.zeros(1, 1, 1), torch.float32, "cpu")
+    return NFT(cfg, optim, SimpleNamespace(guidance=guidance), table, runtime)
 
 
 def make_items(obj, b=6, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn(b, 3, 2, 4, 4, generator=gen)
-    return obj.items(SimpleNamespace(latents=x0), torch.zeros(b, 1, 1), gen)
+    return obj.items(SimpleNamespace(latents=x0), None, torch.zeros(b, 1, 1), gen)
 
 
 def test_plan_is_ode_only_and_trains_no_transition(table):
@@ -77,18 +79,18 @@ def test_items_are_clean_samples_renoised_at_distinct_schedule_levels(table):
     for b in range(6):
         steps = items.step[items.traj == b]
         assert len(set(steps.tolist())) == n  # without replacement
-    assert torch.equal(items.sigma, table.sigma[items.step])
+    assert torch.equal(items.t, table.sigma[items.step])
     # x_t lies on the straight path from x0 (x_next) to some noise: eps = (x_t - (1 - t) x0) / t is finite
-    t = items.sigma.float().view(-1, 1, 1, 1, 1)
-    eps = (items.x - (1 - t) * items.x_next) / t
+    t = items.t.float().view(-1, 1, 1, 1, 1)
+    eps = (items.x_t - (1 - t) * items.x0) / t
     assert torch.isfinite(eps).all() and abs(float(eps.std()) - 1) < 0.1
-    assert torch.allclose(items.aux, pol.velocity(items.x, items.sigma.float(), None, None, 1.0))
+    assert torch.allclose(items.aux, pol.velocity(items.x_t, items.t.float(), None, None, 1.0))
     # no CFG: every forward asked for guidance 1, one pass per sample
     assert set(pol.guidance) == {1.0} and obj.cfg_mult == 1 and obj.item_forwards() == 1
     again, _ = make_items(nft(table, Lin(), guidance=4.5))
-    assert torch.equal(again.x, items.x) and torch.equal(again.step, items.step)  # a function of the seed
+    assert torch.equal(again.x_t, items.x_t) and torch.equal(again.step, items.step)  # a function of the seed
     narrow, _ = make_items(nft(table, Lin(), timesteps=3, t_range=[0.2, 0.8]))
-    assert len(narrow) == 18 and ((narrow.sigma >= 0.2) & (narrow.sigma <= 0.8)).all()
+    assert len(narrow) == 18 and ((narrow.t >= 0.2) & (narrow.t <= 0.8)).all()
 
 
 def grad_of(obj, items, adv):
@@ -109,10 +111,10 @@ def test_gradient_vanishes_at_the_old_policy_with_zero_advantage(table, nft_beta
 
 def x0_error(pol, items) -> float:
     """The policy's x0-prediction error on the items."""
-    t = items.sigma.float().view(-1, 1, 1, 1, 1)
+    t = items.t.float().view(-1, 1, 1, 1, 1)
     with torch.no_grad():
-        v = pol.velocity(items.x, items.sigma.float(), None, None, 1.0)
-        return float((items.x - t * v - items.x_next).pow(2).mean())
+        v = pol.velocity(items.x_t, items.t.float(), None, None, 1.0)
+        return float((items.x_t - t * v - items.x0).pow(2).mean())
 
 
 def test_positive_advantage_pulls_toward_the_sample_and_negative_pushes_away(table):
@@ -135,7 +137,7 @@ def test_positive_advantage_pulls_toward_the_sample_and_negative_pushes_away(tab
 def test_trainer_counts_cfg_free_forwards_once_and_the_estimator_agrees(tmp_path):
     """Rollouts under CFG cost two passes per sample; NFT's own forwards (v_old, the trained
     one, the reference's for optim.beta) one each."""
-    from grpo_zoo.estimate import iteration_counts
+    from grpo_zoo.cost.counts import iteration_counts
 
     b, t = 2 * 4, 6
     cfg = run_config(tmp_path, "nft", {"name": "diffusion_nft", "timesteps": 2}, 1)
@@ -172,7 +174,7 @@ def test_old_policy_trails_the_weights_samples_the_rollout_and_gives_v_old(table
         assert w(pol) == pytest.approx(old)
     assert w(pol) == pytest.approx(2.7)  # its own weights back after the rollout
     items, _ = make_items(obj)
-    want = old * items.x - 0.3 * items.sigma.float().view(-1, 1, 1, 1, 1)
+    want = old * items.x_t - 0.3 * items.t.float().view(-1, 1, 1, 1, 1)
     assert torch.allclose(items.aux, want, atol=1e-6)  # v_old is the old policy's
     assert obj.old_decay(10) == pytest.approx(0.25)  # capped
     fresh = nft(table, pol, old_decay_rate=0.1, old_decay_max=0.25, old_decay_flat=1)
@@ -192,7 +194,7 @@ def test_without_decay_the_old_policy_is_the_current_one_and_no_copy_is_kept(tab
     with torch.no_grad():
         pol.net["w"].fill_(1.7)
     items, _ = make_items(obj)
-    assert torch.allclose(items.aux, 1.7 * items.x - 0.3 * items.sigma.float().view(-1, 1, 1, 1, 1), atol=1e-6)
+    assert torch.allclose(items.aux, 1.7 * items.x_t - 0.3 * items.t.float().view(-1, 1, 1, 1, 1), atol=1e-6)
     for bad in ({"old_decay_max": 1.0}, {"old_decay_max": -0.1}, {"old_decay_rate": -1e-3}, {"old_decay_flat": -1}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             algorithm.build({"name": "diffusion_nft", **bad})

@@ -4,9 +4,10 @@ its multi-granularity advantage (the rest denoised at several strides, advantage
 import pytest
 import torch
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import PlanContext
 from grpo_zoo.config import build
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
@@ -79,7 +80,7 @@ def test_rollout_branches_from_one_state_and_computes_the_prefix_once():
     assert len(tr) == P * G and (tr.step == s).all()
     x, x_next = tr.x.view(P, G, -1), tr.x_next.view(P, G, -1)
     assert (x == x[:, :1]).all()  # one x_s per group (the anchor's)
-    assert torch.equal(tr.aux.view(P, G, -1), tr.aux.view(P, G, -1)[:, :1].expand(P, G, -1))  # one velocity
+    assert torch.equal(tr.v_sample.view(P, G, -1), tr.v_sample.view(P, G, -1)[:, :1].expand(P, G, -1))  # one velocity
     assert all(len({tuple(v.tolist()) for v in grp}) == G for grp in x_next)  # G noises
     assert not torch.equal(x[0, 0], x[1, 0])  # groups are independent
 
@@ -88,7 +89,7 @@ def test_advantages_are_the_groups_of_the_row_rewards():
     plan, _, ctx, alg = plan_for({}, 6, iteration=1)
     traj, step = plan.train.nonzero(as_tuple=True)
     rewards = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
-    adv = alg.advantages(ctx, plan, traj, step, rewards).view(P, G)
+    adv = alg.advantages(AdvantageContext.of(ctx, plan, rewards), traj, step).view(P, G)
     assert torch.allclose(adv[1], torch.tensor([-1.0, -1.0, 1.0, 1.0]), atol=1e-3)
     assert (adv[0].diff() > 0).all() and (adv[2] == 0).all()
 
@@ -166,7 +167,7 @@ def test_a_coarse_child_is_the_euler_ode_on_every_other_sigma_from_its_draws_sta
 
 def _state_at(plan, table, emb, j):
     """x_j of every row, from a rollout of the first j steps (the same noise draws)."""
-    from grpo_zoo.algorithm import Plan
+    from grpo_zoo.core.algorithm import Plan
 
     cut = Plan(
         sde=plan.sde[:, :j],
@@ -189,7 +190,7 @@ def test_advantage_is_the_sum_over_granularities_of_the_per_granularity_group_ad
     fine = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [4.0, 1.0, 1.0]])
     coarse = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [4.0, 1.0, 1.0]])
     rewards = torch.stack([fine, coarse], -1).reshape(P, 6)
-    adv = alg.advantages(ctx, plan, traj, step, rewards).view(P, 3)
+    adv = alg.advantages(AdvantageContext.of(ctx, plan, rewards), traj, step).view(P, 3)
 
     def z(r):
         return (r - r.mean(1, keepdim=True)) / (r.std(1, unbiased=False, keepdim=True) + 1e-4)

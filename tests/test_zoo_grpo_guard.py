@@ -6,13 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from grpo_zoo.algorithms.grpo_guard import RatioNormClip
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import PlanContext
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.contract import Transitions
+from grpo_zoo.core.objective import Runtime
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, sde_step, step_table
-from grpo_zoo.objectives import RatioNormClip
-from grpo_zoo.rollout import Transitions
 
 
 class Lin(torch.nn.Module):
@@ -28,7 +29,7 @@ class Lin(torch.nn.Module):
 
 def objective(table, policy=None):
     sampling, optim = SimpleNamespace(guidance=1.0), SimpleNamespace(clip_range=0.2, beta=0.0)
-    return RatioNormClip(None, optim, sampling, table, policy or Lin(), None, torch.float32, "cpu")
+    return RatioNormClip(None, optim, sampling, table, Runtime(policy or Lin(), None, torch.float32, "cpu"))
 
 
 @pytest.fixture(params=["flow_sde", "wan_linear", "cps"])
@@ -43,7 +44,7 @@ def sampled(table, k: torch.Tensor, x: torch.Tensor, v_old: torch.Tensor, gen: t
     n = len(k)
     return Transitions(
         traj=torch.arange(n), step=k, x=x, x_next=x_next, logp_old=logp,
-        weight=torch.ones(n, dtype=torch.float64), aux=v_old,
+        weight=torch.ones(n, dtype=torch.float64), v_sample=v_old,
     )  # fmt: skip
 
 

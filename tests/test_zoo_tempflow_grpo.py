@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from grpo_zoo import algorithm
-from grpo_zoo.algorithm import PlanContext
+from grpo_zoo.core import algorithm
+from grpo_zoo.core.algorithm import PlanContext
+from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.rollout import rollout
@@ -96,7 +97,7 @@ def test_advantages_are_normalised_per_branch_step_group():
     alg, ctx, plan = plan_of({}, tab, 2, 4)  # rows 0, 1 branch at step 1; rows 2, 3 at step 0
     traj, step = plan.train.nonzero(as_tuple=True)
     rewards = torch.tensor([[1.0, 3.0, 10.0, 20.0], [5.0, 5.0, 0.0, 2.0]])
-    adv = alg.advantages(ctx, plan, traj, step, rewards)
+    adv = alg.advantages(AdvantageContext.of(ctx, plan, rewards), traj, step)
     # within each pair: -1, +1 whatever the scale; equal rewards give 0
     assert torch.allclose(adv, torch.tensor([-1.0, 1.0, -1.0, 1.0, 0.0, 0.0, -1.0, 1.0]), atol=1e-3)
 

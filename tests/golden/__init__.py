@@ -10,7 +10,7 @@ give the same rows bit for bit at 1 and 4 threads, but awm-uniform moved by 1.1e
 thread, just past RTOL. The machine does not matter (x86: ATen's AVX2 kernels on
 every one, see __main__.py).
 
-Variants come from the registry (grpo_zoo.algorithm.names()): each algorithm with its
+Variants come from the registry (grpo_zoo.core.algorithm.names()): each algorithm with its
 default config, plus each non-default choice of the boolean and Literal switches its own
 Config adds (Flash-GRPO's ablations: flash_grpo-per_sample, flash_grpo-no_rectify), plus
 the settings in EXTRA that no switch reaches (a field with a value of its own, or a
@@ -79,7 +79,7 @@ CONFIG = {
 def _switches(config_cls: type) -> list[tuple[str, object]]:
     """(field, value) for each non-default choice of a bool or Literal field that
     `config_cls` adds to the fields every algorithm has."""
-    from grpo_zoo.algorithm import AlgorithmConfig
+    from grpo_zoo.core.algorithm import AlgorithmConfig
 
     common = {f.name for f in dataclasses.fields(AlgorithmConfig)}
     hints = typing.get_type_hints(config_cls)
@@ -111,10 +111,10 @@ DiffusionNFT with the current policy as its old one."""
 
 def variants() -> dict[str, dict]:
     """Variant name -> algorithm fields (and dotted run overrides), enumerated from the registry."""
-    from grpo_zoo import algorithm
+    from grpo_zoo.core import algorithm
 
     out = {}
-    for name in algorithm.names():
+    for name in algorithm.names(plugins=False):
         out[name] = {"name": name}
         for field, value in _switches(algorithm.get(name).Config):
             label = (field if value else f"no_{field}") if isinstance(value, bool) else str(value)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from grpo_zoo.core.contract import AdvantageContext
+
 STD_EPS = 1e-4
 
 
@@ -21,6 +23,15 @@ def group_advantages(rewards: torch.Tensor, global_std: bool = False, clip: floa
     std = r.std(unbiased=False) if global_std else r.std(dim=1, keepdim=True, unbiased=False)
     adv = (r - mean) / (std + STD_EPS)
     return adv.clamp(-clip, clip).float()
+
+
+def rank_group_advantages(ctx: AdvantageContext, entry: str | None = None) -> torch.Tensor:
+    """[P, G] group advantages of this rank's groups for reward `entry` (default: the
+    training reward), normalised as over the whole batch (`global_std` takes every rank's
+    spread), so a rank's advantages do not depend on how the batch is split."""
+    rewards = ctx.batch_rewards[entry or ctx.reward]
+    p = ctx.num_prompts
+    return group_advantages(rewards, ctx.global_std, ctx.adv_clip)[ctx.rank * p : (ctx.rank + 1) * p]
 
 
 def zero_std_ratio(rewards: torch.Tensor) -> float:

@@ -77,7 +77,7 @@ def usable_gb(gpu: str) -> float:
 # -- the components ---------------------------------------------------------------------------
 def _configs(model) -> tuple[dict, dict, dict]:
     """(transformer, VAE, text encoder) configs: the local directory's, else the named arch's."""
-    from grpo_zoo.estimate import model_shapes
+    from grpo_zoo.cost.flops import model_shapes
     from grpo_zoo.models.wan_arch import ARCHS
 
     root = Path(model.path)
@@ -173,7 +173,7 @@ def _tracked_peak(build, run) -> float:
     on fake tensors (no data, no compute)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from grpo_zoo.estimate import fused_attention
+    from grpo_zoo.cost.flops import fused_attention
 
     with torch.device("meta"):
         objs = build()
@@ -185,16 +185,29 @@ def _tracked_peak(build, run) -> float:
     return float(tracker.peak)
 
 
+def update_rows(cfg) -> int:
+    """Transformer rows in one micro-batch's graph: optim.micro_batch items x the objective's
+    passes per item (a pairwise loss: 2) x its CFG multiplier (forward-process objectives: 1)."""
+    from grpo_zoo.core import algorithm as algorithms
+    from grpo_zoo.core import objective as objectives
+    from grpo_zoo.preflight import sampling_tables
+
+    table, _ = sampling_tables(cfg.sampling)
+    alg = algorithms.build(cfg.algorithm)
+    obj = objectives.get(alg.objective)(cfg.algorithm, cfg.optim, cfg.sampling, table)  # priced, not run
+    return cfg.optim.micro_batch * obj.passes_per_item() * obj.cfg_mult
+
+
 def phase_bytes(cfg, world: int) -> dict[str, float]:
-    """Transient peak of each phase of an iteration, per GPU (the algorithm does not matter:
-    the variants of a sweep share one count)."""
+    """Transient peak of each phase of an iteration, per GPU (the algorithm matters only
+    through the update's rows per micro-batch: variants of a sweep mostly share one count)."""
     m, d = cfg.model, cfg.data
     key = (
         repr(m),
         cfg.sampling.guidance != 1.0,
         d.prompts_per_step // world,
         d.group_size,
-        cfg.optim.micro_batch,
+        update_rows(cfg),
         cfg.engine.precision,
     )
     if key not in _PHASES:
@@ -208,7 +221,7 @@ _PHASES: dict[tuple, dict[str, float]] = {}
 def _phase_bytes(cfg, world: int) -> dict[str, float]:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-    from grpo_zoo.estimate import model_shapes
+    from grpo_zoo.cost.flops import model_shapes
     from grpo_zoo.models.lora import apply_lora
     from grpo_zoo.models.wan import DECODE_BATCH
 
@@ -236,7 +249,7 @@ def _phase_bytes(cfg, world: int) -> dict[str, float]:
 
     def update(net):
         net.train()
-        out = net(*inputs(cfg.optim.micro_batch * cfg_mult), return_dict=False)[0]
+        out = net(*inputs(update_rows(cfg)), return_dict=False)[0]
         out.float().square().mean().backward()
 
     def decode_build():

@@ -1,0 +1,67 @@
+"""Forwards and backward passes per iteration, from the same plans the trainer draws, and
+their price in FLOPs and GPU-hours."""
+
+from __future__ import annotations
+
+import torch
+
+from grpo_zoo.core import algorithm as algorithms
+from grpo_zoo.core import objective as objectives
+from grpo_zoo.core.contract import AdvantageContext, PlanContext
+from grpo_zoo.core.objective import cfg_multiplier
+from grpo_zoo.cost.flops import GPUS, flops_per_nfe
+from grpo_zoo.preflight import sampling_tables
+from grpo_zoo.seeding import generator
+
+
+def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
+    """Forwards and backward passes of iteration `step`, from the same plans the trainer draws."""
+    s = cfg.sampling
+    alg = algorithms.build(cfg.algorithm)
+    objective = objectives.get(alg.objective)
+    table, _ = sampling_tables(s)
+    obj = objective(cfg.algorithm, cfg.optim, s, table)  # priced from the settings, no runtime
+    cfg_mult = objectives.cfg_multiplier(s.guidance)
+    local = cfg.data.prompts_per_step // world
+    rollout = trained = made = 0
+    for rank in range(world):
+        ctx = PlanContext.of(
+            local, cfg.data.group_size, table, generator(cfg.seed, step, rank, "plan"), step, ode_stride=s.ode_stride
+        )
+        plan = alg.plan(ctx)
+        rollout += int(plan.forward_rows().sum()) * cfg_mult
+        items = obj.num_items(plan)
+        if objective.needs_transitions:  # pruning by advantage: its count, with advantages not known yet
+            traj, st = plan.train.nonzero(as_tuple=True)
+            zeros = {cfg.reward.name: torch.zeros(local, cfg.data.group_size)}
+            scored = AdvantageContext(
+                iteration=step, prompts=ctx.prompts, group_size=ctx.group_size, table=table, plan=plan,
+                reward=cfg.reward.name, rewards=zeros, batch_rewards=zeros, rank=rank, world=world,
+            )  # fmt: skip
+            keep = alg.keep(scored, traj, st, torch.zeros(len(traj)))
+            items = items if keep is None else int(keep.sum())
+        trained += items
+        made += obj.num_items(plan) * obj.item_forwards() * obj.cfg_mult
+    passes = trained * cfg.optim.inner_epochs * obj.passes_per_item() * obj.cfg_mult
+    extra = trained * cfg.optim.inner_epochs * obj.extra_forwards() * obj.cfg_mult
+    return {"rollout_nfe": rollout, "update_nfe": passes + extra + made, "backward": passes}
+
+
+def estimate(cfg, gpus: int, gpu: str, mfu: float, budget_gpu_hours: float, plans: int) -> dict:
+    fwd, bwd = flops_per_nfe(cfg.model)
+    counts = [iteration_counts(cfg, step, gpus) for step in range(plans)]
+    mean = {k: sum(c[k] for c in counts) / len(counts) for k in counts[0]}
+    flops = (mean["rollout_nfe"] + mean["update_nfe"]) * fwd + mean["backward"] * bwd
+    gpu_hours = flops / (GPUS[gpu] * mfu) / 3600
+    eval_nfe = cfg.data.eval_samples * cfg.sampling.eval_steps * cfg_multiplier(cfg.sampling.guidance)
+    return {
+        "algorithm": cfg.algorithm.name,
+        "fwd_flops_per_nfe": fwd,
+        "bwd_flops_per_nfe": bwd,
+        **mean,
+        "flops_per_iteration": flops,
+        "gpu_hours_per_iteration": gpu_hours,
+        "wall_minutes_per_iteration": gpu_hours / gpus * 60,
+        "iterations_in_budget": budget_gpu_hours / gpu_hours,
+        "eval_gpu_hours": eval_nfe * fwd / (GPUS[gpu] * mfu) / 3600,
+    }

@@ -1,0 +1,102 @@
+"""FLOPs of one sample through the transformer, counted from shapes (the meta device for
+wan models; the toy's tiny transformer as the trainer counts it), and the GPUs' peaks."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from grpo_zoo.errors import ConfigError
+
+# dense bf16 peak, FLOP/s per GPU (vendor datasheets, no sparsity)
+GPUS = {"h100": 989e12, "h200": 989e12, "h800": 989e12, "a100": 312e12, "a800": 312e12, "l40s": 362e12, "b200": 2250e12}
+
+
+def model_shapes(model) -> tuple[dict, tuple[int, ...], int]:
+    """(transformer config, latent shape C,F,H,W, text embedding width) for a wan ModelConfig."""
+    from grpo_zoo.models.wan_arch import ARCHS
+
+    root = Path(model.path)
+    if (root / "transformer" / "config.json").is_file() and (root / "vae" / "config.json").is_file():
+        tconf = json.loads((root / "transformer" / "config.json").read_text())
+        vconf = json.loads((root / "vae" / "config.json").read_text())
+    elif model.arch in ARCHS:
+        tconf, vconf = ARCHS[model.arch]["transformer"], ARCHS[model.arch]["vae"]
+    else:
+        raise ConfigError(
+            f"model.path: no Wan model directory at {model.path!r} and model.arch {model.arch!r} is not one of "
+            f"{', '.join(ARCHS)}"
+        )
+    t_scale = 2 ** sum(vconf["temperal_downsample"])
+    s_scale = 2 ** len(vconf["temperal_downsample"])
+    latent = (vconf["z_dim"], (model.frames - 1) // t_scale + 1, model.height // s_scale, model.width // s_scale)
+    return tconf, latent, tconf["text_dim"]
+
+
+@contextlib.contextmanager
+def fused_attention():
+    """Count attention as a GPU runs it. On the meta device SDPA takes its unfused math path,
+    whose backward reuses the stored scores (2x the forward's attention FLOPs); the fused
+    kernels of a GPU (and the CPU) recompute them (2.5x), and that is what the meter counts."""
+    original = F.scaled_dot_product_attention
+
+    def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        if attn_mask is not None or enable_gqa:
+            return original(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, dropout_p, is_causal, scale=scale
+        )[0]
+
+    F.scaled_dot_product_attention = fused
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def flops_per_nfe(model) -> tuple[float, float]:
+    """(forward, backward) FLOPs of one sample through the transformer, counted on the meta device."""
+    from diffusers import WanTransformer3DModel
+
+    from grpo_zoo.meter import measure_flops
+    from grpo_zoo.models.lora import apply_lora
+
+    if model.backend != "wan":
+        return toy_flops_per_nfe(model)
+    tconf, latent, text_dim = model_shapes(model)
+    with torch.device("meta"):
+        net = WanTransformer3DModel.from_config({k: v for k, v in tconf.items() if not k.startswith("_")})
+        if model.gradient_checkpointing:
+            net.enable_gradient_checkpointing()
+        net = apply_lora(net, model)
+        x = torch.zeros(1, *latent)
+        emb = torch.zeros(1, model.max_tokens, text_dim)
+        t = torch.ones(1) * 1000
+    net.train()
+    with fused_attention():
+        fwd, bwd = measure_flops(lambda: net(x, t, emb, return_dict=False)[0], backward=True)
+    return float(fwd), float(bwd)
+
+
+def policy_flops(policy, prompt: str) -> tuple[float, float]:
+    """(forward, backward) FLOPs of one sample's transformer pass through `policy`, as trained."""
+    from grpo_zoo.meter import measure_flops
+
+    x = torch.zeros(1, *policy.latent_shape)
+    emb = policy.encode([prompt])
+    fwd, bwd = measure_flops(lambda: policy.raw_velocity(x, torch.ones(1), emb), backward=True)
+    for p in policy.parameters():
+        p.grad = None
+    return float(fwd), float(bwd)
+
+
+def toy_flops_per_nfe(model) -> tuple[float, float]:
+    """(forward, backward) FLOPs of one sample through a toy (or any non-wan) policy: its
+    transformer is tiny, so it is built and counted as the trainer counts it."""
+    from grpo_zoo.models import load_policy
+
+    return policy_flops(load_policy(model), "a red circle moving left")
