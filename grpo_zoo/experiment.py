@@ -33,6 +33,7 @@ from typing import Any
 from grpo_zoo.config import apply_overrides, build, deep_merge, load_config_file, load_yaml, num, to_dict
 from grpo_zoo.errors import ConfigError, readable_file
 from grpo_zoo.run_config import RunConfig
+from grpo_zoo.runs import run_identity
 
 
 @dataclass
@@ -110,8 +111,8 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """Identity of the run: a hash of its resolved config without run_dir."""
-        body = {k: v for k, v in self.config.items() if k != "run_dir"}
+        """Identity of the run: a hash of its resolved config without runs.ADDRESS (budget included)."""
+        body = run_identity(self.config)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -32,7 +32,7 @@ from grpo_zoo.config import build
 from grpo_zoo.errors import AT_LEAST_ONE, ArgParser, ConfigError, cli, number, readable_file, writable_dir
 from grpo_zoo.experiment import Experiment, Resources, RunSpec, check_runs, load_experiment
 from grpo_zoo.jobs import is_active, job_state
-from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write
+from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write, run_difference
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -66,8 +66,7 @@ def run_state(spec: RunSpec) -> str:
         stored = run.config()
     except (FileNotFoundError, yaml.YAMLError):
         return "partial"
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("run_dir", "logging")}  # noqa: E731
-    if strip(stored) != strip(spec.config):
+    if run_difference(stored, spec.config, run.is_finished()):  # a finished run's budget counts
         return "stale"
     status = run.status().get("status")
     if run.is_complete():
