@@ -47,12 +47,12 @@ from typing import Literal
 
 import torch
 
+from grpo_zoo.config import num
 from grpo_zoo.core import objective
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.core.contract import Batch, ReNoised, Terms
 from grpo_zoo.core.forward_process import ForwardProcess
 from grpo_zoo.core.loss import ppo_clip
-from grpo_zoo.errors import ConfigError
 
 
 @dataclass
@@ -61,43 +61,28 @@ class AWMConfig(AlgorithmConfig):
     """Advantage Weighted Matching (Xue et al., 2025)."""
     initial_noise: Literal["independent", "shared"] = "independent"
     """Must stay independent: ODE rollouts from one noise would all be the same sample."""
-    timesteps: int = 6
+    timesteps: int = num(6, ge=1)
     """Training noise levels per clean sample, one per stratum of the eligible steps."""
-    timestep_fraction: float = 0.9
+    timestep_fraction: float = num(0.9, gt=0, le=1)
     """The strata cover the first floor(T * fraction) sampling steps, in (0, 1]."""
     time_type: Literal["discrete_wo_init", "discrete"] = "discrete_wo_init"
     """discrete_wo_init: leave out step 0 (sigma = 1); discrete: include it."""
     weighting: Literal["ghuber", "uniform"] = "ghuber"
     """Surrogate: uniform: -mse; ghuber: -((mse + 1e-10)^p - 1e-10^p) * t / p."""
-    ghuber_power: float = 0.25
+    ghuber_power: float = num(0.25, gt=0)
     """p of the ghuber weighting, > 0."""
-    clip_range: float = 1.0
+    clip_range: float = num(1.0, gt=0)
     """PPO clip epsilon of the surrogate's ratio (replaces optim.clip_range), > 0."""
-    adv_clip_max: float = 5.0
+    adv_clip_max: float = num(5.0, gt=0)
     """Advantages are clipped to +-adv_clip_max, then divided by it ..."""
-    advantage_max: float = 1.0
+    advantage_max: float = num(1.0, gt=0)
     """... and multiplied by advantage_max."""
-    ema_kl_beta: float = 1.0
+    ema_kl_beta: float = num(1.0, ge=0)
     """Weight of mean((v - v_ema)^2), the KL to the EMA policy; 0 skips its forward."""
-    kl_ema_decay: float = 0.3
+    kl_ema_decay: float = num(0.3, ge=0, lt=1)
     """Largest decay of the EMA policy, in [0, 1)."""
-    kl_ema_ramp: float | None = 1e-3
+    kl_ema_ramp: float | None = num(1e-3, ge=0)
     """Decay = min(kl_ema_decay, ramp * optimizer steps so far); null: kl_ema_decay throughout."""
-
-    def validate(self) -> None:
-        if self.timesteps < 1:
-            raise ConfigError(f"timesteps: must be at least 1, got {self.timesteps}")
-        if not 0 < self.timestep_fraction <= 1:
-            raise ConfigError(f"timestep_fraction: must lie in (0, 1], got {self.timestep_fraction}")
-        for name in ("ghuber_power", "clip_range", "adv_clip_max", "advantage_max"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name}: must be > 0, got {getattr(self, name)}")
-        if not self.ema_kl_beta >= 0:
-            raise ConfigError(f"ema_kl_beta: must be >= 0, got {self.ema_kl_beta}")
-        if not 0 <= self.kl_ema_decay < 1:
-            raise ConfigError(f"kl_ema_decay: must lie in [0, 1), got {self.kl_ema_decay}")
-        if self.kl_ema_ramp is not None and not self.kl_ema_ramp >= 0:
-            raise ConfigError(f"kl_ema_ramp: must be >= 0 (or null), got {self.kl_ema_ramp}")
 
 
 def stratified_range(table, fraction: float, skip_first: bool) -> tuple[int, int]:

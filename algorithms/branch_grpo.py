@@ -48,6 +48,7 @@ from typing import Literal
 
 import torch
 
+from grpo_zoo.config import num
 from grpo_zoo.core.advantages import normalize_within
 from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
@@ -59,18 +60,18 @@ class BranchGRPOConfig(AlgorithmConfig):
     """BranchGRPO (Li et al., 2025)."""
     initial_noise: Literal["independent", "shared"] = "shared"
     """A tree grows from one noise (the reference's init_same_noise; only `shared` is valid)."""
-    split_points: list[int] | None = None
+    split_points: list[int] | None = num(None, ge=0)
     """Steps at which every branch splits in two (G = 2^len leaves); null: log2(G) splits every
     `split_every` steps from step 0 (the reference: 0,3,6,9 with 16 leaves on 20 steps)."""
-    split_every: int = 3
+    split_every: int = num(3, ge=1)
     """Spacing of the default split points (narrowed to fit short schedules)."""
-    sde_window: int | None = None
+    sde_window: int | None = num(None, ge=1)
     """BranchGRPO-Mix: null: every step with noise is SDE; w: only the first w steps and the split
     steps are SDE (and trained), ODE elsewhere (the reference's mix setting: 4)."""
-    prune_steps: list[int] | None = None
+    prune_steps: list[int] | None = num(None, ge=0)
     """Depth pruning: steps whose transitions are not trained (the reference lists node depths,
     = step + 1; its script prunes none)."""
-    prune_slide_every: int = 0
+    prune_slide_every: int = num(0, ge=0)
     """0: fixed pruned steps; n: they move one step earlier every n iterations (the reference: 30)."""
     prune_stop: int | None = None
     """The earliest step a sliding pruned window reaches; null: the step before the last split."""
@@ -82,25 +83,15 @@ class BranchGRPOConfig(AlgorithmConfig):
     prob_weighted: bool = False
     """Fuse child values weighted by softmax of their edge log-probs (the reference's
     --tree_prob_weighted; its script: off) instead of the mean of the leaves below."""
-    width_ratio: float = 0.5
+    width_ratio: float = num(0.5, gt=0, le=1)
     """Share of each leaf's post-split transitions kept by width pruning, in (0, 1]."""
 
     def validate(self) -> None:
         if self.initial_noise != "shared":
             raise ConfigError("initial_noise: branch_grpo grows each tree from one noise; use shared")
         pts = self.split_points
-        if pts is not None and (not pts or min(pts) < 0 or sorted(set(pts)) != list(pts)):
+        if pts is not None and (not pts or sorted(set(pts)) != list(pts)):
             raise ConfigError(f"split_points: expected increasing distinct steps >= 0, got {pts}")
-        if self.split_every < 1:
-            raise ConfigError(f"split_every: must be at least 1, got {self.split_every}")
-        if self.sde_window is not None and self.sde_window < 1:
-            raise ConfigError(f"sde_window: must be at least 1 (or null), got {self.sde_window}")
-        if self.prune_steps is not None and any(s < 0 for s in self.prune_steps):
-            raise ConfigError(f"prune_steps: steps must be >= 0, got {self.prune_steps}")
-        if self.prune_slide_every < 0:
-            raise ConfigError(f"prune_slide_every: must be >= 0, got {self.prune_slide_every}")
-        if not 0 < self.width_ratio <= 1:
-            raise ConfigError(f"width_ratio: must lie in (0, 1], got {self.width_ratio}")
 
 
 @register("branch_grpo")

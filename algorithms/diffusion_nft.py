@@ -45,11 +45,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from grpo_zoo.config import num
 from grpo_zoo.core import objective
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.core.contract import Batch, ReNoised, Terms
@@ -63,40 +64,28 @@ class DiffusionNFTConfig(AlgorithmConfig):
     """DiffusionNFT (Zheng et al., 2025)."""
     initial_noise: Literal["independent", "shared"] = "independent"
     """Must stay independent: ODE rollouts from one noise would all be the same sample."""
-    timesteps: int | None = None
+    timesteps: int | None = num(None, ge=1)
     """Training noise levels per clean sample, distinct, drawn from the sampling schedule's
     (inside t_range); null: floor(0.99 T), the reference's timestep_fraction 0.99."""
-    t_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    t_range: list[float] = num(default_factory=lambda: [0.0, 1.0], ge=0, le=1)
     """[lo, hi]: the sampling noise levels sigma in lo <= sigma <= hi are eligible."""
-    nft_beta: float = 1.0
+    nft_beta: float = num(1.0, gt=0, le=1)
     """b: strength of the implicit policies v+- = v_old +- b (v - v_old), in (0, 1]."""
-    adv_clip_max: float = 5.0
+    adv_clip_max: float = num(5.0, gt=0)
     """c: advantages are clipped to +-c before r = A / (2c) + 1/2; the loss is scaled by c."""
-    old_decay_max: float = 0.5
+    old_decay_max: float = num(0.5, ge=0, lt=1)
     """The old policy (it samples the rollouts and gives v_old) trails the weights with decay
     min(max(0, steps - old_decay_flat) * old_decay_rate, old_decay_max), moved once per
     iteration; 0: the old policy is the current one (no copy kept)."""
-    old_decay_rate: float = 1e-3
+    old_decay_rate: float = num(1e-3, ge=0)
     """Decay gained per optimizer step."""
-    old_decay_flat: int = 0
+    old_decay_flat: int = num(0, ge=0)
     """Optimizer steps before the decay starts to grow (0 until then)."""
 
     def validate(self) -> None:
-        if self.timesteps is not None and self.timesteps < 1:
-            raise ConfigError(f"timesteps: must be at least 1 (or null), got {self.timesteps}")
         r = self.t_range
-        if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
+        if len(r) != 2 or not r[0] < r[1]:
             raise ConfigError(f"t_range: expected [lo, hi] with 0 <= lo < hi <= 1, got {r}")
-        if not 0 < self.nft_beta <= 1:
-            raise ConfigError(f"nft_beta: must lie in (0, 1], got {self.nft_beta}")
-        if not self.adv_clip_max > 0:
-            raise ConfigError(f"adv_clip_max: must be > 0, got {self.adv_clip_max}")
-        if not 0 <= self.old_decay_max < 1:
-            raise ConfigError(f"old_decay_max: must lie in [0, 1), got {self.old_decay_max}")
-        if not 0 <= self.old_decay_rate < float("inf"):
-            raise ConfigError(f"old_decay_rate: must be a finite number >= 0, got {self.old_decay_rate}")
-        if not self.old_decay_flat >= 0:
-            raise ConfigError(f"old_decay_flat: must be >= 0 optimizer steps, got {self.old_decay_flat}")
 
 
 @register("diffusion_nft")

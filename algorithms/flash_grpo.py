@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from grpo_zoo.config import num
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
@@ -26,12 +27,12 @@ class FlashGRPOConfig(AlgorithmConfig):
     """iso_temporal: one k per prompt group, shared by its G rollouts; per_sample: k per trajectory."""
     rectify: bool = True
     """Weight each transition by c(k) = 1/lambda(t_k), normalised by the batch mean."""
-    k_range: list[int] | None = None
+    k_range: list[int] | None = num(None, ge=0)
     """[lo, hi]: k is drawn uniformly from steps lo..hi (inclusive); null means every step with noise."""
 
     def validate(self) -> None:
         r = self.k_range
-        if r is not None and (len(r) != 2 or r[0] < 0 or r[0] > r[1]):
+        if r is not None and (len(r) != 2 or r[0] > r[1]):
             raise ConfigError(f"k_range: expected [lo, hi] with 0 <= lo <= hi, got {r}")
 
 

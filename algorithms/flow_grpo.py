@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from grpo_zoo.config import num
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
@@ -13,12 +14,8 @@ from grpo_zoo.errors import ConfigError
 class FlowGRPOConfig(AlgorithmConfig):
     name: str = "flow_grpo"
     """Flow-GRPO (Liu et al., 2025)."""
-    timestep_fraction: float = 0.6
+    timestep_fraction: float = num(0.6, gt=0, le=1)
     """Train the first floor(T * fraction) transitions of every trajectory, in (0, 1]."""
-
-    def validate(self) -> None:
-        if not 0 < self.timestep_fraction <= 1:
-            raise ConfigError(f"timestep_fraction: must lie in (0, 1], got {self.timestep_fraction}")
 
 
 @register("flow_grpo")

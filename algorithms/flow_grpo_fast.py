@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from grpo_zoo.config import num
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
@@ -18,17 +19,15 @@ from grpo_zoo.errors import ConfigError
 class FlowGRPOFastConfig(AlgorithmConfig):
     name: str = "flow_grpo_fast"
     """Flow-GRPO-Fast: a short SDE window per trajectory."""
-    window: int = 2
+    window: int = num(2, ge=1)
     """w: number of consecutive SDE (and trained) steps; 1 gives Flow-GRPO-Fast1."""
-    window_start_range: list[int] | None = None
+    window_start_range: list[int] | None = num(None, ge=0)
     """[lo, hi]: the window starts at a step drawn uniformly in lo..hi (inclusive);
     null means every start that keeps the window on steps with noise."""
 
     def validate(self) -> None:
-        if self.window < 1:
-            raise ConfigError(f"window: must be at least 1, got {self.window}")
         r = self.window_start_range
-        if r is not None and (len(r) != 2 or r[0] < 0 or r[0] > r[1]):
+        if r is not None and (len(r) != 2 or r[0] > r[1]):
             raise ConfigError(f"window_start_range: expected [lo, hi] with 0 <= lo <= hi, got {r}")
 
 

@@ -56,11 +56,12 @@ Not reproduced (and why):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from grpo_zoo.config import num
 from grpo_zoo.core.advantages import normalize_within
 from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
@@ -72,19 +73,19 @@ class G2RPOConfig(AlgorithmConfig):
     """G2RPO, Granular-GRPO (Zhou et al., 2025)."""
     initial_noise: Literal["independent", "shared"] = "shared"
     """shared (the reference): a group's rows share the ODE prefix and differ only in the noise of their SDE step."""
-    branch_steps: list[int] | None = None
+    branch_steps: list[int] | None = num(None, ge=0)
     """Steps of the one SDE step, taken in turn (iteration i uses entry i mod len); null: steps 0..floor(T/2)-1
     that have noise (the reference's 0..7 of 16)."""
-    granularities: list[int] = field(default_factory=lambda: [1, 2])
+    granularities: list[int] = num(default_factory=lambda: [1, 2], ge=1)
     """Step granularities the rest is denoised at after s + 2 (1 must be one; the reference's granular_list);
     data.group_size is the number of noise draws times their count."""
 
     def validate(self) -> None:
         steps = self.branch_steps
-        if steps is not None and (not steps or min(steps) < 0 or len(set(steps)) != len(steps)):
+        if steps is not None and (not steps or len(set(steps)) != len(steps)):
             raise ConfigError(f"branch_steps: expected distinct steps >= 0, got {steps}")
         g = self.granularities
-        if not g or 1 not in g or min(g) < 1 or len(set(g)) != len(g):
+        if not g or 1 not in g or len(set(g)) != len(g):
             raise ConfigError(f"granularities: expected distinct step strides >= 1 including 1, got {g}")
 
 

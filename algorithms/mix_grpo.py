@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from grpo_zoo.config import num
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
@@ -26,21 +27,14 @@ class MixGRPOConfig(AlgorithmConfig):
     """MixGRPO (Li et al., 2025)."""
     initial_noise: Literal["independent", "shared"] = "shared"
     """The reference starts a group's rollouts from one noise (init_same_noise)."""
-    window: int = 4
+    window: int = num(4, ge=1)
     """w: consecutive SDE (and trained) steps (cut to the span on schedules too short for it)."""
-    shift_every: int = 25
+    shift_every: int = num(25, ge=1)
     """Training iterations between two moves of the window."""
-    shift: int = 1
+    shift: int = num(1, ge=1)
     """Steps the window moves each time."""
-    timestep_fraction: float = 0.6
+    timestep_fraction: float = num(0.6, gt=0, le=1)
     """The window stays inside the first floor(T * fraction) steps, in (0, 1]."""
-
-    def validate(self) -> None:
-        for field in ("window", "shift_every", "shift"):
-            if getattr(self, field) < 1:
-                raise ConfigError(f"{field}: must be at least 1, got {getattr(self, field)}")
-        if not 0 < self.timestep_fraction <= 1:
-            raise ConfigError(f"timestep_fraction: must lie in (0, 1], got {self.timestep_fraction}")
 
 
 @register("mix_grpo")

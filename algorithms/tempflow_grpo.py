@@ -40,6 +40,7 @@ from typing import Literal
 
 import torch
 
+from grpo_zoo.config import num
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 
@@ -50,11 +51,11 @@ class TempFlowGRPOConfig(AlgorithmConfig):
     """TempFlow-GRPO (He et al., 2025)."""
     initial_noise: Literal["independent", "shared"] = "shared"
     """A group's rows all branch off one backbone, so they share its noise (only `shared` is valid)."""
-    children: int | None = None
+    children: int | None = num(None, ge=2)
     """K: SDE children per branch step (the reference: 6); null derives K = G / n from data.group_size."""
-    branch_steps: int | None = None
+    branch_steps: int | None = num(None, ge=1)
     """n: how many of the earliest candidate steps branch; null: as many as data.group_size allows."""
-    timestep_fraction: float = 0.99
+    timestep_fraction: float = num(0.99, gt=0, le=1)
     """Candidate branch steps: the first floor(T * fraction) steps that have noise, in (0, 1]."""
     weighting: Literal["step_std", "std_t", "none"] = "step_std"
     """Noise-aware weight of a branch step: its transition std sigma_t*sqrt(-dt) (the reference),
@@ -63,12 +64,6 @@ class TempFlowGRPOConfig(AlgorithmConfig):
     def validate(self) -> None:
         if self.initial_noise != "shared":
             raise ConfigError("initial_noise: tempflow_grpo branches every group off one backbone noise; use shared")
-        if self.children is not None and self.children < 2:
-            raise ConfigError(f"children: a branch group needs at least 2 children, got {self.children}")
-        if self.branch_steps is not None and self.branch_steps < 1:
-            raise ConfigError(f"branch_steps: must be at least 1, got {self.branch_steps}")
-        if not 0 < self.timestep_fraction <= 1:
-            raise ConfigError(f"timestep_fraction: must lie in (0, 1], got {self.timestep_fraction}")
 
 
 @register("tempflow_grpo")

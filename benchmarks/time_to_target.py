@@ -36,21 +36,19 @@ def run_sweep(runs_dir: Path, log=print) -> Path:
 
 def measure(root: Path, target: float = TARGET) -> dict:
     from grpo_zoo.analysis import load_runs
-    from grpo_zoo.analysis.stats import compute_to_target
+    from grpo_zoo.analysis.stats import cost_to_target
 
     data = load_runs(root)
-    evals = data.evals
-    spent = data.runs.set_index("run")
     out = {"target": target, "algorithms": {}}
     for x in ("compute/device_hours", "compute/flops"):
-        hits = compute_to_target(evals, target, x)
+        hits = cost_to_target(data, target, x)
         for variant, g in hits.groupby("variant"):
             vals = g[x].to_numpy(float)
-            reached = np.isfinite(vals)
+            reached = g["reached"].to_numpy(float) > 0
             entry = out["algorithms"].setdefault(variant, {"seeds": len(vals), "reached": int(reached.sum())})
             entry[x] = float(vals[reached].mean()) if reached.any() else float("nan")
             # a seed that never reaches the target counts as the whole budget: a lower bound on its cost
-            bound = np.where(reached, vals, spent.loc[g["run"], x].to_numpy(float))
+            bound = g["cost"].to_numpy(float)
             entry[x + "_lower_bound"] = float(bound.mean())
             final = data.runs[data.runs["variant"] == variant]["eval/reward"]
             entry["final_eval_reward"] = float(final.mean())

@@ -96,20 +96,18 @@ def equal_compute(data) -> Claim:
 def speedup(data) -> Claim:
     """Flash-GRPO's compute to the baseline's final reward: the efficiency experiment's declared
     baseline (report.baseline: Flow-GRPO)."""
-    from grpo_zoo.analysis.stats import compute_to_target, ratio_ci
+    from grpo_zoo.analysis.stats import cost_to_target, ratio_ci
     from grpo_zoo.analysis.tables import baseline_of
 
     x = "compute/flops"
     base, _ = baseline_of(data)
     ref = NAMES.get(base, base)
     target = float(np.nanmean(_per_seed(data, base)))
-    hits = compute_to_target(data.evals, target, x)
-    spent = data.runs.set_index("run")[x]
-    hits["cost"] = [h if np.isfinite(h) else float(spent[r]) for r, h in zip(hits["run"], hits[x])]
+    hits = cost_to_target(data, target, x)
     flash = hits.loc[hits["variant"] == "flash_grpo"]
     flow = hits.loc[hits["variant"] == base]
     s, lo, hi = ratio_ci(flow["cost"].to_numpy(float), flash["cost"].to_numpy(float))
-    reached = int(np.isfinite(flash[x]).sum())
+    reached = int(flash["reached"].sum())
     ci = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) else ""
     toy = (
         f"FLOPs to {ref}'s final mean eval reward {target:.3f}: {ref} {flow['cost'].mean():.3g}, "

@@ -12,39 +12,47 @@ initialises from SLURM's environment (see grpo_zoo/engine.py). A CPU run asks fo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+from grpo_zoo.config import num
 from grpo_zoo.errors import ConfigError
-
-CLUSTER_KEYS = {
-    # key: (kind, least value) -- what a cluster profile may say
-    "partition": ("str", None),
-    "nodes": ("int", 1),
-    "gpus_per_node": ("int", 0),
-    "cpus_per_task": ("int", 1),
-    "mem_gb": ("int", 1),
-    "time_min": ("int", 1),
-    "account": ("str", None),
-    "constraint": ("str", None),
-    "setup": ("list", None),
-    "qos": ("str", None),
-    "exclusive": ("bool", None),
-}
+from grpo_zoo.experiment import Resources
 
 
-def _positive(resources: dict, key: str, default: int) -> int:
-    value = resources.get(key, default)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"resources.{key}: must be a positive integer, got {value!r}")
-    return value
+@dataclass
+class ClusterProfile:
+    """What one node of a cluster has, and how jobs are submitted there (slurm/clusters/*.yaml)."""
+
+    partition: str | None = None
+    """SLURM partition (--partition)."""
+    nodes: int | None = num(None, ge=1)
+    """Nodes of the cluster a run may span; null: no limit."""
+    gpus_per_node: int | None = num(None, ge=0)
+    """GPUs one node has; null or 0: a CPU cluster."""
+    cpus_per_task: int | None = num(None, ge=1)
+    """CPUs per task unless a run's resources say; null: one."""
+    mem_gb: int | None = num(None, ge=1)
+    """Memory per node in GB (--mem); null: the partition's default."""
+    time_min: int | None = num(None, ge=1)
+    """Time limit of a job in minutes unless a run's resources say; null: a day."""
+    account: str | None = None
+    """SLURM account (--account)."""
+    constraint: str | None = None
+    """SLURM node constraint (--constraint)."""
+    setup: list[str] | None = None
+    """Shell lines the job script runs before srun (module loads, venv activation)."""
+    qos: str | None = None
+    """SLURM quality of service (--qos)."""
+    exclusive: bool | None = None
+    """Whole nodes for a job (--exclusive)."""
 
 
-def job_shape(cluster: dict, resources: dict) -> tuple[int, int, int]:
-    """(nodes, tasks per node, GPUs per node) of one run."""
-    per_node = int(cluster.get("gpus_per_node") or 0)
-    gpus = resources.get("gpus", 1 if per_node else 0)
+def job_shape(cluster: ClusterProfile, resources: Resources) -> tuple[int, int, int]:
+    """(nodes, tasks per node, GPUs per node) of one run; its numbers' ranges are checked when built."""
+    per_node = cluster.gpus_per_node or 0
+    gpus = resources.gpus if resources.gpus is not None else (1 if per_node else 0)
     if gpus:
-        gpus = _positive(resources, "gpus", gpus)
-        nodes = _positive(resources, "nodes", math.ceil(gpus / per_node) if per_node else 1)
+        nodes = resources.nodes or (math.ceil(gpus / per_node) if per_node else 1)
         if gpus % nodes:
             raise ConfigError(f"resources.gpus: {gpus} GPUs do not split evenly over {nodes} nodes")
         tasks = gpus // nodes
@@ -55,37 +63,41 @@ def job_shape(cluster: dict, resources: dict) -> tuple[int, int, int]:
             )
         gpus_per_node = tasks
     else:
-        tasks_total = _positive(resources, "tasks", 1)
-        nodes = _positive(resources, "nodes", 1)
+        tasks_total = resources.tasks or 1
+        nodes = resources.nodes or 1
         if tasks_total % nodes:
             raise ConfigError(f"resources.tasks: {tasks_total} tasks do not split evenly over {nodes} nodes")
         tasks, gpus_per_node = tasks_total // nodes, 0
-    if cluster.get("nodes") and nodes > int(cluster["nodes"]):
-        raise ConfigError(f"resources.nodes: a run needs {nodes} nodes, the cluster profile has {cluster['nodes']}")
+    if cluster.nodes and nodes > cluster.nodes:
+        raise ConfigError(f"resources.nodes: a run needs {nodes} nodes, the cluster profile has {cluster.nodes}")
     return nodes, tasks, gpus_per_node
 
 
-def submitit_parameters(kind: str, cluster: dict, resources: dict, max_parallel: int) -> dict:
+def submitit_parameters(kind: str, cluster: ClusterProfile, resources: Resources, max_parallel: int) -> dict:
     """Keyword arguments of submitit's AutoExecutor.update_parameters for one run's job."""
     nodes, tasks, gpus = job_shape(cluster, resources)
     params = {
-        "timeout_min": int(resources.get("time_min", cluster.get("time_min", 60 * 24))),
+        "timeout_min": resources.time_min or cluster.time_min or 60 * 24,
         "tasks_per_node": tasks,
         "nodes": nodes,
-        "cpus_per_task": int(resources.get("cpus_per_task", cluster.get("cpus_per_task", 1))),
+        "cpus_per_task": resources.cpus_per_task or cluster.cpus_per_task or 1,
     }
     if gpus:
         params["gpus_per_node"] = gpus
     if kind == "slurm":
         params.update(
-            slurm_partition=cluster.get("partition"),
+            slurm_partition=cluster.partition,
             slurm_array_parallelism=max_parallel,
-            slurm_setup=list(cluster.get("setup") or []),
+            slurm_setup=list(cluster.setup or []),
         )
-        if cluster.get("mem_gb"):
-            params["mem_gb"] = cluster["mem_gb"]
-        extra = {key: cluster[key] for key in ("account", "constraint", "qos") if cluster.get(key)}
-        if cluster.get("exclusive"):
+        if cluster.mem_gb:
+            params["mem_gb"] = cluster.mem_gb
+        extra = {
+            key: value
+            for key, value in [("account", cluster.account), ("constraint", cluster.constraint), ("qos", cluster.qos)]
+            if value
+        }
+        if cluster.exclusive:
             extra["exclusive"] = True
         if extra:
             params["slurm_additional_parameters"] = extra

@@ -16,7 +16,9 @@ must be, through `num` and `path` (field metadata)::
         run_dir: str = path("runs/default", "dir")
 
 `build` checks them all with one validator (`check_declared`): every float must be finite,
-every declared range hold, every declared path be usable, before any `validate()`.
+every declared range hold (for each item of a list or mapping field), every declared path be
+usable, before any `validate()`, which is left the checks that relate several fields. Integer
+fields are annotated `int` (a float is refused), choices `Literal[...]`.
 
 `field_docs` reads those strings from the source, `describe` turns a config class into
 the `--help` listing, `build` turns a nested dict into the dataclass, failing with a
@@ -48,14 +50,22 @@ from grpo_zoo.errors import (
 
 
 def num(
-    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+    default: Any = dataclasses.MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A numeric field with its valid range: `num(1e-4, gt=0)`, `num(0.5, ge=0, le=1)`."""
+    """A numeric field with its valid range: `num(1e-4, gt=0)`, `num(0.5, ge=0, le=1)`; on a list
+    or mapping of numbers the range holds for each one: `num(default_factory=lambda: [1, 2], ge=1)`."""
     low = gt if gt is not None else ge
     high = lt if lt is not None else le
-    return dataclasses.field(
-        default=default, metadata={"range": Range(low, high, low_open=gt is not None, high_open=lt is not None)}
-    )
+    rng = Range(low, high, low_open=gt is not None, high_open=lt is not None)
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata={"range": rng})
+    return dataclasses.field(default=default, metadata={"range": rng})
 
 
 def path(default: Any, kind: Literal["dir", "file"]) -> Any:
@@ -71,16 +81,26 @@ def check_declared(obj: Any, where: str = "") -> None:
         if value is None:
             continue
         rng = f.metadata.get("range")
-        if isinstance(value, int | float) and not isinstance(value, bool) and (rng or isinstance(value, float)):
-            problem = (rng or FINITE).problem(value)
-            if problem:
-                fix = f"; the default is {f.default!r}" if f.default not in (None, dataclasses.MISSING) else ""
-                raise ConfigError(f"{name}: {problem}{fix}")
+        for label, number in _numbers(value, name) if rng else [(name, value)]:
+            if isinstance(number, int | float) and not isinstance(number, bool) and (rng or isinstance(number, float)):
+                problem = (rng or FINITE).problem(number)
+                if problem:
+                    fix = f"; the default is {f.default!r}" if f.default not in (None, dataclasses.MISSING) else ""
+                    raise ConfigError(f"{label}: {problem}{fix}")
         kind = f.metadata.get("path")
         if kind == "dir" and isinstance(value, str):
             writable_dir(value, name)
         elif kind == "file" and isinstance(value, str):
             readable_file(value, name)
+
+
+def _numbers(value: Any, name: str) -> list[tuple[str, Any]]:
+    """(dotted name, value) of a ranged field's numbers: itself, or each item of a list or mapping."""
+    if isinstance(value, list | tuple):
+        return [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return [(f"{name}.{k}", v) for k, v in value.items()]
+    return [(name, value)]
 
 
 @functools.cache
@@ -159,7 +179,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        args = get_args(tp)
+        return {k: _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()} if args else dict(value)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)
     if tp is bool:

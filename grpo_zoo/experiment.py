@@ -30,15 +30,67 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpo_zoo.config import apply_overrides, build, deep_merge, load_config_file, load_yaml, to_dict
-from grpo_zoo.errors import ConfigError
+from grpo_zoo.config import apply_overrides, build, deep_merge, load_config_file, load_yaml, num, to_dict
+from grpo_zoo.errors import ConfigError, readable_file
 from grpo_zoo.run_config import RunConfig
+from grpo_zoo.runs import run_identity
 
-KNOWN_KEYS = {"name", "base", "config", "seeds", "variants", "grid", "resources", "tune", "report"}
-RESOURCES = {"gpus": 0, "nodes": 1, "tasks": 1, "time_min": 1, "cpus_per_task": 1}
-"""What `resources:` may say per run, each an integer at least this."""
-REPORT = {"baseline": "the variant speed-ups are measured against (default: the first variant)"}
-"""What `report:` may say."""
+
+@dataclass
+class Resources:
+    """What one run needs (`resources:`); the cluster profile (cluster.py) says what a node has."""
+
+    gpus: int | None = num(None, ge=0)
+    """GPUs per run, one task each; null: one on a profile with gpus_per_node, else none."""
+    nodes: int | None = num(None, ge=1)
+    """Nodes a run spans; null: as few as the profile's nodes hold (one for a CPU run)."""
+    tasks: int | None = num(None, ge=1)
+    """Processes of a CPU run (gpus: 0); null: one."""
+    time_min: int | None = num(None, ge=1)
+    """Time limit of a run's job in minutes; null: the profile's (else a day)."""
+    cpus_per_task: int | None = num(None, ge=1)
+    """CPUs per task; null: the profile's (else one)."""
+
+
+@dataclass
+class ReportSection:
+    """What the experiment tells its report (`report:`)."""
+
+    baseline: str | None = None
+    """The variant speed-ups are measured against, named exactly; null: the first variant."""
+
+
+@dataclass
+class ExperimentFile:
+    """An experiment file as written (the module docstring shows one); `load_experiment` expands it."""
+
+    name: str | None = None
+    """Folder of its runs under RUNS_DIR; null: the file's name without .yaml."""
+    base: str | None = None
+    """Run config every run starts from, relative to this file; null: the defaults."""
+    config: dict | None = None
+    """Overrides for every run (nested or dotted keys)."""
+    seeds: list[int] = num(default_factory=lambda: [0], ge=0)
+    """Seeds every variant runs with."""
+    variants: dict | None = None
+    """Named variants, each a mapping of overrides; null: one variant, `default`."""
+    grid: dict | None = None
+    """dotted.key -> non-empty list of values: every combination, on top of every variant."""
+    resources: Resources = field(default_factory=Resources)
+    """What one run needs (per run)."""
+    tune: dict | None = None
+    """Search spaces for python -m grpo_zoo.tune (checked by grpo_zoo/tuning/space.py)."""
+    report: ReportSection = field(default_factory=ReportSection)
+    """What the report is told."""
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds: expected a non-empty list of integers")
+        if not all(isinstance(v, list) and v for v in (self.grid or {}).values()):
+            raise ConfigError("grid: expected a mapping of dotted.key -> non-empty list of values")
+        for vname in self.variants or {}:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(vname)):
+                raise ConfigError(f"variants: name {vname!r} must be letters, digits, '_', '-', '.'")
 
 
 @dataclass
@@ -59,8 +111,8 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """Identity of the run: a hash of its resolved config without run_dir."""
-        body = {k: v for k, v in self.config.items() if k != "run_dir"}
+        """Identity of the run: a hash of its resolved config without runs.ADDRESS (budget included)."""
+        body = run_identity(self.config)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -69,10 +121,10 @@ class Experiment:
     name: str
     path: Path
     runs: list[RunSpec]
-    resources: dict
+    resources: Resources
     tune: dict
     raw: dict
-    report: dict = field(default_factory=dict)
+    report: ReportSection = field(default_factory=ReportSection)
     """The `report:` section, checked: `baseline` names one of `variants` exactly."""
 
     @property
@@ -83,11 +135,11 @@ class Experiment:
     @property
     def baseline(self) -> str:
         """The variant speed-ups are measured against: the declared one, else the first."""
-        return self.report.get("baseline") or self.variants[0]
+        return self.report.baseline or self.variants[0]
 
     def record(self) -> dict:
         """What the sweep leaves beside the runs (runs.EXPERIMENT) for the report to read."""
-        return {"experiment": str(self.path), "variants": self.variants, "baseline": self.report.get("baseline")}
+        return {"experiment": str(self.path), "variants": self.variants, "baseline": self.report.baseline}
 
 
 def _overrides(data: Any, where: str) -> dict:
@@ -119,32 +171,22 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
     """Read, expand and check an experiment file (ConfigError on any problem)."""
     path = Path(path)
     raw = load_yaml(path)
-    unknown = set(raw) - KNOWN_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(KNOWN_KEYS))})")
-    name = str(raw.get("name") or path.stem)
+    try:
+        spec = build(ExperimentFile, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    name = spec.name or path.stem
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name):
         raise ConfigError(f"{path}: name {name!r} must be letters, digits, '_', '-', '.' (it names a folder)")
-    if raw.get("base") is not None and not isinstance(raw["base"], str):
-        raise ConfigError(f"{path}: base: expected the path of a run config, got {raw['base']!r}")
-    base = load_config_file(path.parent / raw["base"]) if raw.get("base") else {}
-    common = deep_merge(base, _overrides(raw.get("config"), f"{path}: config"))
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise ConfigError(f"{path}: seeds: expected a list of integers")
-    variants = raw.get("variants") or {"default": {}}
-    if not isinstance(variants, dict):
-        raise ConfigError(f"{path}: variants: expected a mapping of name -> overrides")
-    grid = raw.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{path}: grid: expected a mapping of dotted.key -> non-empty list of values")
+    base = load_config_file(readable_file(path.parent / spec.base, f"{path}: base")) if spec.base else {}
+    common = deep_merge(base, _overrides(spec.config, f"{path}: config"))
+    variants = spec.variants or {"default": {}}
+    grid = spec.grid or {}
     keys = list(grid)
     runs = []
     for vname, vover in variants.items():
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", str(vname)):
-            raise ConfigError(f"{path}: variants: name {vname!r} must be letters, digits, '_', '-', '.'")
         for combo in itertools.product(*(grid[k] for k in keys)):
-            for seed in seeds:
+            for seed in spec.seeds:
                 parts = [str(vname)] + [f"{k.split('.')[-1]}-{_slug(v)}" for k, v in zip(keys, combo)] + [f"seed{seed}"]
                 run_name = "_".join(parts)
                 over = deep_merge(
@@ -160,39 +202,11 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two runs share a name; make variant names and grid values distinct")
-    tune = raw.get("tune") or {}
-    if not isinstance(tune, dict):
-        raise ConfigError(f"{path}: tune: expected a mapping (see grpo_zoo/tuning/space.py)")
-    exp = Experiment(name, path, runs, check_resources(raw.get("resources"), path), dict(tune), raw)
-    exp.report = check_report(raw.get("report"), path, exp.variants)
+    exp = Experiment(name, path, runs, spec.resources, dict(spec.tune or {}), raw, spec.report)
+    baseline = spec.report.baseline
+    if baseline is not None and baseline not in exp.variants:
+        raise ConfigError(f"{path}: report.baseline: no variant {baseline!r} (variants: {', '.join(exp.variants)})")
     return exp
-
-
-def check_resources(data: Any, path: Path) -> dict:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: resources: expected a mapping of {', '.join(RESOURCES)}")
-    for key, value in data.items():
-        if key not in RESOURCES:
-            raise ConfigError(f"{path}: resources.{key}: unknown (known: {', '.join(RESOURCES)})")
-        if not isinstance(value, int) or isinstance(value, bool) or value < RESOURCES[key]:
-            raise ConfigError(f"{path}: resources.{key}: expected an integer >= {RESOURCES[key]}, got {value!r}")
-    return dict(data)
-
-
-def check_report(data: Any, path: Path, variants: list[str]) -> dict:
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: report: expected a mapping of {', '.join(REPORT)}")
-    for key in data:
-        if key not in REPORT:
-            raise ConfigError(f"{path}: report.{key}: unknown (known: {', '.join(REPORT)})")
-    baseline = data.get("baseline")
-    if baseline is not None and (not isinstance(baseline, str) or baseline not in variants):
-        raise ConfigError(f"{path}: report.baseline: no variant {baseline!r} (variants: {', '.join(variants)})")
-    return dict(data)
 
 
 def check_runs(exp: Experiment) -> None:

@@ -217,6 +217,30 @@ def config_difference(old: dict, new: dict) -> str | None:
     return None
 
 
+ADDRESS = ("run_dir", "logging")
+"""Config fields that say where a run lives and where it is mirrored, not what it computes."""
+
+
+def run_identity(config: dict) -> dict:
+    """The part of a resolved run config that makes it the run it is (every field but ADDRESS)."""
+    return {k: v for k, v in (config or {}).items() if k not in ADDRESS}
+
+
+def run_difference(stored: dict, config: dict, finished: bool) -> str | None:
+    """The one "same run" rule: why `config` is not the run `stored` in a directory (None: it is).
+
+    Used by RunDir.check_config (train, the trainer) and by the sweep's run_state. ADDRESS
+    fields never count. The budget is where a run stops: while the run is unfinished it may
+    change (the run resumes and stops at the new budget); once finished (completed, pruned or
+    diverged) the directory holds the outcome of its budget, so another budget is another run:
+    train refuses it (exit 2) and a sweep moves the directory aside and reruns it (extending a
+    finished run in place is left to a later change).
+    """
+    drop = () if finished else ("budget",)
+    keep = lambda d: {k: v for k, v in run_identity(d).items() if k not in drop}  # noqa: E731
+    return config_difference(keep(stored), keep(config))
+
+
 # -- one writer -----------------------------------------------------------------------------
 def _holder_text(raw: str) -> str:
     try:
@@ -332,8 +356,8 @@ class RunDir:
     def set_status(self, status: str, **info: Any) -> None:
         atomic_write(self.path / STATUS, json.dumps({"status": status, **info}, indent=1))
 
-    def check_config(self, config: dict, ignore: tuple[str, ...] = ("budget", "run_dir", "logging")) -> None:
-        """ConfigError when the directory holds a run of another config (`ignore`d keys aside)."""
+    def check_config(self, config: dict) -> None:
+        """ConfigError when the directory holds another run than `config` (run_difference's rule)."""
         if not (self.path / CONFIG).exists():
             return
         try:
@@ -342,10 +366,9 @@ class RunDir:
             raise ConfigError(
                 f"run_dir: {self.path / CONFIG} is unreadable ({type(err).__name__}); repair it or choose a new run_dir"
             ) from None
-        strip = lambda d: {k: v for k, v in (d or {}).items() if k not in ignore}  # noqa: E731
-        diff = config_difference(strip(old), strip(config))
+        diff = run_difference(old, config, self.is_finished())
         if diff:
-            what = "a completed run" if self.is_complete() else "a run"
+            what = "a completed run" if self.is_complete() else "a diverged run" if self.is_finished() else "a run"
             raise ConfigError(
                 f"run_dir: {self.path} holds {what} with another config ({diff}); "
                 "resume it with that config or choose a new run_dir"
@@ -460,6 +483,15 @@ class RunDir:
     # -- reading -------------------------------------------------------------------------
     def is_complete(self) -> bool:
         return (self.path / COMPLETED).exists()
+
+    def is_finished(self) -> bool:
+        """Completed (or pruned) or diverged: the directory holds the run's outcome."""
+        if self.is_complete():
+            return True
+        try:
+            return self.status().get("status") == "diverged"
+        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged status says nothing
+            return False
 
     def rows(self) -> list[dict]:
         """Every row (MetricsError naming file:line if one does not parse; a last row cut

@@ -27,18 +27,20 @@ from pathlib import Path
 
 import yaml
 
-from grpo_zoo.cluster import CLUSTER_KEYS, submitit_parameters
+from grpo_zoo.cluster import ClusterProfile, submitit_parameters
+from grpo_zoo.config import build
 from grpo_zoo.errors import AT_LEAST_ONE, ArgParser, ConfigError, cli, number, readable_file, writable_dir
-from grpo_zoo.experiment import Experiment, RunSpec, check_runs, load_experiment
+from grpo_zoo.experiment import Experiment, Resources, RunSpec, check_runs, load_experiment
 from grpo_zoo.jobs import is_active, job_state
-from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write
+from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write, run_difference
 
 EXECUTORS = ("local", "slurm", "debug")
 
 
-def load_cluster(path: str | None) -> dict:
+def load_cluster(path: str | None) -> ClusterProfile:
+    """The cluster profile at `path` (built and checked like a run config); None: an empty one."""
     if path is None:
-        return {}
+        return ClusterProfile()
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--cluster: no cluster profile {path!r} (see slurm/clusters/)")
@@ -49,27 +51,10 @@ def load_cluster(path: str | None) -> dict:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"--cluster: {path}: not valid YAML{at} (see slurm/clusters/local-test.yaml)") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--cluster: {path}: expected a mapping of {', '.join(sorted(CLUSTER_KEYS))}")
-    for key, value in data.items():
-        if key not in CLUSTER_KEYS:
-            raise ConfigError(f"--cluster: {path}: unknown key {key!r} (known: {', '.join(sorted(CLUSTER_KEYS))})")
-        kind, least = CLUSTER_KEYS[key]
-        ok = {
-            "str": isinstance(value, str),
-            "int": isinstance(value, int) and not isinstance(value, bool) and value >= (least or 0),
-            "list": isinstance(value, list) and all(isinstance(v, str) for v in value),
-            "bool": isinstance(value, bool),
-        }[kind] or value is None
-        if not ok:
-            want = {
-                "str": "a string",
-                "int": f"an integer >= {least}",
-                "list": "a list of shell lines",
-                "bool": "true or false",
-            }[kind]
-            raise ConfigError(f"--cluster: {path}: {key}: expected {want}, got {value!r}")
-    return data
+    try:
+        return build(ClusterProfile, data)
+    except ConfigError as err:
+        raise ConfigError(f"--cluster: {path}: {err}") from None
 
 
 def run_state(spec: RunSpec) -> str:
@@ -81,8 +66,7 @@ def run_state(spec: RunSpec) -> str:
         stored = run.config()
     except (FileNotFoundError, yaml.YAMLError):
         return "partial"
-    strip = lambda d: {k: v for k, v in d.items() if k not in ("run_dir", "logging")}  # noqa: E731
-    if strip(stored) != strip(spec.config):
+    if run_difference(stored, spec.config, run.is_finished()):  # a finished run's budget counts
         return "stale"
     status = run.status().get("status")
     if run.is_complete():
@@ -94,7 +78,7 @@ def run_state(spec: RunSpec) -> str:
     return "partial"
 
 
-def make_executor(kind: str, folder: Path, cluster: dict, resources: dict, max_parallel: int):
+def make_executor(kind: str, folder: Path, cluster: ClusterProfile, resources: Resources, max_parallel: int):
     import submitit
 
     ex = submitit.AutoExecutor(folder=folder, cluster=kind)
@@ -154,7 +138,7 @@ def ended(spec: RunSpec, job_id: str, scheduler: str | None) -> tuple[str, str]:
 def sweep(
     exp: Experiment,
     executor: str,
-    cluster: dict,
+    cluster: ClusterProfile,
     max_parallel: int,
     wait: bool,
     threads: int | None,

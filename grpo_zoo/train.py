@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run = RunDir(cfg.run_dir)
     if run.is_complete():
-        run.check_config(to_dict(cfg), ignore=("run_dir", "logging"))  # another config (budget included): exit 2
+        run.check_config(to_dict(cfg))  # another run (a finished one's budget counts): exit 2
         print(f"{cfg.run_dir}: already completed (delete it to train again)")
         return 0
     try:

@@ -35,13 +35,11 @@ VERDICTS = (
 
 def _costs(data, variant: str, target: float, x: str) -> tuple[np.ndarray, int]:
     """Per seed: compute to reach `target` (all it spent when it never did) and how many reached it."""
-    from grpo_zoo.analysis.stats import compute_to_target
+    from grpo_zoo.analysis.stats import cost_to_target
 
-    evals = data.evals[data.evals["variant"] == variant]
-    hits = compute_to_target(evals, target, x)
-    spent = data.runs.set_index("run")[x]
-    cost = [h if np.isfinite(h) else float(spent[r]) for r, h in zip(hits["run"], hits[x])]
-    return np.asarray(cost, float), int(np.isfinite(hits[x].to_numpy(float)).sum())
+    hits = cost_to_target(data, target, x)
+    hits = hits.loc[hits["variant"] == variant]
+    return hits["cost"].to_numpy(float), int(hits["reached"].sum())
 
 
 def check_claims(data, target: float, x: str) -> list[dict]:

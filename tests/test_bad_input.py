@@ -665,3 +665,57 @@ def test_evaluate_scores_a_run_directory_and_its_checkpoint_as_the_run_did(tmp_p
         assert evaluate(["--model", str(model), "--n", "4", "--steps", "4", "--seed", "1234"]) == 0
         scores = json.loads(capsys.readouterr().out)
         assert abs(scores["toy_hps"] - final) < 1e-4, (model, scores, final)
+
+
+# experiment files and cluster profiles are built by config.build, as run configs are
+SCHEMA = [
+    ({"seed": [0]}, None, "seed: unknown field (did you mean 'seeds'?)"),
+    ({"resources": {"gpu": 1}}, None, "resources.gpu: unknown field (did you mean 'gpus'?)"),
+    (
+        {"resources": {"cpus_per_tasks": 2}},
+        None,
+        "resources.cpus_per_tasks: unknown field (did you mean 'cpus_per_task'?)",
+    ),
+    ({"report": {"baselin": "flash"}}, None, "report.baselin: unknown field (did you mean 'baseline'?)"),
+    ({"resources": {"gpus": -1}}, None, "resources.gpus: must be >= 0, got -1"),
+    ({"resources": {"gpus": 1.5}}, None, "resources.gpus: expected an integer, got 1.5"),
+    ({"resources": {"gpus": True}}, None, "resources.gpus: expected an integer, got True"),
+    ({"resources": {"nodes": 0}}, None, "resources.nodes: must be >= 1, got 0"),
+    ({"resources": {"tasks": 0}}, None, "resources.tasks: must be >= 1, got 0"),
+    ({"seeds": [0, -1]}, None, "seeds[1]: must be >= 0, got -1"),
+    ({}, {"partiton": "debug"}, "partiton: unknown field (did you mean 'partition'?)"),
+    ({}, {"gpus_per_nod": 8}, "gpus_per_nod: unknown field (did you mean 'gpus_per_node'?)"),
+    ({}, {"gpus_per_node": -8}, "gpus_per_node: must be >= 0, got -8"),
+    ({}, {"nodes": 0}, "nodes: must be >= 1, got 0"),
+    ({}, {"mem_gb": 1.5}, "mem_gb: expected an integer, got 1.5"),
+]
+
+
+@pytest.mark.parametrize(("changes", "cluster", "needle"), SCHEMA, ids=[s[2].split(":")[0] for s in SCHEMA])
+def test_experiment_and_cluster_schema_errors_name_the_field(tmp_path, capsys, changes, cluster, needle):
+    from grpo_zoo.sweep import main as sweep
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump(experiment(**changes)))
+    argv = [str(exp), "--runs-dir", str(tmp_path / "runs"), "--dry-run"]
+    where = f"{exp}: "
+    if cluster is not None:
+        profile = tmp_path / "cluster.yaml"
+        profile.write_text(yaml.safe_dump(cluster))
+        argv += ["--cluster", str(profile)]
+        where = f"--cluster: {profile}: "
+    with pytest.raises(SystemExit) as exit_:
+        sweep(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and lines == [f"error: {where}{needle}"], lines
+    assert not (tmp_path / "runs" / "bad").exists()  # before anything is written
+
+
+def test_experiment_sections_are_typed():
+    from grpo_zoo.cluster import ClusterProfile
+    from grpo_zoo.config import build
+    from grpo_zoo.experiment import ExperimentFile, Resources
+
+    spec = build(ExperimentFile, {"resources": {"gpus": 8, "nodes": 2}, "report": {"baseline": "a"}})
+    assert spec.resources == Resources(gpus=8, nodes=2) and spec.report.baseline == "a" and spec.seeds == [0]
+    assert build(ClusterProfile, {"gpus_per_node": 8, "setup": ["x"]}).setup == ["x"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo_zoo.config import build, load_config_file
+from grpo_zoo.config import build, load_config_file, to_dict
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.experiment import load_experiment
 from grpo_zoo.run_config import RunConfig
@@ -227,3 +227,43 @@ def test_sweep_status_shows_runs(tmp_path):
     exp = write_experiment(tmp_path, "st", QUICK_TWIN)
     out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(tmp_path), "--status")
     assert out.returncode == 0 and out.stdout.count("new") == 3
+
+
+@pytest.mark.parametrize(
+    ("status", "finished", "budget_change"),
+    [
+        ("running", False, "partial"),
+        ("failed", False, "failed"),
+        ("diverged", True, "stale"),
+        ("completed", True, "stale"),
+    ],
+)
+def test_one_same_run_rule_for_sweep_and_train(tmp_path, status, finished, budget_change):
+    """runs.run_difference decides for the sweep, train and the trainer: run_dir and logging never
+    count; the budget counts once the run is finished (completed or diverged), not before."""
+    from grpo_zoo.experiment import RunSpec
+    from grpo_zoo.runs import COMPLETED, run_difference
+    from grpo_zoo.sweep import run_state
+
+    run = RunDir(tmp_path / "run")
+    stored = build(RunConfig, {**TINY, "run_dir": str(run.path)})
+    run.path.mkdir()
+    (run.path / "config.yaml").write_text(yaml.safe_dump(to_dict(stored)))
+    run.set_status(status)
+    if status == "completed":
+        (run.path / COMPLETED).write_text("{}")
+    assert run.is_finished() == finished
+
+    def spec(**changes) -> RunSpec:
+        return RunSpec("run", "v", 0, to_dict(build(RunConfig, {**TINY, "run_dir": str(run.path), **changes})))
+
+    moved = spec(logging={"project": "elsewhere"}, run_dir=str(tmp_path / "elsewhere"))
+    assert run_difference(to_dict(stored), moved.config, finished) is None
+    assert run_state(spec(budget={"steps": 3})) == budget_change
+    assert run_state(spec(seed=1)) == "stale"
+    longer = to_dict(build(RunConfig, {**TINY, "run_dir": str(run.path), "budget": {"steps": 3}}))
+    if finished:
+        with pytest.raises(ConfigError, match=r"another config \(budget.steps: 2 -> 3\)"):
+            run.check_config(longer)
+    else:
+        run.check_config(longer)  # an unfinished run resumes under a new budget

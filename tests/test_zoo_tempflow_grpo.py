@@ -115,8 +115,8 @@ def test_short_and_noiseless_schedules_clamp_the_branch_steps():
         ({"children": 6}, 4, "group_size: tempflow_grpo needs G = children"),
         ({"children": 2, "branch_steps": 2}, 6, "group_size"),
         ({"branch_steps": 9}, 18, "n <= 5"),  # 6 steps at 0.99: 5 candidates
-        ({"children": 1}, 4, "children: a branch group needs at least 2"),
-        ({"branch_steps": 0}, 4, "branch_steps: must be at least 1"),
+        ({"children": 1}, 4, "children: must be >= 2, got 1"),
+        ({"branch_steps": 0}, 4, "branch_steps: must be >= 1, got 0"),
         ({"timestep_fraction": 0}, 4, "timestep_fraction"),
         ({"initial_noise": "independent"}, 4, "initial_noise: .*use shared"),
     ],

@@ -265,3 +265,14 @@ def compute_to_target(evals: pd.DataFrame, target: float, x: str = "compute/devi
                 break
         rows.append({"run": run, "variant": g["variant"].iloc[0], "algorithm": g["algorithm"].iloc[0], x: hit})
     return pd.DataFrame(rows)
+
+
+def cost_to_target(data: Runs, target: float, x: str) -> pd.DataFrame:
+    """The one censored cost-to-target: per run (compute_to_target's rows), `cost` is the compute
+    at which eval/reward first reaches `target`, or all the run spent (data.runs[x]) when it never
+    did, so that a ratio of costs is a bound; `reached` is 1.0 for a run that did, else 0.0."""
+    hits = compute_to_target(data.evals, target, x)
+    spent = data.runs.set_index("run")[x] if x in data.runs else pd.Series(dtype=float)
+    hits["cost"] = [h if np.isfinite(h) else float(spent.get(r, np.nan)) for r, h in zip(hits["run"], hits[x])]
+    hits["reached"] = np.isfinite(hits[x].to_numpy(float)).astype(float)
+    return hits

@@ -18,7 +18,7 @@ from grpo_zoo.analysis.stats import (
     TEST_NAME,
     aggregate,
     collapse_table,
-    compute_to_target,
+    cost_to_target,
     mean_ci,
     ratio_ci,
     significance,
@@ -163,16 +163,12 @@ def efficiency(
     the whole compute it spent (so its speed-up is a bound, said in the table). `x` defaults to
     the runs' budget unit (compute_axis); `baseline` to the experiment's (baseline_of)."""
     x = x or compute_axis(data)
-    evals = data.evals
     if target is None:
         init = float(data.runs["eval/reward_initial"].mean())
         best = float(data.runs.groupby("variant")["eval/reward"].mean().max())
         target = init + 0.5 * (best - init) if best > init else best
     base_name, _ = baseline_of(data, baseline)
-    hits = compute_to_target(evals, target, x)
-    spent = data.runs.set_index("run")[x] if x in data.runs else pd.Series(dtype=float)
-    hits["cost"] = [h if np.isfinite(h) else float(spent.get(r, np.nan)) for r, h in zip(hits["run"], hits[x])]
-    hits["reached"] = np.isfinite(hits[x]).astype(float)
+    hits = cost_to_target(data, target, x)
     agg = aggregate(hits, ["cost", "reached"])
     base_cost = hits.loc[hits["variant"] == base_name, "cost"].to_numpy(float)
     unit = UNITS.get(x, x)
