@@ -226,19 +226,29 @@ def run_identity(config: dict) -> dict:
     return {k: v for k, v in (config or {}).items() if k not in ADDRESS}
 
 
-def run_difference(stored: dict, config: dict, finished: bool) -> str | None:
+def run_difference(stored: dict, config: dict) -> str | None:
     """The one "same run" rule: why `config` is not the run `stored` in a directory (None: it is).
 
     Used by RunDir.check_config (train, the trainer) and by the sweep's run_state. ADDRESS
-    fields never count. The budget is where a run stops: while the run is unfinished it may
-    change (the run resumes and stops at the new budget); once finished (completed, pruned or
-    diverged) the directory holds the outcome of its budget, so another budget is another run:
-    train refuses it (exit 2) and a sweep moves the directory aside and reruns it (extending a
-    finished run in place is left to a later change).
+    fields never count, and neither does the budget: it says where a run stops, not what it
+    computes. An unfinished run resumes and stops at the new budget; a finished one given a
+    larger budget continues from its last checkpoint (extended, the new budget recorded in
+    its config.yaml); a smaller budget than a finished run had is refused (`budget_shrinks`):
+    its rows are already past it.
     """
-    drop = () if finished else ("budget",)
-    keep = lambda d: {k: v for k, v in run_identity(d).items() if k not in drop}  # noqa: E731
-    return config_difference(keep(stored), keep(config))
+    strip = lambda d: {k: v for k, v in run_identity(d).items() if k != "budget"}  # noqa: E731
+    return config_difference(strip(stored), strip(config))
+
+
+def budget_shrinks(stored: dict, config: dict) -> str | None:
+    """`budget.<field>: old -> new` for the first limit that `config` lowers (None: none does;
+    a limit removed, null, is no lower)."""
+    old, new = (stored or {}).get("budget") or {}, (config or {}).get("budget") or {}
+    for key, was in old.items():
+        now = new.get(key)
+        if isinstance(was, (int, float)) and isinstance(now, (int, float)) and now < was:
+            return f"budget.{key}: {was} -> {now}"
+    return None
 
 
 # -- one writer -----------------------------------------------------------------------------
@@ -366,12 +376,18 @@ class RunDir:
             raise ConfigError(
                 f"run_dir: {self.path / CONFIG} is unreadable ({type(err).__name__}); repair it or choose a new run_dir"
             ) from None
-        diff = run_difference(old, config, self.is_finished())
+        what = "a completed run" if self.is_complete() else "a diverged run" if self.is_finished() else "a run"
+        diff = run_difference(old, config)
         if diff:
-            what = "a completed run" if self.is_complete() else "a diverged run" if self.is_finished() else "a run"
             raise ConfigError(
                 f"run_dir: {self.path} holds {what} with another config ({diff}); "
                 "resume it with that config or choose a new run_dir"
+            )
+        shrinks = budget_shrinks(old, config) if self.is_finished() else None
+        if shrinks:
+            raise ConfigError(
+                f"run_dir: {self.path} holds {what} that ran to a larger budget ({shrinks}); "
+                "raise the budget to extend it or choose a new run_dir"
             )
 
     def resume_metrics(self, keep_rows: int | None, after_step: int, checkpoint: str | None) -> None:

@@ -32,7 +32,7 @@ from grpo_zoo.config import build
 from grpo_zoo.errors import AT_LEAST_ONE, ArgParser, ConfigError, cli, number, readable_file, writable_dir
 from grpo_zoo.experiment import Experiment, Resources, RunSpec, check_runs, load_experiment
 from grpo_zoo.jobs import is_active, job_state
-from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write, run_difference
+from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write, budget_shrinks, run_difference
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -66,11 +66,13 @@ def run_state(spec: RunSpec) -> str:
         stored = run.config()
     except (FileNotFoundError, yaml.YAMLError):
         return "partial"
-    if run_difference(stored, spec.config, run.is_finished()):  # a finished run's budget counts
+    if run_difference(stored, spec.config):
+        return "stale"
+    if run.is_finished() and budget_shrinks(stored, spec.config):  # its rows are past the new budget
         return "stale"
     status = run.status().get("status")
-    if run.is_complete():
-        return "done"
+    if run.is_complete():  # a raised budget extends it from its last checkpoint
+        return "done" if stored.get("budget") == spec.config.get("budget") else "partial"
     if status == "diverged":
         return "diverged"
     if status == "failed":

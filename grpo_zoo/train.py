@@ -54,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
 
     run = RunDir(cfg.run_dir)
     if run.is_complete():
-        run.check_config(to_dict(cfg))  # another run (a finished one's budget counts): exit 2
-        print(f"{cfg.run_dir}: already completed (delete it to train again)")
-        return 0
+        run.check_config(to_dict(cfg))  # another run, or a smaller budget than it ran to: exit 2
+        if run.config().get("budget") == to_dict(cfg)["budget"]:
+            print(f"{cfg.run_dir}: already completed (delete it to train again)")
+            return 0
+        print(f"{cfg.run_dir}: completed; extending it to the raised budget from its last checkpoint", flush=True)
     try:
         summary = Trainer(cfg).train()
     except NonFiniteError as err:

@@ -172,11 +172,16 @@ def test_metrics_cut_in_the_middle_is_refused_with_its_line(tmp_path, reference)
 
 @pytest.mark.slow
 def test_completed_run_with_another_config_is_refused(tmp_path, reference):
+    """Another config is another run (refused); a smaller budget than the run ran to is refused;
+    the same config finds it completed."""
     run = tmp_path / "run"
     shutil.copytree(reference, run)
-    rc, _, err = train(run, "budget.steps=4")
+    rc, _, err = train(run, "seed=7")
     assert rc == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
-    assert "completed run with another config (budget.steps: 3 -> 4)" in err
+    assert "completed run with another config (seed: 0 -> 7)" in err
+    rc, _, err = train(run, "budget.steps=2")
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert "ran to a larger budget (budget.steps: 3 -> 2)" in err
     rc, out, _ = train(run)
     assert rc == 0 and "already completed" in out
 

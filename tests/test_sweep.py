@@ -234,13 +234,14 @@ def test_sweep_status_shows_runs(tmp_path):
     [
         ("running", False, "partial"),
         ("failed", False, "failed"),
-        ("diverged", True, "stale"),
-        ("completed", True, "stale"),
+        ("diverged", True, "diverged"),
+        ("completed", True, "partial"),
     ],
 )
 def test_one_same_run_rule_for_sweep_and_train(tmp_path, status, finished, budget_change):
-    """runs.run_difference decides for the sweep, train and the trainer: run_dir and logging never
-    count; the budget counts once the run is finished (completed or diverged), not before."""
+    """runs.run_difference decides for the sweep, train and the trainer: run_dir, logging and the
+    budget never make another run; a raised budget extends a finished run (the sweep resubmits a
+    completed one), a lowered one is refused once the run is finished (its rows are past it)."""
     from grpo_zoo.experiment import RunSpec
     from grpo_zoo.runs import COMPLETED, run_difference
     from grpo_zoo.sweep import run_state
@@ -258,12 +259,15 @@ def test_one_same_run_rule_for_sweep_and_train(tmp_path, status, finished, budge
         return RunSpec("run", "v", 0, to_dict(build(RunConfig, {**TINY, "run_dir": str(run.path), **changes})))
 
     moved = spec(logging={"project": "elsewhere"}, run_dir=str(tmp_path / "elsewhere"))
-    assert run_difference(to_dict(stored), moved.config, finished) is None
+    assert run_difference(to_dict(stored), moved.config) is None
     assert run_state(spec(budget={"steps": 3})) == budget_change
     assert run_state(spec(seed=1)) == "stale"
     longer = to_dict(build(RunConfig, {**TINY, "run_dir": str(run.path), "budget": {"steps": 3}}))
+    run.check_config(longer)  # a raised budget: resumed, or extended when finished
+    shorter = to_dict(build(RunConfig, {**TINY, "run_dir": str(run.path), "budget": {"steps": 1}}))
     if finished:
-        with pytest.raises(ConfigError, match=r"another config \(budget.steps: 2 -> 3\)"):
-            run.check_config(longer)
+        assert run_state(spec(budget={"steps": 1})) == "stale"
+        with pytest.raises(ConfigError, match=r"ran to a larger budget \(budget.steps: 2 -> 1\)"):
+            run.check_config(shorter)
     else:
-        run.check_config(longer)  # an unfinished run resumes under a new budget
+        run.check_config(shorter)  # an unfinished run stops at the new budget
