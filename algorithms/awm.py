@@ -47,7 +47,7 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.config import num
+from grpo_zoo.config.schema import num
 from grpo_zoo.core import objective
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.core.contract import Batch, ReNoised, Terms

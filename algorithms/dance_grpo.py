@@ -52,7 +52,7 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.config import num
+from grpo_zoo.config.schema import num
 from grpo_zoo.core.advantages import rank_group_advantages
 from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError

@@ -50,7 +50,7 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.config import num
+from grpo_zoo.config.schema import num
 from grpo_zoo.core import objective
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.core.contract import Batch, ReNoised, Terms
@@ -119,7 +119,7 @@ class NFTObjective(ForwardProcess):
     with d+- the detached per-sample mean |x0(v+-) - x0| (at least 1e-5: adaptive weighting).
     The paper writes the loss in velocity space without the constants c / b and the
     adaptive weight; the reference code has them, and so does this. The old policy is a
-    trailing copy of the weights (grpo_zoo.ema.Trailing): it samples the rollouts
+    trailing copy of the weights (grpo_zoo.core.ema.Trailing): it samples the rollouts
     (`sampling_weights`) and gives v_old, and moves once per iteration before the rollout,
     old <- d old + (1 - d) weights, d = min(max(0, steps - old_decay_flat) * old_decay_rate,
     old_decay_max) at the optimizer steps made so far (the reference's `return_decay`).

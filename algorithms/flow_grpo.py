@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from grpo_zoo.config import num
+from grpo_zoo.config.schema import num
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 

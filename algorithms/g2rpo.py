@@ -61,7 +61,7 @@ from typing import Literal
 
 import torch
 
-from grpo_zoo.config import num
+from grpo_zoo.config.schema import num
 from grpo_zoo.core.advantages import normalize_within
 from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from grpo_zoo.config import num
+from grpo_zoo.config.schema import num
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
 from grpo_zoo.errors import ConfigError
 

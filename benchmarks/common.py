@@ -53,9 +53,9 @@ def machine() -> dict:
 
 def make_trainer(algorithm: str, steps: int, group_size: int, prompts: int = 4, **extra):
     """A Trainer for the toy base config with these settings, in a throwaway run directory."""
-    from grpo_zoo.config import apply_overrides, build, load_config_file
-    from grpo_zoo.run_config import RunConfig
-    from grpo_zoo.trainer import Trainer
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import apply_overrides, build, load_config_file
+    from grpo_zoo.training.trainer import Trainer
 
     data = load_config_file(TOY_BASE)
     run_dir = tempfile.mkdtemp(prefix="grpo-zoo-bench-")

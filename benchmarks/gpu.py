@@ -87,8 +87,8 @@ def write_model(
 
 
 def run_config(model_dir: Path, algorithm: dict, width: str, frames: int | None, steps: int, group: int, run_dir: Path):
-    from grpo_zoo.config import apply_overrides, build, load_config_file
-    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import apply_overrides, build, load_config_file
 
     data = load_config_file(ROOT / "experiments" / "wan2.1" / "base.yaml")
     shape = dict(SHAPES[width], **({"frames": frames} if frames else {}))
@@ -147,7 +147,7 @@ def measure(cfg) -> dict:
     from benchmarks.common import release
     from grpo_zoo.cost.counts import iteration_counts
     from grpo_zoo.cost.flops import flops_per_nfe
-    from grpo_zoo.trainer import Trainer
+    from grpo_zoo.training.trainer import Trainer
 
     gc.collect()
     cuda = torch.cuda.is_available()
@@ -163,7 +163,7 @@ def measure(cfg) -> dict:
         prof.__enter__()
         trainer = Trainer(cfg, progress=False)
     update, decode = _Clock(), _Clock()
-    import grpo_zoo.trainer as trainer_module
+    import grpo_zoo.training.trainer as trainer_module
 
     trainer_module.update = update.wrap(trainer_module.update)
     trainer.policy.decode = decode.wrap(trainer.policy.decode)

@@ -22,8 +22,8 @@ def measure(n: int = 64, steps: tuple[int, ...] = (10, 20), strides: tuple[int, 
     from grpo_zoo.core.algorithm import Plan
     from grpo_zoo.flow import make_sigmas, step_table
     from grpo_zoo.models.toy import ToyPolicy
-    from grpo_zoo.prompts import load_prompts
-    from grpo_zoo.rollout import rollout
+    from grpo_zoo.training.prompts import load_prompts
+    from grpo_zoo.training.rollout import rollout
 
     policy = ToyPolicy.from_checkpoint("toy-base")
     held_out = load_prompts("toy:test", "prompts")

@@ -19,8 +19,8 @@ import torch
 from benchmarks.common import iteration_costs, make_trainer, release
 from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.flow.sde import ode_step
-from grpo_zoo.rollout import rollout
-from grpo_zoo.seeding import generator
+from grpo_zoo.training.rollout import rollout
+from grpo_zoo.training.seeding import generator
 
 
 @torch.no_grad()

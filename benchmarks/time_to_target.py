@@ -22,8 +22,8 @@ TARGET = 0.305
 def run_sweep(runs_dir: Path, log=print) -> Path:
     import os
 
-    from grpo_zoo.experiment import check_runs, load_experiment
-    from grpo_zoo.sweep import sweep
+    from grpo_zoo.config.experiment import check_runs, load_experiment
+    from grpo_zoo.launch.sweep import sweep
 
     exp = load_experiment(HERE / "time_to_target.yaml", runs_dir)
     check_runs(exp)

@@ -30,15 +30,15 @@ from grpo_zoo.errors import AT_LEAST_ONE, POSITIVE, ArgParser, ConfigError, Rang
 
 
 def load_configs(path: str) -> list[tuple[str, object]]:
-    from grpo_zoo.config import build, load_config_file, load_yaml
-    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import build, load_config_file, load_yaml
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"CONFIG: no file {path!r}")
     raw = load_yaml(p)
     if "variants" in raw or "seeds" in raw:  # an experiment file
-        from grpo_zoo.experiment import load_experiment
+        from grpo_zoo.config.experiment import load_experiment
 
         exp = load_experiment(p, "/tmp/grpo-zoo-estimate")
         first = {}

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import sys
 
-from grpo_zoo.config import apply_overrides, build, describe, load_config_file
+from grpo_zoo.config.run import RunConfig
+from grpo_zoo.config.schema import apply_overrides, build, describe, load_config_file
 from grpo_zoo.errors import ConfigError, cli
-from grpo_zoo.run_config import RunConfig
 
 
 def resolve(argv: list[str]) -> RunConfig:
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     cfg = resolve(argv)
-    from grpo_zoo.config import to_dict
+    from grpo_zoo.config.schema import to_dict
     from grpo_zoo.runs import RunDir, Terminated
-    from grpo_zoo.trainer import NonFiniteError, Trainer
+    from grpo_zoo.training.trainer import NonFiniteError, Trainer
 
     run = RunDir(cfg.run_dir)
     if run.is_complete():

@@ -40,7 +40,7 @@ def video_name(prompt: str, index: int) -> str:
 
 def save_eval_videos(frames: np.ndarray, prompts: list[str], offset: int, n_prompts: int, out: Path) -> list[Path]:
     """frames: uint8 [B, F, H, W, 3] of the samples offset..offset+B-1 (the eval prompts cycle)."""
-    from grpo_zoo.media import write_mp4
+    from grpo_zoo.runs.media import write_mp4
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -14,7 +14,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    from grpo_zoo.engine import RENDEZVOUS_KEYS
+    from grpo_zoo.training.engine import RENDEZVOUS_KEYS
 
     inherited = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_KEYS}  # never a parent's rendezvous
     full_env = {**inherited, **(env or {})}

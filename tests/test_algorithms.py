@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from grpo_zoo.config import build
+from grpo_zoo.config.schema import build
 from grpo_zoo.core import algorithm
 from grpo_zoo.core.advantages import group_advantages, zero_std_ratio
 from grpo_zoo.core.algorithm import PlanContext

@@ -477,13 +477,13 @@ def _mains():
     from benchmarks.__main__ import main as benchmarks
     from benchmarks.ode_solver import main as ode_solver
     from grpo_zoo.estimate import main as estimate
+    from grpo_zoo.launch.sweep import main as sweep
+    from grpo_zoo.launch.tune import main as tune
     from grpo_zoo.report import main as report
     from grpo_zoo.schedule import main as schedule
-    from grpo_zoo.sweep import main as sweep
     from grpo_zoo.toy.evaluate import main as evaluate
     from grpo_zoo.toy.pretrain import main as pretrain
     from grpo_zoo.train import main as train
-    from grpo_zoo.tune import main as tune
 
     return {
         "train": train,
@@ -517,8 +517,8 @@ CASES = [(cli, argv) for cli, rows in TABLE.items() for argv in rows]
 @pytest.fixture(scope="module")
 def place(tmp_path_factory) -> dict:
     """The files the cases name, and a run directory that must not change."""
-    from grpo_zoo.config import build, to_dict
-    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import build, to_dict
 
     root = tmp_path_factory.mktemp("bad-input")
     runs = root / "runs"
@@ -693,7 +693,7 @@ SCHEMA = [
 
 @pytest.mark.parametrize(("changes", "cluster", "needle"), SCHEMA, ids=[s[2].split(":")[0] for s in SCHEMA])
 def test_experiment_and_cluster_schema_errors_name_the_field(tmp_path, capsys, changes, cluster, needle):
-    from grpo_zoo.sweep import main as sweep
+    from grpo_zoo.launch.sweep import main as sweep
 
     exp = tmp_path / "exp.yaml"
     exp.write_text(yaml.safe_dump(experiment(**changes)))
@@ -712,9 +712,9 @@ def test_experiment_and_cluster_schema_errors_name_the_field(tmp_path, capsys, c
 
 
 def test_experiment_sections_are_typed():
-    from grpo_zoo.cluster import ClusterProfile
-    from grpo_zoo.config import build
-    from grpo_zoo.experiment import ExperimentFile, Resources
+    from grpo_zoo.config.cluster import ClusterProfile
+    from grpo_zoo.config.experiment import ExperimentFile, Resources
+    from grpo_zoo.config.schema import build
 
     spec = build(ExperimentFile, {"resources": {"gpus": 8, "nodes": 2}, "report": {"baseline": "a"}})
     assert spec.resources == Resources(gpus=8, nodes=2) and spec.report.baseline == "a" and spec.seeds == [0]

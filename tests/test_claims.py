@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo_zoo import claims
+from grpo_zoo.reports import paper_claims as claims
 
 FLOPS_PER_STEP = 1e10
 

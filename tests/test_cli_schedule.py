@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from grpo_zoo.config import apply_overrides, build, describe, field_docs
+from grpo_zoo.config.schema import apply_overrides, build, describe, field_docs
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 

@@ -2,7 +2,7 @@
 
 The slow tests drive the real trainer on the toy world (3 iterations, checkpoints at steps
 2 and 3) and stop or kill it at named points (GRPO_ZOO_KILL_AT / GRPO_ZOO_STOP_AT, see
-grpo_zoo/runs.py); every resumed run must end with the rows of an uninterrupted one.
+grpo_zoo/runs/store.py); every resumed run must end with the rows of an uninterrupted one.
 """
 
 import gc

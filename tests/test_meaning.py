@@ -216,8 +216,8 @@ def test_per_sample_ablation_draws_k_per_trajectory(table):
 # -- rollouts record exactly the marked transitions ----------------------------------------------
 @pytest.fixture(scope="module")
 def policy():
+    from grpo_zoo.config.run import ModelConfig
     from grpo_zoo.models import load_policy
-    from grpo_zoo.run_config import ModelConfig
 
     torch.manual_seed(0)
     return load_policy(ModelConfig(backend="toy", path="toy-base", lora_rank=0)).eval()
@@ -226,7 +226,7 @@ def policy():
 def test_rollout_records_only_the_transitions_the_plan_marks(policy):
     """Every step is stochastic, a random subset is trained: exactly that subset is recorded,
     with the plan's weights and the log-prob of the recorded step under the sampling policy."""
-    from grpo_zoo.rollout import rollout
+    from grpo_zoo.training.rollout import rollout
 
     table = step_table(make_sigmas("wan", 5, 3.0), "flow_sde")
     b, t, g = 4, table.num_steps, 2
@@ -254,7 +254,7 @@ def test_rollout_records_only_the_transitions_the_plan_marks(policy):
 
 
 def test_flow_grpo_rollout_trains_its_fraction_although_every_step_explores(policy):
-    from grpo_zoo.rollout import rollout
+    from grpo_zoo.training.rollout import rollout
 
     table = step_table(make_sigmas("wan", 6, 3.0), "flow_sde")
     plan = algorithm.build({"name": "flow_grpo", "timestep_fraction": 0.5}).plan(
@@ -269,7 +269,7 @@ def test_flow_grpo_rollout_trains_its_fraction_although_every_step_explores(poli
 
 @pytest.mark.parametrize("variant", list(golden.variants()))
 def test_every_registered_algorithm_trains_only_what_its_plan_marks(policy, variant):
-    from grpo_zoo.rollout import rollout
+    from grpo_zoo.training.rollout import rollout
 
     table = step_table(make_sigmas("wan", 4, 3.0), "flow_sde")
     plan = algorithm.build(golden.split(golden.variants()[variant])[0]).plan(

@@ -8,7 +8,7 @@ import torch
 from grpo_zoo.core import algorithm as algorithms
 from grpo_zoo.core.algorithm import Plan, PlanContext
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.rollout import rollout
+from grpo_zoo.training.rollout import rollout
 
 from .helpers import CountingPolicy
 

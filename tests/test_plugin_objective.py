@@ -48,9 +48,9 @@ def test_pairwise_objective_trains_meters_and_resumes_exactly(plugin, tmp_path):
     # the meter agrees with estimate's pricing of the same config (rollout, 2 passes + 2 reference forwards)
     probe = (
         "import json, sys\n"
-        "from grpo_zoo.config import build, load_config_file, apply_overrides\n"
+        "from grpo_zoo.config.schema import build, load_config_file, apply_overrides\n"
         "from grpo_zoo.cost.counts import iteration_counts\n"
-        "from grpo_zoo.run_config import RunConfig\n"
+        "from grpo_zoo.config.run import RunConfig\n"
         f"data = apply_overrides(load_config_file({str(ROOT / 'experiments/toy/base.yaml')!r}), {SMALL!r})\n"
         "cfg = build(RunConfig, data)\n"
         "print(json.dumps([iteration_counts(cfg, s) for s in range(3)]))\n"

@@ -7,14 +7,14 @@ import pytest
 import yaml
 
 from grpo_zoo import rewards
-from grpo_zoo.config import build
+from grpo_zoo.config.experiment import load_experiment
+from grpo_zoo.config.run import RunConfig
+from grpo_zoo.config.schema import build
 from grpo_zoo.cost.counts import iteration_counts
 from grpo_zoo.cost.flops import flops_per_nfe
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.experiment import load_experiment
-from grpo_zoo.preflight import check
-from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
+from grpo_zoo.training.preflight import check
 
 from .conftest import ROOT, run_module
 

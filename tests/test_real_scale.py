@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from grpo_zoo import rewards
-from grpo_zoo.config import build
+from grpo_zoo.config.experiment import load_experiment
+from grpo_zoo.config.run import ModelConfig, RunConfig
+from grpo_zoo.config.schema import build
 from grpo_zoo.core.algorithm import PlanContext
-from grpo_zoo.experiment import load_experiment
-from grpo_zoo.run_config import ModelConfig, RunConfig
 
 from .conftest import ROOT
 
@@ -63,7 +63,7 @@ def test_paper_sweeps_follow_the_settings_table(tmp_path):
     # the plans: Flash-GRPO's k is one of steps 0..9, the same for a prompt's whole group
     from grpo_zoo.core import algorithm as algorithms
     from grpo_zoo.flow import make_sigmas, step_table
-    from grpo_zoo.seeding import generator
+    from grpo_zoo.training.seeding import generator
 
     flash = next(c for _, c in runs if c.algorithm.name == "flash_grpo")
     flow = next(c for _, c in runs if c.algorithm.name == "flow_grpo")
@@ -114,7 +114,7 @@ def _pipeline_and_policy(path, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ode_rollout_is_wanpipeline_sampling(tiny_wan, dtype):
     from grpo_zoo.flow import make_sigmas, step_table
-    from grpo_zoo.rollout import generate_ode
+    from grpo_zoo.training.rollout import generate_ode
 
     pipe, policy = _pipeline_and_policy(tiny_wan, dtype)
     prompts, steps, guidance, seed = ["a red circle moves left", "a blue square"], 8, 4.5, 3

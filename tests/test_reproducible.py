@@ -59,7 +59,7 @@ def test_flops_budget_gives_identical_rows_under_load(tmp_path):
     + [(str(p.relative_to(ROOT)), 3) for p in sorted((ROOT / "experiments/paper").glob("*.yaml"))],
 )
 def test_toy_experiments_budget_in_flops_with_pinned_threads(path, min_seeds, tmp_path):
-    from grpo_zoo.experiment import load_experiment
+    from grpo_zoo.config.experiment import load_experiment
 
     exp = load_experiment(str(ROOT / path), str(tmp_path))
     assert len({s.seed for s in exp.runs}) >= min_seeds

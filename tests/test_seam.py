@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from grpo_zoo.config.run import RunConfig
 from grpo_zoo.core import algorithm
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext
 from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.rollout import rollout
-from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
+from grpo_zoo.training.rollout import rollout
 
 from .conftest import ROOT
 from .helpers import CountingPolicy, install_plugin, readme_block
@@ -59,7 +59,7 @@ def registered():
 
 
 def run_config(tmp_path, name: str, alg: dict, steps: int) -> RunConfig:
-    from grpo_zoo.config import apply_overrides, build, load_config_file
+    from grpo_zoo.config.schema import apply_overrides, build, load_config_file
     from tests.golden import split
 
     alg, run = split(alg)
@@ -77,7 +77,7 @@ def process_group():
     yield
     import torch.distributed as dist
 
-    from grpo_zoo.engine import RENDEZVOUS_KEYS
+    from grpo_zoo.training.engine import RENDEZVOUS_KEYS
 
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -86,7 +86,7 @@ def process_group():
 
 
 def train(cfg: RunConfig) -> list[dict]:
-    from grpo_zoo.trainer import Trainer
+    from grpo_zoo.training.trainer import Trainer
 
     trainer = Trainer(cfg, progress=False)
     trainer.engine.close = lambda: None  # the next trainer reuses the process group

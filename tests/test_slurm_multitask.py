@@ -85,7 +85,7 @@ def test_sweep_submits_a_two_task_run_through_submitit(tmp_path, slurm):
     path.write_text(f"# python -m grpo_zoo.sweep {path}\n" + yaml.safe_dump(exp))
     runs = tmp_path / "runs"
     out = run_module(
-        "grpo_zoo.sweep",
+        "grpo_zoo.launch.sweep",
         str(path),
         *("--runs-dir", str(runs), "--executor", "slurm", "--cluster", "slurm/clusters/local-test.yaml"),
         *("--threads", "1", "--no-report"),
@@ -117,7 +117,7 @@ def capture_sbatch(tmp_path, monkeypatch):
 
 def submitted_script(tmp_path: Path, cluster: str, resources: dict) -> str:
     """Run the sweep command (in this process) and return the sbatch script submitit wrote."""
-    from grpo_zoo.sweep import main
+    from grpo_zoo.launch.sweep import main
 
     tmp_path.mkdir(parents=True, exist_ok=True)
     exp = {

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo_zoo.config import build, load_config_file, to_dict
+from grpo_zoo.config.experiment import load_experiment
+from grpo_zoo.config.run import RunConfig
+from grpo_zoo.config.schema import build, load_config_file, to_dict
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.experiment import load_experiment
-from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir
 
 from .conftest import ROOT, run_module
@@ -49,7 +49,7 @@ QUICK_TWIN = {
 
 
 def sweep(*args, env=None):
-    return run_module("grpo_zoo.sweep", *args, "--no-report", env=env)
+    return run_module("grpo_zoo.launch.sweep", *args, "--no-report", env=env)
 
 
 def test_experiment_files_expand_and_validate():
@@ -112,7 +112,7 @@ def test_bad_experiment_is_one_line_exit_2(tmp_path):
 def test_local_sweep_runs_skips_and_reports(tmp_path):
     exp = write_experiment(tmp_path, "twin", QUICK_TWIN)
     runs = tmp_path / "runs"
-    out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "local")
+    out = run_module("grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(runs), "--executor", "local")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     for name in QUICK_TWIN:
         assert RunDir(runs / "twin" / f"{name}_seed0").is_complete()
@@ -132,7 +132,7 @@ def test_local_sweep_runs_skips_and_reports(tmp_path):
 
 def slurm_sweep(exp, runs, slurm, *extra):
     return run_module(
-        "grpo_zoo.sweep",
+        "grpo_zoo.launch.sweep",
         str(exp),
         "--runs-dir",
         str(runs),
@@ -172,7 +172,9 @@ def test_slurm_sweep_completes_skips_and_survives_a_failing_run(tmp_path, slurm)
     exp_local = write_experiment(tmp_path, "slurm_twin", QUICK_TWIN)
     # the same thread count as the SLURM jobs: float sums split over other thread counts may
     # round otherwise (measured on AVX-512 kernels), and that is not what this compares
-    out = run_module("grpo_zoo.sweep", str(exp_local), "--runs-dir", str(local_runs), "--threads", "1", "--no-report")
+    out = run_module(
+        "grpo_zoo.launch.sweep", str(exp_local), "--runs-dir", str(local_runs), "--threads", "1", "--no-report"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     drop = ("compute/device_seconds", "compute/device_hours")
     for name in QUICK_TWIN:
@@ -225,7 +227,7 @@ def test_scontrol_requeue_resumes_from_the_checkpoint(tmp_path, slurm):
 
 def test_sweep_status_shows_runs(tmp_path):
     exp = write_experiment(tmp_path, "st", QUICK_TWIN)
-    out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(tmp_path), "--status")
+    out = run_module("grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(tmp_path), "--status")
     assert out.returncode == 0 and out.stdout.count("new") == 3
 
 
@@ -242,9 +244,9 @@ def test_one_same_run_rule_for_sweep_and_train(tmp_path, status, finished, budge
     """runs.run_difference decides for the sweep, train and the trainer: run_dir, logging and the
     budget never make another run; a raised budget extends a finished run (the sweep resubmits a
     completed one), a lowered one is refused once the run is finished (its rows are past it)."""
-    from grpo_zoo.experiment import RunSpec
+    from grpo_zoo.config.experiment import RunSpec
+    from grpo_zoo.launch.sweep import run_state
     from grpo_zoo.runs import COMPLETED, run_difference
-    from grpo_zoo.sweep import run_state
 
     run = RunDir(tmp_path / "run")
     stored = build(RunConfig, {**TINY, "run_dir": str(run.path)})

@@ -93,7 +93,7 @@ def test_reward_registry():
 def test_shipped_checkpoint_loads_and_generates():
     from grpo_zoo.flow import make_sigmas, step_table
     from grpo_zoo.models.toy import ToyPolicy
-    from grpo_zoo.rollout import generate_ode
+    from grpo_zoo.training.rollout import generate_ode
 
     policy = ToyPolicy.from_checkpoint("toy-base")
     policy.net.eval()

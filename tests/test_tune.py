@@ -15,8 +15,8 @@ from optuna.trial import TrialState
 
 from grpo_zoo.analysis import load_runs
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.tuning.space import parse_tune
-from grpo_zoo.tuning.study import normalize_storage, open_storage
+from grpo_zoo.launch.tuning.space import parse_tune
+from grpo_zoo.launch.tuning.study import normalize_storage, open_storage
 
 from .conftest import ROOT, run_module
 
@@ -50,7 +50,7 @@ def write_tune(tmp_path: Path, tune: dict, variants: dict | None = None, name: s
 
 
 def tune(exp: Path, runs: Path, *args: str, env=None) -> subprocess.CompletedProcess:
-    return run_module("grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1", *args, env=env)
+    return run_module("grpo_zoo.launch.tune", str(exp), "--runs-dir", str(runs), "--threads", "1", *args, env=env)
 
 
 def trials(storage: str, name: str) -> list:
@@ -119,7 +119,7 @@ def test_two_workers_complete_the_study_prune_and_replay(tmp_path):
 
     best = max((t for t in ts if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     # the tuned experiment: each variant at its best trial, runnable by the sweep as it stands
-    from grpo_zoo.experiment import load_experiment
+    from grpo_zoo.config.experiment import load_experiment
 
     tuned = load_experiment(str(root / "tuned.yaml"), str(runs))
     assert tuned.name == "tiny-tuned" and not tuned.tune
@@ -137,7 +137,7 @@ def test_a_killed_study_resumes_without_losing_a_trial(tmp_path):
     runs = tmp_path / "runs"
     root = runs / "tiny-tune"
     storage = f"journal:{tmp_path / 'study.log'}"
-    cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
+    cmd = [sys.executable, "-m", "grpo_zoo.launch.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
     cmd += ["--storage", storage, "--n-trials", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = root / "flash_grpo-t0000_seed0" / "checkpoints" / "latest"
@@ -176,8 +176,8 @@ def test_trials_run_as_slurm_jobs_with_journal_storage(tmp_path, slurm):
 def test_drivers_sharing_a_storage_draw_their_own_sampler_streams(tmp_path):
     import io
 
-    from grpo_zoo.tuning.driver import Tuner
-    from grpo_zoo.tuning.study import make_sampler
+    from grpo_zoo.launch.tuning.driver import Tuner
+    from grpo_zoo.launch.tuning.study import make_sampler
 
     for sampler in ({"name": "random", "seed": 0}, {"name": "tpe", "seed": 0}):
         space = {"optim.lr": {"low": 1e-5, "high": 1e-2, "log": True}, "optim.beta": {"low": 0.0, "high": 0.1}}
@@ -203,7 +203,7 @@ def test_drivers_sharing_a_storage_draw_their_own_sampler_streams(tmp_path):
 def test_a_failed_trial_records_the_runs_own_reason(tmp_path):
     import json
 
-    from grpo_zoo.tuning.driver import outcome
+    from grpo_zoo.launch.tuning.driver import outcome
 
     run = tmp_path / "run"
     run.mkdir()
@@ -218,7 +218,7 @@ def test_report_only_and_replay_refuse_a_missing_storage_or_study(tmp_path, caps
     journal = tmp_path / "other.log"
     optuna.create_study(study_name="not.this", storage=open_storage(f"journal:{journal}"))
     before = journal.read_bytes()
-    from grpo_zoo.tune import main
+    from grpo_zoo.launch.tune import main
 
     for args, needle in [
         (["--report-only"], "no study storage"),
@@ -237,7 +237,7 @@ def test_report_only_and_replay_refuse_a_missing_storage_or_study(tmp_path, caps
 def test_the_search_space_is_checked_against_the_run_config_before_the_first_trial(tmp_path):
     # the toy runs here sample 6 steps: a k_range reaching step 9 cannot run; said before any trial
     exp = write_tune(tmp_path, {"space": {"algorithm.k_range": [[0, 3], [0, 9]]}})
-    from grpo_zoo.tune import main
+    from grpo_zoo.launch.tune import main
 
     with pytest.raises(SystemExit) as exit_:
         main([str(exp), "--runs-dir", str(tmp_path / "runs")])
@@ -249,7 +249,7 @@ def test_two_drivers_in_parallel_on_one_storage_propose_distinct_params(tmp_path
     exp = write_tune(tmp_path, {"space": {"optim.lr": {"low": 1e-4, "high": 1e-3, "log": True}}, "n_trials": 4})
     runs = tmp_path / "runs"
     storage = f"journal:{tmp_path / 'study.log'}"
-    cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
+    cmd = [sys.executable, "-m", "grpo_zoo.launch.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
     cmd += ["--storage", storage]
     drivers = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)

@@ -8,7 +8,7 @@ from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.rollout import rollout
+from grpo_zoo.training.rollout import rollout
 
 from .helpers import CountingPolicy
 

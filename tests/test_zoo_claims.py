@@ -1,13 +1,13 @@
-"""The leaderboard's claim verdicts (grpo_zoo/zoo.py) on hand-made runs with known answers."""
+"""The leaderboard's claim verdicts (grpo_zoo/reports/leaderboard.py) on hand-made runs with known answers."""
 
 import json
 
 import pytest
 import yaml
 
-from grpo_zoo import zoo
 from grpo_zoo.analysis import load_runs
 from grpo_zoo.analysis.tables import leaderboard
+from grpo_zoo.reports import leaderboard as zoo
 
 from .test_report import fake_run
 

@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 
-from grpo_zoo.config import build, load_config_file
+from grpo_zoo.config.run import RunConfig
+from grpo_zoo.config.schema import build, load_config_file
 from grpo_zoo.core import algorithm
 from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.rollout import rollout
-from grpo_zoo.run_config import RunConfig
+from grpo_zoo.training.rollout import rollout
 
 from .conftest import ROOT
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from grpo_zoo.algorithms.diffusion_nft import NFTObjective as NFT
 
+from grpo_zoo.config.run import OptimConfig
 from grpo_zoo.core import algorithm
 from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.core.contract import Batch
 from grpo_zoo.core.objective import Runtime
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.run_config import OptimConfig
 
 from .test_seam import run_config, train
 from .test_zoo_awm import process_group  # noqa: F401 (this module's process group)

@@ -4,13 +4,13 @@ its multi-granularity advantage (the rest denoised at several strides, advantage
 import pytest
 import torch
 
-from grpo_zoo.config import build
+from grpo_zoo.config.schema import build
 from grpo_zoo.core import algorithm
 from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
-from grpo_zoo.rollout import rollout
+from grpo_zoo.training.rollout import rollout
 
 from .helpers import CountingPolicy
 

@@ -21,7 +21,7 @@ from typing import ClassVar, Literal
 
 import torch
 
-from grpo_zoo.config import build as build_config
+from grpo_zoo.config.schema import build as build_config
 from grpo_zoo.core import objective as objectives
 from grpo_zoo.core.advantages import normalize_within, rank_group_advantages
 from grpo_zoo.core.contract import AdvantageContext, Plan, PlanContext

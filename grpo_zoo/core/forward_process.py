@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from grpo_zoo.core.contract import ReNoised, RolloutResult
+from grpo_zoo.core.ema import Trailing
 from grpo_zoo.core.objective import Objective
-from grpo_zoo.ema import Trailing
 from grpo_zoo.flow.sde import StepTable
 
 

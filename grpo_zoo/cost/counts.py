@@ -10,8 +10,8 @@ from grpo_zoo.core import objective as objectives
 from grpo_zoo.core.contract import AdvantageContext, PlanContext
 from grpo_zoo.core.objective import cfg_multiplier
 from grpo_zoo.cost.flops import GPUS, flops_per_nfe
-from grpo_zoo.preflight import sampling_tables
-from grpo_zoo.seeding import generator
+from grpo_zoo.training.preflight import sampling_tables
+from grpo_zoo.training.seeding import generator
 
 
 def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:

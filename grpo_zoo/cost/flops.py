@@ -62,7 +62,7 @@ def flops_per_nfe(model) -> tuple[float, float]:
     """(forward, backward) FLOPs of one sample through the transformer, counted on the meta device."""
     from diffusers import WanTransformer3DModel
 
-    from grpo_zoo.meter import measure_flops
+    from grpo_zoo.cost.meter import measure_flops
     from grpo_zoo.models.lora import apply_lora
 
     if model.backend != "wan":
@@ -84,7 +84,7 @@ def flops_per_nfe(model) -> tuple[float, float]:
 
 def policy_flops(policy, prompt: str) -> tuple[float, float]:
     """(forward, backward) FLOPs of one sample's transformer pass through `policy`, as trained."""
-    from grpo_zoo.meter import measure_flops
+    from grpo_zoo.cost.meter import measure_flops
 
     x = torch.zeros(1, *policy.latent_shape)
     emb = policy.encode([prompt])

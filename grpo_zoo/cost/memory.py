@@ -190,7 +190,7 @@ def update_rows(cfg) -> int:
     passes per item (a pairwise loss: 2) x its CFG multiplier (forward-process objectives: 1)."""
     from grpo_zoo.core import algorithm as algorithms
     from grpo_zoo.core import objective as objectives
-    from grpo_zoo.preflight import sampling_tables
+    from grpo_zoo.training.preflight import sampling_tables
 
     table, _ = sampling_tables(cfg.sampling)
     alg = algorithms.build(cfg.algorithm)

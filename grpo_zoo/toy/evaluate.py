@@ -51,7 +51,7 @@ def videos_for(
         return world.render([world.Prompt.parse(p) for p in prompts], gen)
     if model == "noise":
         return torch.randn(len(prompts), 3, world.FRAMES, world.SIZE, world.SIZE, generator=gen).clamp(-1, 1)
-    from grpo_zoo.rollout import generate_ode
+    from grpo_zoo.training.rollout import generate_ode
 
     policy = load_policy(model)
     table = step_table(make_sigmas(schedule, steps, shift), "flow_sde")
@@ -88,8 +88,8 @@ def check_model(model: str) -> None:
                 "(use toy-base, ground-truth, noise, a checkpoint directory or a run directory)"
             )
         return
-    from grpo_zoo.config import build, load_yaml
-    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import build, load_yaml
 
     run, ckpt = found
     cfg = build(RunConfig, {**load_yaml(run / "config.yaml"), "run_dir": str(run)})
@@ -110,8 +110,8 @@ def load_policy(model: str):
         policy = ToyPolicy.from_checkpoint(model)
         policy.net.eval()
         return policy
-    from grpo_zoo.config import build, load_yaml
-    from grpo_zoo.run_config import RunConfig
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import build, load_yaml
 
     run, ckpt = found
     cfg = build(RunConfig, {**load_yaml(run / "config.yaml"), "run_dir": str(run)})
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     videos = videos_for(args.model, prompts, args.seed, args.steps, args.shift, args.schedule, args.guidance)
     result = score(videos, prompts)
     if args.save:
-        from grpo_zoo.media import save_grid, save_mp4
+        from grpo_zoo.runs.media import save_grid, save_mp4
 
         out = Path(args.save)
         save_grid(videos[:16], out / "grid.png", prompts[:16])

@@ -27,7 +27,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from grpo_zoo.config import apply_overrides, build, describe, load_yaml, num, path, to_dict
+from grpo_zoo.config.schema import apply_overrides, build, describe, load_yaml, num, path, to_dict
 from grpo_zoo.errors import ConfigError, cli
 from grpo_zoo.flow.schedules import NUM_TRAIN_TIMESTEPS, shift_sigmas
 from grpo_zoo.toy import world

@@ -166,7 +166,7 @@ def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
 
     from grpo_zoo.runs import RunDir
     from grpo_zoo.train import resolve
-    from grpo_zoo.trainer import Trainer
+    from grpo_zoo.training.trainer import Trainer
 
     table, hashes, records = variants(), checkpoint_hashes(), {}
     try:
@@ -188,7 +188,7 @@ def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-        from grpo_zoo.engine import RENDEZVOUS_KEYS
+        from grpo_zoo.training.engine import RENDEZVOUS_KEYS
 
         for key in RENDEZVOUS_KEYS:  # later subprocesses must not inherit this rendezvous
             os.environ.pop(key, None)

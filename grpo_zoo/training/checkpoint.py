@@ -1,5 +1,5 @@
 """Checkpoints of a run: the engine's (weights, optimizer) and the trainer's state per rank,
-written into a staging directory and committed atomically (grpo_zoo/runs.py); a resume
+written into a staging directory and committed atomically (grpo_zoo/runs/store.py); a resume
 loads the newest readable one, falling back past damaged ones (said in one line)."""
 
 from __future__ import annotations

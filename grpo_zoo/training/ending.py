@@ -1,6 +1,6 @@
 """How a run ends: every way out of the training loop is recorded in status.json by rank 0.
 
-    completed / pruned  the loop's own return (grpo_zoo/trainer.py)
+    completed / pruned  the loop's own return (grpo_zoo/training/trainer.py)
     diverged            a NaN or inf in a loss or reward (NonFiniteError)
     terminated          SIGTERM (or SystemExit), resumable
     interrupted         SIGINT, resumable

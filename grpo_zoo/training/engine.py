@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from grpo_zoo.run_config import EngineConfig, OptimConfig
+from grpo_zoo.config.run import EngineConfig, OptimConfig
 
 
 def _free_port() -> int:

@@ -98,8 +98,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.hooks = list(hooks or [])
 
     def __call__(self) -> dict:
-        from grpo_zoo.config import build
-        from grpo_zoo.run_config import RunConfig
+        from grpo_zoo.config.run import RunConfig
+        from grpo_zoo.config.schema import build
         from grpo_zoo.runs import RunBusy, RunDir
 
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -112,7 +112,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         run = RunDir(cfg.run_dir)
         if run.is_complete():
             return run.status()
-        from grpo_zoo.trainer import NonFiniteError, Trainer
+        from grpo_zoo.training.trainer import NonFiniteError, Trainer
 
         try:
             return Trainer(cfg, progress=False, hooks=self.hooks).train()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 
 from grpo_zoo import rewards
-from grpo_zoo.rollout import generate_ode
+from grpo_zoo.training.rollout import generate_ode
 
 
 def evaluate(trainer) -> dict:
@@ -36,7 +36,7 @@ def evaluate(trainer) -> dict:
     for name, values in scores.items():
         row[f"eval/{name}"] = float(engine.all_gather_cat(values.float()).mean())
     if cfg.save_eval_videos:
-        from grpo_zoo.media import save_grid, to_uint8
+        from grpo_zoo.runs.media import save_grid, to_uint8
 
         if trainer.rank == 0:
             save_grid(videos[:16], trainer.run.path / "eval" / f"step-{trainer.step:06d}.png", mine[:16])

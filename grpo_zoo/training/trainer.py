@@ -5,7 +5,7 @@ One iteration is five named steps, each returning a typed result:
     rollout    -> RolloutResult     the plan sampled (keeping what the objective trains on)
     score      -> AdvantageContext  rewards gathered, this rank's sliced; algorithm.observe(ctx)
     advantages -> Prepared          the objective's items, the algorithm's advantages and pruning
-    update     -> UpdateStats       minibatches through the objective (grpo_zoo/update.py)
+    update     -> UpdateStats       minibatches through the objective (grpo_zoo/training/update.py)
 then the meter and one metrics row. The loop never looks at the algorithm's name.
 
 Beside it: preflight.py, update.py, evaluation.py, checkpoint.py, ending.py (status on
@@ -23,24 +23,24 @@ import torch
 from tqdm import tqdm
 
 from grpo_zoo import rewards
-from grpo_zoo.checkpoint import load_newest, save
-from grpo_zoo.config import to_dict
+from grpo_zoo.config.run import RunConfig
+from grpo_zoo.config.schema import to_dict
 from grpo_zoo.core import objective as objectives
 from grpo_zoo.core.advantages import zero_std_ratio
 from grpo_zoo.core.contract import AdvantageContext, PlanContext, Planned, Prepared, RolloutResult
+from grpo_zoo.core.ema import EMA
 from grpo_zoo.cost.flops import policy_flops
-from grpo_zoo.ema import EMA
-from grpo_zoo.ending import recorded
+from grpo_zoo.cost.meter import Meter
 from grpo_zoo.errors import NonFiniteError
-from grpo_zoo.evaluation import evaluate, write_eval_videos
-from grpo_zoo.hooks import Hook, StopRun
-from grpo_zoo.meter import Meter
-from grpo_zoo.preflight import check, preflight
-from grpo_zoo.rollout import rollout
-from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import RunDir, RunLock, exit_signals
-from grpo_zoo.seeding import generator, rank_from_env
-from grpo_zoo.update import UpdateStats, update
+from grpo_zoo.training.checkpoint import load_newest, save
+from grpo_zoo.training.ending import recorded
+from grpo_zoo.training.evaluation import evaluate, write_eval_videos
+from grpo_zoo.training.hooks import Hook, StopRun
+from grpo_zoo.training.preflight import check, preflight
+from grpo_zoo.training.rollout import rollout
+from grpo_zoo.training.seeding import generator, rank_from_env
+from grpo_zoo.training.update import UpdateStats, update
 
 __all__ = ["Hook", "NonFiniteError", "StopRun", "Trainer", "check"]
 
@@ -57,8 +57,8 @@ class Trainer:
         self.run.check_config(to_dict(cfg))  # before any compute; one writer from here on
         self.lock = RunLock(cfg.run_dir).acquire() if rank_from_env() == 0 else None  # rank 0 writes
 
-        from grpo_zoo.engine import Engine
         from grpo_zoo.models import load_policy
+        from grpo_zoo.training.engine import Engine
 
         torch.manual_seed(cfg.seed)
         self.policy = load_policy(cfg.model)
@@ -219,7 +219,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def train(self) -> dict:
-        # TERM / INT raise inside; every way out is recorded in status.json (grpo_zoo/ending.py)
+        # TERM / INT raise inside; every way out is recorded in status.json (grpo_zoo/training/ending.py)
         try:
             with exit_signals(), recorded(self.run, self.rank, lambda: self.step):
                 return self._train()

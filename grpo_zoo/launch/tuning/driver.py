@@ -24,9 +24,9 @@ import optuna
 from optuna.trial import TrialState
 
 from grpo_zoo.errors import ConfigError
+from grpo_zoo.launch.tuning.space import TuneSpec, decode, encode, trial_config
+from grpo_zoo.launch.tuning.study import TrialReporter, job_alive, load_study
 from grpo_zoo.runs import RunDir
-from grpo_zoo.tuning.space import TuneSpec, decode, encode, trial_config
-from grpo_zoo.tuning.study import TrialReporter, job_alive, load_study
 
 OWNER_STALE_S = 120.0
 HEARTBEAT_S = 15.0
@@ -126,7 +126,7 @@ class Tuner:
         return self.root / f"{task.variant}-t{task.number:04d}_seed{self.spec.seed}"
 
     def execute(self, task: Task) -> None:
-        from grpo_zoo.jobs import TrainJob
+        from grpo_zoo.launch.jobs import TrainJob
 
         study = self.studies[task.variant]
         trial = optuna.trial.Trial(study, task.trial_id)

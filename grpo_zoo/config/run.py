@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from grpo_zoo.config import num, path
+from grpo_zoo.config.schema import num, path
 from grpo_zoo.core.algorithm import AlgorithmConfig
 from grpo_zoo.errors import ConfigError, readable_file
 
@@ -176,14 +176,14 @@ class BudgetConfig:
 @dataclass
 class LoggingConfig:
     backends: list[str] = field(default_factory=lambda: ["jsonl"])
-    """Where metric rows go: jsonl (metrics.jsonl, always), tensorboard, wandb (see grpo_zoo/tracking.py)."""
+    """Where metric rows go: jsonl (metrics.jsonl, always), tensorboard, wandb (see grpo_zoo/runs/tracking.py)."""
     project: str = "grpo-zoo"
     """wandb project (runs are named after their directory, grouped by experiment)."""
     wandb_mode: Literal["offline", "online"] = "offline"
     """wandb: offline writes RUN/wandb/ with no network (`wandb sync` uploads it); online streams."""
 
     def validate(self) -> None:
-        from grpo_zoo.tracking import BACKENDS, missing_package
+        from grpo_zoo.runs.tracking import BACKENDS, missing_package
 
         for name in self.backends:
             if name not in BACKENDS:

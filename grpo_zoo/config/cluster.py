@@ -5,7 +5,7 @@ and optionally how many `nodes` there are); an experiment's `resources` say what
 needs. A run of G GPUs gets one task per GPU, spread over `nodes` nodes (default: as few as
 the profile's nodes hold), so that `--nodes N --ntasks-per-node G/N --gpus-per-node G/N`
 appears in the generated sbatch script and srun starts G processes; torch.distributed then
-initialises from SLURM's environment (see grpo_zoo/engine.py). A CPU run asks for `tasks`
+initialises from SLURM's environment (see grpo_zoo/training/engine.py). A CPU run asks for `tasks`
 (processes, default 1) instead. Impossible shapes fail before anything is submitted.
 """
 
@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from grpo_zoo.config import num
+from grpo_zoo.config.experiment import Resources
+from grpo_zoo.config.schema import num
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.experiment import Resources
 
 
 @dataclass

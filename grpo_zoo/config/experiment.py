@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from grpo_zoo.config import apply_overrides, build, deep_merge, load_config_file, load_yaml, num, to_dict
+from grpo_zoo.config.run import RunConfig
+from grpo_zoo.config.schema import apply_overrides, build, deep_merge, load_config_file, load_yaml, num, to_dict
 from grpo_zoo.errors import ConfigError, readable_file
-from grpo_zoo.run_config import RunConfig
 from grpo_zoo.runs import run_identity
 
 
@@ -79,7 +79,7 @@ class ExperimentFile:
     resources: Resources = field(default_factory=Resources)
     """What one run needs (per run)."""
     tune: dict | None = None
-    """Search spaces for python -m grpo_zoo.tune (checked by grpo_zoo/tuning/space.py)."""
+    """Search spaces for python -m grpo_zoo.tune (checked by grpo_zoo/launch/tuning/space.py)."""
     report: ReportSection = field(default_factory=ReportSection)
     """What the report is told."""
 
@@ -211,7 +211,7 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
 
 def check_runs(exp: Experiment) -> None:
     """Run every trainer check (algorithm vs schedule, reward, prompts, model path) per run."""
-    from grpo_zoo.preflight import check
+    from grpo_zoo.training.preflight import check
 
     for run in exp.runs:
         try:

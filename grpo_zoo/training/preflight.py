@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grpo_zoo import rewards
+from grpo_zoo.config.run import RunConfig
 from grpo_zoo.core import algorithm as algorithms
 from grpo_zoo.core import objective as objectives
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.flow.sde import StepTable
-from grpo_zoo.prompts import load_prompts
-from grpo_zoo.run_config import RunConfig
-from grpo_zoo.seeding import world_size_from_env
+from grpo_zoo.training.prompts import load_prompts
+from grpo_zoo.training.seeding import world_size_from_env
 
 
 def sampling_tables(s) -> tuple[StepTable, StepTable]:

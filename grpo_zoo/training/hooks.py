@@ -1,5 +1,5 @@
 """Hooks watch a run from inside the training loop (tuning reports, early stopping); each
-method gets the grpo_zoo.trainer.Trainer that runs it."""
+method gets the grpo_zoo.training.trainer.Trainer that runs it."""
 
 from __future__ import annotations
 

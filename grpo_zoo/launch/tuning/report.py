@@ -121,7 +121,7 @@ def tuned_experiment(exp, studies: dict) -> dict:
         if v not in variants or not done:
             continue
         best = max(done, key=lambda t: t.value)
-        from grpo_zoo.tuning.space import decode
+        from grpo_zoo.launch.tuning.space import decode
 
         for key, value in best.params.items():
             node = variants[v]

@@ -28,9 +28,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from grpo_zoo.config import apply_overrides, build, deep_merge
+from grpo_zoo.config.run import RunConfig
+from grpo_zoo.config.schema import apply_overrides, build, deep_merge
 from grpo_zoo.errors import UNIT, ConfigError
-from grpo_zoo.run_config import RunConfig
 
 TUNE_KEYS = {
     "variants",
@@ -127,7 +127,7 @@ class TuneSpec:
 def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> TuneSpec:
     """Read and check the `tune:` section (ConfigError with the field on any problem)."""
     if not raw:
-        raise ConfigError(f"{where}: the experiment has no `tune:` section (see grpo_zoo/tuning/space.py)")
+        raise ConfigError(f"{where}: the experiment has no `tune:` section (see grpo_zoo/launch/tuning/space.py)")
     unknown = set(raw) - TUNE_KEYS
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(TUNE_KEYS))})")
@@ -204,7 +204,7 @@ def trial_config(base: dict, spec: TuneSpec, params: dict[str, Any], run_dir: st
         data = deep_merge(data, {"budget": {"steps": None, "device_hours": None, "flops": None, **spec.budget}})
     data = deep_merge(data, {"data": {"eval_every": 0}})  # the rungs decide when to evaluate
     data = apply_overrides(data, dict(params))
-    from grpo_zoo.config import to_dict
+    from grpo_zoo.config.schema import to_dict
 
     return to_dict(build(RunConfig, data))
 
@@ -213,7 +213,7 @@ def check_spaces(spec: TuneSpec, bases: dict[str, dict], where: str) -> None:
     """Before the first trial: every value of every search space (each choice; low and high of a
     range), and every enqueued trial, gives a run config that passes the sweep's checks (the
     trainer's `check`: algorithm against schedule, reward, prompts, model path)."""
-    from grpo_zoo.preflight import check
+    from grpo_zoo.training.preflight import check
 
     def checked(v: str, params: dict) -> None:
         check(build(RunConfig, trial_config(bases[v], spec, params, "/tmp/grpo-zoo-tune-check")))

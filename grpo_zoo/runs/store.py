@@ -35,274 +35,28 @@ of that step is written), `checkpoint_write` (a checkpoint staged, not yet publi
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import sys
-import threading
 import time
-import weakref
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.tracking import open_tracker
+from grpo_zoo.runs.files import atomic_write, say
+from grpo_zoo.runs.identity import budget_shrinks, run_difference
+from grpo_zoo.runs.metrics import MetricsError, parse_metrics, read_metrics, split_lines
+from grpo_zoo.runs.signals import critical, test_point
+from grpo_zoo.runs.tracking import open_tracker
 
 CONFIG, META, METRICS, STATUS, COMPLETED = "config.yaml", "meta.json", "metrics.jsonl", "status.json", "COMPLETED"
-LOCK = "lock"
 EXPERIMENT = "experiment.json"
 """In an experiment's folder (RUNS_DIR/<experiment>), beside its runs: written by the sweep, read
 by the report (the variants in the experiment's order, the declared baseline)."""
-
-
-class MetricsError(ConfigError):
-    """A metrics file that does not parse: the message names file:line."""
-
-
-class RunBusy(ConfigError):
-    """Another live process holds the run directory's lock (it must not be written to)."""
-
-
-def say(text: str) -> None:
-    """One line about the run directory, to stderr."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def test_point(name: str, step: int | None = None) -> None:
-    """GRPO_ZOO_KILL_AT / GRPO_ZOO_STOP_AT=POINT[@STEP]: SIGKILL / SIGSTOP this process here."""
-    for var, sig in (("GRPO_ZOO_KILL_AT", signal.SIGKILL), ("GRPO_ZOO_STOP_AT", signal.SIGSTOP)):
-        point, _, at = os.environ.get(var, "").partition("@")
-        if point == name and (not at or (step is not None and int(at) == step)):
-            os.kill(os.getpid(), sig)
-
-
-# -- exit signals -------------------------------------------------------------------------
-class Terminated(BaseException):
-    """SIGTERM or SIGINT arrived: the run records `terminated` / `interrupted` and ends."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-        self.status = "interrupted" if signum == signal.SIGINT else "terminated"
-
-
-_critical = {"depth": 0, "pending": None}
-
-
-@contextlib.contextmanager
-def critical():
-    """A write that a TERM or INT must not cut in half: the signal takes effect after it."""
-    _critical["depth"] += 1
-    try:
-        yield
-    finally:
-        _critical["depth"] -= 1
-        if _critical["depth"] == 0 and _critical["pending"] is not None:
-            signum, _critical["pending"] = _critical["pending"], None
-            raise Terminated(signum)
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    if _critical["depth"]:
-        _critical["pending"] = signum
-        return
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def exit_signals():
-    """TERM and INT raise `Terminated` inside this block (outside any `critical` write).
-
-    A handler someone else installed is left alone: under submitit, TERM stays its
-    logged no-op and USR2 its checkpoint-and-requeue, so preemption keeps working."""
-    installed = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler)):
-            if signal.getsignal(sig) is default:
-                installed[sig] = signal.signal(sig, _on_signal)
-    try:
-        yield
-    finally:
-        for sig, old in installed.items():
-            signal.signal(sig, old)
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with critical():
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-
-# -- metrics files --------------------------------------------------------------------------
-def _parse_row(path: Path, lineno: int, raw: bytes) -> dict:
-    where = f"{path}:{lineno}"
-    try:
-        row = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        what = "an empty line" if not raw.strip() else f"not JSON ({err})"
-        raise MetricsError(f"{where}: {what}; the metrics file is damaged") from None
-    if not isinstance(row, dict):
-        raise MetricsError(f"{where}: a {type(row).__name__}, not a row object; the metrics file is damaged")
-    step = row.get("step")
-    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(row.get("kind"), str):
-        raise MetricsError(f"{where}: a row without an integer `step` and a `kind`; the metrics file is damaged")
-    return row
-
-
-def parse_metrics(path: Path, lines: list[bytes]) -> list[dict]:
-    """Complete lines into rows: each one JSON object; steps never go back, no train step twice."""
-    rows: list[dict] = []
-    last_step, last_train = None, None
-    for n, raw in enumerate(lines, 1):
-        row = _parse_row(path, n, raw)
-        if last_step is not None and row["step"] < last_step:
-            raise MetricsError(f"{path}:{n}: step {row['step']} after step {last_step}; rows are doubled or mixed")
-        if row["kind"] == "train" and last_train is not None and row["step"] <= last_train:
-            raise MetricsError(f"{path}:{n}: a second train row for step {row['step']}; rows are doubled")
-        last_step = row["step"]
-        last_train = row["step"] if row["kind"] == "train" else last_train
-        rows.append(row)
-    return rows
-
-
-def split_lines(path: Path) -> tuple[list[bytes], bytes]:
-    """(complete lines, the torn tail: a last line without its newline, b"" if none)."""
-    data = path.read_bytes() if path.exists() else b""
-    lines = data.split(b"\n")
-    tail = lines.pop()
-    return lines, tail
-
-
-def read_metrics(path: Path, torn_tail_ok: bool = True) -> tuple[list[dict], str | None]:
-    """The rows of a metrics file and a note when its last line was torn (MetricsError on damage).
-
-    A last line without its newline is the row a writer was writing (or a kill cut): it is
-    left out with a note when `torn_tail_ok` (a run that may still be writing), else an error."""
-    lines, tail = split_lines(path)
-    rows = parse_metrics(path, lines)
-    if not tail:
-        return rows, None
-    where = f"{path}:{len(lines) + 1}"
-    if not torn_tail_ok:
-        raise MetricsError(f"{where}: the last row is cut off (no newline) although the run ended; the file is damaged")
-    return rows, f"{where}: left out the last row, cut off mid-write"
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}."))
-    return out
-
-
-def config_difference(old: dict, new: dict) -> str | None:
-    """The first dotted key whose value differs, as `key: old -> new` (None if equal)."""
-    a, b = _flat(old), _flat(new)
-    for key in sorted(set(a) | set(b)):
-        if a.get(key, "<unset>") != b.get(key, "<unset>"):
-            return f"{key}: {a.get(key, '<unset>')!r} -> {b.get(key, '<unset>')!r}"
-    return None
-
-
-ADDRESS = ("run_dir", "logging")
-"""Config fields that say where a run lives and where it is mirrored, not what it computes."""
-
-
-def run_identity(config: dict) -> dict:
-    """The part of a resolved run config that makes it the run it is (every field but ADDRESS)."""
-    return {k: v for k, v in (config or {}).items() if k not in ADDRESS}
-
-
-def run_difference(stored: dict, config: dict) -> str | None:
-    """The one "same run" rule: why `config` is not the run `stored` in a directory (None: it is).
-
-    Used by RunDir.check_config (train, the trainer) and by the sweep's run_state. ADDRESS
-    fields never count, and neither does the budget: it says where a run stops, not what it
-    computes. An unfinished run resumes and stops at the new budget; a finished one given a
-    larger budget continues from its last checkpoint (extended, the new budget recorded in
-    its config.yaml); a smaller budget than a finished run had is refused (`budget_shrinks`):
-    its rows are already past it.
-    """
-    strip = lambda d: {k: v for k, v in run_identity(d).items() if k != "budget"}  # noqa: E731
-    return config_difference(strip(stored), strip(config))
-
-
-def budget_shrinks(stored: dict, config: dict) -> str | None:
-    """`budget.<field>: old -> new` for the first limit that `config` lowers (None: none does;
-    a limit removed, null, is no lower)."""
-    old, new = (stored or {}).get("budget") or {}, (config or {}).get("budget") or {}
-    for key, was in old.items():
-        now = new.get(key)
-        if isinstance(was, (int, float)) and isinstance(now, (int, float)) and now < was:
-            return f"budget.{key}: {was} -> {now}"
-    return None
-
-
-# -- one writer -----------------------------------------------------------------------------
-def _holder_text(raw: str) -> str:
-    try:
-        h = json.loads(raw)
-        job = f"job {h['job_id']}, " if h.get("job_id") else ""
-        return f"{job}host {h.get('host')}, pid {h.get('pid')}"
-    except (json.JSONDecodeError, TypeError, AttributeError):
-        return "another process"
-
-
-class RunLock:
-    """One writer per run directory: an exclusive flock on RUN/lock, which holds the writer's
-    job id (SLURM_JOB_ID), host and pid. The kernel drops the flock when its process dies
-    (SIGKILL included), so a lock left by a dead writer is taken over, said in one line."""
-
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK
-        self._release: weakref.finalize | None = None
-
-    def acquire(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder_text(os.pread(fd, 4096, 0).decode(errors="replace"))
-            os.close(fd)
-            raise RunBusy(
-                f"run_dir: {self.path.parent} is being written by {holder}; one writer per run directory "
-                "(wait for it to end, stop it, or choose another run_dir)"
-            ) from None
-        old = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        if old:
-            say(f"note: run_dir: took over the lock of {_holder_text(old)}, which ended without releasing it")
-        me = {"job_id": os.environ.get("SLURM_JOB_ID"), "host": platform.node(), "pid": os.getpid()}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        os.fsync(fd)
-        # released by release(), when this object is collected (a trainer that failed to
-        # build) or at exit; only a SIGKILL leaves the file's content behind (a stale lock)
-        self._release = weakref.finalize(self, _unlock, fd)
-        return self
-
-    def release(self) -> None:
-        if self._release is not None:
-            self._release()
-
-
-def _unlock(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.ftruncate(fd, 0)
-    os.close(fd)  # closing the last descriptor drops the flock
 
 
 def git_commit() -> str | None:

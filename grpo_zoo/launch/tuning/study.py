@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 
 from grpo_zoo.errors import ConfigError, readable_file, writable_file
-from grpo_zoo.trainer import Hook, StopRun
+from grpo_zoo.training.trainer import Hook, StopRun
 
 DIRECTION = "maximize"
 
@@ -254,6 +254,6 @@ class TrialReporter(Hook):
 
 def job_alive(executor: str, job_id: str | None) -> bool:
     """Whether a trial's job (from a driver that died) still runs (or is queued): then it is waited for."""
-    from grpo_zoo.jobs import is_active, job_state
+    from grpo_zoo.launch.jobs import is_active, job_state
 
     return is_active(job_state(executor, job_id))
