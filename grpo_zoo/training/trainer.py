@@ -8,7 +8,8 @@ One iteration is five named steps, each returning a typed result:
     update     -> UpdateStats       minibatches through the objective (grpo_zoo/training/update.py)
 then the meter and one metrics row. The loop never looks at the algorithm's name.
 
-Beside it: preflight.py, update.py, evaluation.py, checkpoint.py, ending.py (status on
+The loop around the iterations is loop.py (RunLoop); beside them: preflight.py, update.py,
+evaluation.py, checkpoint.py, ending.py (status on
 every way out); the data types in grpo_zoo/core/contract.py. Each rank owns P / world whole
 prompt groups; rewards are gathered so advantages see the whole batch. Every generator is
 seeded from (seed, step, rank, purpose), so a resumed run draws exactly what an
@@ -17,10 +18,7 @@ uninterrupted one would; algorithm and objective state are saved with every chec
 
 from __future__ import annotations
 
-import math
-
 import torch
-from tqdm import tqdm
 
 from grpo_zoo import rewards
 from grpo_zoo.config.run import RunConfig
@@ -32,11 +30,10 @@ from grpo_zoo.core.ema import EMA
 from grpo_zoo.cost.flops import policy_flops
 from grpo_zoo.cost.meter import Meter
 from grpo_zoo.errors import NonFiniteError
-from grpo_zoo.runs import RunDir, RunLock, exit_signals
-from grpo_zoo.training.checkpoint import load_newest, save
-from grpo_zoo.training.ending import recorded
-from grpo_zoo.training.evaluation import evaluate, write_eval_videos
+from grpo_zoo.runs import RunDir, RunLock
+from grpo_zoo.training.checkpoint import load_newest
 from grpo_zoo.training.hooks import Hook, StopRun
+from grpo_zoo.training.loop import RunLoop
 from grpo_zoo.training.preflight import check, preflight
 from grpo_zoo.training.rollout import rollout
 from grpo_zoo.training.seeding import generator, rank_from_env
@@ -45,7 +42,9 @@ from grpo_zoo.training.update import UpdateStats, update
 __all__ = ["Hook", "NonFiniteError", "StopRun", "Trainer", "check"]
 
 
-class Trainer:
+class Trainer(RunLoop):
+    """Builds everything a run needs (once) and runs one iteration; the loop around it is RunLoop's."""
+
     def __init__(self, cfg: RunConfig, progress: bool = True, hooks: list[Hook] | None = None):
         pre = preflight(cfg)
         if cfg.engine.threads:
@@ -182,94 +181,3 @@ class Trainer:
         row["stats/transitions"] = float(self.engine.all_reduce_sum(torch.tensor([float(len(prep.items))]))[0])
         row.update(stats.row())
         return row
-
-    # -- evaluation and checkpoints ------------------------------------------------------------
-    def evaluate(self) -> dict:
-        return evaluate(self)
-
-    def save_checkpoint(self) -> None:
-        state = {
-            "step": self.step,
-            **{key: part.state_dict() for key, part in self.stateful.items()},
-            "torch_rng": torch.get_rng_state(),
-            "last_eval": self.last_eval,  # a resumed run does not repeat a finished evaluation
-            "metrics_rows": self.run.rows_written if self.rank == 0 else None,  # the rows a resume keeps
-        }
-        save(self.run, self.engine, self.step, self.rank, state)
-
-    def evaluate_and_log(self) -> dict:
-        row = self.evaluate()
-        self._log(row)
-        if not math.isfinite(row["eval/reward"]):
-            raise NonFiniteError(f"non-finite eval reward at step {self.step}")
-        self.last_eval = (self.step, row)
-        for hook in self.hooks:
-            hook.on_eval(self, row)
-        return row
-
-    def budget_fraction(self) -> float:
-        """How much of the budget is spent (the largest fraction over the budgets set)."""
-        return self.meter.fraction(self.cfg.budget, self.step)
-
-    def _log(self, row: dict) -> None:
-        self.meter.total.device_seconds = self.engine.broadcast_float(self.meter.total.device_seconds)
-        full = {"step": self.step, **row, **self.meter.total.as_metrics()}
-        if self.rank == 0:
-            self.run.log(full)
-
-    # -- the loop ------------------------------------------------------------------------------
-    def train(self) -> dict:
-        # TERM / INT raise inside; every way out is recorded in status.json (grpo_zoo/training/ending.py)
-        try:
-            with exit_signals(), recorded(self.run, self.rank, lambda: self.step):
-                return self._train()
-        finally:
-            self.engine.close()
-            if self.lock is not None:
-                self.lock.release()
-
-    def _train(self) -> dict:
-        cfg = self.cfg
-        bar = tqdm(total=cfg.budget.steps, initial=self.step, desc=cfg.algorithm.name, disable=not self.progress or self.rank != 0, dynamic_ncols=True)  # fmt: skip
-        self.meter.pause()
-        status = "completed"
-        try:
-            for hook in self.hooks:
-                hook.on_start(self)
-            if self.step == 0:
-                self.evaluate_and_log()
-                self.meter.pause()
-            while (reason := self.meter.exhausted(cfg.budget, self.step)) is None:
-                row = self.iteration()
-                self.step += 1
-                self.meter.tick()
-                self._log(row)
-                bar.update(1)
-                bar.set_postfix(reward=f"{row['reward/mean']:.3f}")
-                if cfg.data.eval_every > 0 and self.step % cfg.data.eval_every == 0:
-                    self.evaluate_and_log()
-                for hook in self.hooks:
-                    hook.after_iteration(self)
-                if self.step % cfg.checkpoint_every == 0:
-                    self.save_checkpoint()
-                self.meter.pause()  # evaluation and checkpoint writing are not training time
-        except StopRun as stop:  # a hook ended the run: keep its last evaluation
-            status, reason = stop.status, stop.reason
-        bar.close()
-        if self.last_eval is None or (status == "completed" and self.last_eval[0] != self.step):
-            self.evaluate_and_log()
-        write_eval_videos(self)
-        if self.step % cfg.checkpoint_every != 0:
-            self.save_checkpoint()
-        checksums = self.engine.all_gather_cat(torch.tensor([self.engine.param_checksum()], dtype=torch.float64))
-        summary = {
-            "reason": reason,
-            "ranks_in_sync": bool((checksums == checksums[0]).all()),
-            "param_checksums": checksums.tolist(),
-            "step": self.step,
-            "eval/reward": self.last_eval[1]["eval/reward"],
-            **self.meter.total.as_metrics(),
-        }
-        if self.rank == 0:
-            self.run.complete(summary, status=status)
-        return {"status": status, **summary}
