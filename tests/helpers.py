@@ -1,12 +1,53 @@
 """Small stand-ins and helpers shared by several test files (no test file imports another)."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+TINY = {
+    "data": {"prompts_per_step": 2, "group_size": 4, "eval_samples": 4, "eval_every": 0},
+    "sampling": {"steps": 6, "eval_steps": 4},
+    "budget": {"steps": 2},
+    "checkpoint_every": 1,
+    "save_eval_videos": False,
+}
+"""The smallest toy run config section (nested; experiment files' `config:`, built configs)."""
+
+TINY_RUN = {
+    "data.prompts_per_step": 2,
+    "data.group_size": 4,
+    "sampling.steps": 6,
+    "sampling.eval_steps": 4,
+    "data.eval_samples": 4,
+    "data.eval_every": 0,
+    "checkpoint_every": 2,
+    "save_eval_videos": False,
+}
+"""The same as dotted overrides (`overrides(TINY_RUN, ...)` gives the command-line form)."""
+
+
+def overrides(*parts: dict) -> list[str]:
+    """`key=value` arguments from dotted dicts (later ones win), YAML-spelled (false, null)."""
+    merged = {k: v for part in parts for k, v in part.items()}
+    spell = lambda v: "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
+    return [f"{k}={spell(v)}" for k, v in merged.items()]
+
+
+def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m module args` in the repository root, without this process's rendezvous."""
+    from grpo_zoo.training.engine import RENDEZVOUS_KEYS
+
+    inherited = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_KEYS}  # never a parent's rendezvous
+    full_env = {**inherited, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, env=full_env, timeout=timeout
+    )
 
 
 def clean_env() -> dict:

@@ -15,16 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .helpers import ROOT, TINY
 
 BASE = str(ROOT / "experiments" / "toy" / "base.yaml")
-TINY = {
-    "data": {"prompts_per_step": 2, "group_size": 4, "eval_samples": 4, "eval_every": 0},
-    "sampling": {"steps": 6, "eval_steps": 4},
-    "budget": {"steps": 2},
-    "checkpoint_every": 1,
-    "save_eval_videos": False,
-}
 NOT_WRITABLE = "/proc/1"  # no one may create files here, root included (chmod does not bind root)
 
 
@@ -643,7 +636,7 @@ def test_the_run_directory_is_unchanged_by_all_of_them(place):
 def test_evaluate_scores_a_run_directory_and_its_checkpoint_as_the_run_did(tmp_path, capsys):
     from grpo_zoo.toy.evaluate import main as evaluate
 
-    from .conftest import run_module
+    from .helpers import run_module
 
     run = tmp_path / "run"
     overrides = [f"{k}={v}" for k, v in {"data.eval_samples": 4, "sampling.eval_steps": 4, "budget.steps": 1}.items()]

@@ -12,7 +12,7 @@ import pytest
 
 from tests import golden
 
-from .conftest import run_module
+from .helpers import run_module
 
 VARIANTS = golden.variants()
 

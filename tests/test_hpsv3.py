@@ -18,7 +18,7 @@ import torch
 
 from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, png_b64, sample_frames
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, run_module
 
 VENV = ROOT / ".venv-hpsv3"
 SERVICE = ROOT / "grpo_zoo" / "rewards" / "hpsv3_service"

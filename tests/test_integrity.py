@@ -20,7 +20,7 @@ import pytest
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import MetricsError, RunDir, RunLock
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, run_module
 from .test_report import fake_run
 from .test_trainer import SMALL
 

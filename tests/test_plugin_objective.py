@@ -12,13 +12,13 @@ import pytest
 
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, install_plugin, readme_block
+from .helpers import ROOT, TINY_RUN, install_plugin, overrides, readme_block
 
-SMALL = [
-    "model.lora_rank=4", "data.prompts_per_step=2", "data.group_size=4", "sampling.steps=6", "sampling.eval_steps=2",
-    "data.eval_samples=4", "data.eval_every=0", "checkpoint_every=2", "save_eval_videos=false", "optim.lr=1e-3",
-    "engine.threads=1", "algorithm.name=flow_dpo", "algorithm.dpo_beta=200",
-]  # fmt: skip
+SMALL = overrides(
+    TINY_RUN,
+    {"sampling.eval_steps": 2, "model.lora_rank": 4, "optim.lr": 1e-3, "engine.threads": 1},
+    {"algorithm.name": "flow_dpo", "algorithm.dpo_beta": 200},
+)
 WALL_CLOCK = ("compute/device_seconds", "compute/device_hours")
 
 

@@ -16,7 +16,7 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import RunDir
 from grpo_zoo.training.preflight import check
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, run_module
 
 WAN = ROOT / "experiments" / "wan2.1"
 TINY_WAN_ARGS = [

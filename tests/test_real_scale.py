@@ -9,7 +9,7 @@ from grpo_zoo.config.run import ModelConfig, RunConfig
 from grpo_zoo.config.schema import build
 from grpo_zoo.core.algorithm import PlanContext
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 WAN = ROOT / "experiments" / "wan2.1"
 
@@ -211,7 +211,7 @@ def test_memory_of_the_update_matches_the_profiled_peak(gpu_check_model, tmp_pat
 def test_estimate_prints_memory_and_a_verdict(tmp_path):
     import json
 
-    from .conftest import run_module
+    from .helpers import run_module
 
     out = run_module("grpo_zoo.estimate", str(WAN / "1.3b.yaml"), "--gpus", "8", "--format", "json")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -234,7 +234,7 @@ def test_estimate_prints_memory_and_a_verdict(tmp_path):
 def test_gpu_check_runs_on_cpu_at_tiny_width():
     import json
 
-    from .conftest import run_module
+    from .helpers import run_module
 
     out = run_module("benchmarks.gpu", "--width", "tiny", "--steps", "10", "--group", "2")
     assert out.returncode == 0, out.stderr[-3000:]

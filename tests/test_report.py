@@ -12,7 +12,7 @@ from grpo_zoo.analysis.tables import ablation, efficiency, render, table1
 from grpo_zoo.report import main as report_main
 from grpo_zoo.report import write_report
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, run_module
 
 
 def fake_run(

@@ -6,22 +6,11 @@ import sys
 
 import pytest
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, TINY_RUN, overrides, run_module
 
 WALL_CLOCK = ("compute/device_seconds", "compute/device_hours")
-TINY = [
-    "data.prompts_per_step=2",
-    "data.group_size=4",
-    "sampling.steps=6",
-    "sampling.eval_steps=4",
-    "data.eval_samples=4",
-    "data.eval_every=2",
-    "budget.steps=null",
-    "budget.flops=1.3e10",  # 3 iterations of this config (4.6e9 FLOPs each)
-    "checkpoint_every=2",
-    "save_eval_videos=false",
-    "engine.threads=1",
-]
+TINY = overrides(TINY_RUN, {"data.eval_every": 2, "budget.steps": None, "budget.flops": 1.3e10, "engine.threads": 1})
+"""3 iterations of this config (4.6e9 FLOPs each)."""
 HOG = "import torch\ntorch.set_num_threads(2)\na = torch.randn(600, 600)\nwhile True:\n    a = (a @ a).tanh()\n"
 
 

@@ -25,8 +25,7 @@ from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.runs import RunDir
 from grpo_zoo.training.rollout import rollout
 
-from .conftest import ROOT
-from .helpers import CountingPolicy, install_plugin, readme_block
+from .helpers import ROOT, CountingPolicy, install_plugin, overrides, readme_block
 
 SMALL = {
     "model.lora_rank": 0,
@@ -399,7 +398,7 @@ def test_readme_example_installs_as_a_plugin_and_trains(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    args = [f"{k}={v}" for k, v in SMALL.items()] + ["budget.steps=2", f"run_dir={tmp_path / 'run'}"]
+    args = overrides(SMALL) + ["budget.steps=2", f"run_dir={tmp_path / 'run'}"]
     out = subprocess.run(
         [sys.executable, "-m", "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), "algorithm.name=random_steps",
          *args],
@@ -451,7 +450,7 @@ def test_uneven_transitions_across_ranks_step_together_and_count_exactly(tmp_pat
     """Two ranks holding 1 and 12 trained transitions (rank 0 has an empty minibatch): both
     step together, end in sync, and the meter counts exactly what ran on each."""
     env = install_plugin(tmp_path, "uneven", UNEVEN)
-    args = [f"{k}={v}" for k, v in SMALL.items()] + ["budget.steps=2", "engine.zero_stage=2"]
+    args = overrides(SMALL) + ["budget.steps=2", "engine.zero_stage=2"]
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", "-m",
          "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), "algorithm.name=uneven",

@@ -24,7 +24,7 @@ import torch
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.rewards.hpsv3 import HPSv3Reward, ServiceError, png_b64
 
-from .conftest import ROOT
+from .helpers import ROOT
 from .test_hpsv3 import tiny_hpsv3  # noqa: F401 - the tiny HPSv3 fixture, for the real service
 
 pytest.importorskip("fastapi")

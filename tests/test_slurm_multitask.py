@@ -19,7 +19,7 @@ import yaml
 
 from grpo_zoo.runs import RunDir
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, run_module
 from .test_sweep import TINY
 from .test_trainer import SMALL
 

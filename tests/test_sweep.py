@@ -15,15 +15,7 @@ from grpo_zoo.config.schema import build, load_config_file, to_dict
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import RunDir
 
-from .conftest import ROOT, run_module
-
-TINY = {
-    "data": {"prompts_per_step": 2, "group_size": 4, "eval_samples": 4, "eval_every": 0},
-    "sampling": {"steps": 6, "eval_steps": 4},
-    "budget": {"steps": 2},
-    "checkpoint_every": 1,
-    "save_eval_videos": False,
-}
+from .helpers import ROOT, TINY, run_module
 
 
 def write_experiment(tmp_path: Path, name: str, variants: dict, config: dict | None = None, **extra) -> Path:

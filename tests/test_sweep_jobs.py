@@ -13,7 +13,7 @@ import pytest
 from grpo_zoo.launch.jobs import is_active, job_state
 from grpo_zoo.runs import RunDir
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, run_module
 from .test_sweep import slurm_sweep, write_experiment
 
 DROP = ("compute/device_seconds", "compute/device_hours")

@@ -13,21 +13,9 @@ import torch
 from grpo_zoo.runs import RunDir
 from tests import golden
 
-from .conftest import ROOT
+from .helpers import ROOT, TINY_RUN, overrides
 
-SMALL = [
-    "data.prompts_per_step=2",
-    "data.group_size=4",
-    "sampling.steps=6",
-    "sampling.eval_steps=4",
-    "data.eval_samples=4",
-    "data.eval_every=0",
-    "budget.steps=2",
-    "checkpoint_every=2",
-    "save_eval_videos=false",
-    "optim.lr=1e-3",
-    "model.lora_rank=0",
-]
+SMALL = overrides(TINY_RUN, {"budget.steps": 2, "optim.lr": 1e-3, "model.lora_rank": 0})
 # every registered algorithm and its ablation switches, enumerated from the registry ...
 VARIANTS = {name: golden.algorithm_args(fields) for name, fields in golden.variants().items()}
 # ... and options of the shared engine, each on a registered algorithm

@@ -18,7 +18,7 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.launch.tuning.space import parse_tune
 from grpo_zoo.launch.tuning.study import normalize_storage, open_storage
 
-from .conftest import ROOT, run_module
+from .helpers import ROOT, run_module
 
 FAST = {
     "data": {"prompts_per_step": 2, "group_size": 4, "eval_samples": 8},

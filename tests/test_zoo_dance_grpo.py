@@ -14,7 +14,7 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.training.rollout import rollout
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 P, G = 3, 4
 

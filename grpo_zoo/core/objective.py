@@ -38,6 +38,7 @@ from grpo_zoo.core.registry import discover
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import sde_step, transition_mean
 from grpo_zoo.flow.sde import StepTable
+from grpo_zoo.models.base import cfg_multiplier
 
 _OBJECTIVES: dict[str, type[Objective]] = {}
 
@@ -87,11 +88,6 @@ class Runtime:
     """The empty prompt's embedding (CFG), or None without guidance."""
     dtype: torch.dtype
     device: torch.device
-
-
-def cfg_multiplier(guidance: float) -> int:
-    """Transformer passes per sample of a forward at CFG scale `guidance` (2 under CFG)."""
-    return 2 if float(guidance) != 1.0 else 1
 
 
 class Objective:
@@ -203,7 +199,7 @@ class Objective:
         return {n: p for n, p in self.policy.net.named_parameters() if p.requires_grad}
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        null = self.runtime.null_emb if self.guidance != 1.0 else None
+        null = self.runtime.null_emb if cfg_multiplier(self.guidance) > 1 else None
         v = self.policy.velocity(x.to(self.dtype), sigma, emb, null, self.guidance)
         return v.float()
 

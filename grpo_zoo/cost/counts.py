@@ -8,8 +8,8 @@ import torch
 from grpo_zoo.core import algorithm as algorithms
 from grpo_zoo.core import objective as objectives
 from grpo_zoo.core.contract import AdvantageContext, PlanContext
-from grpo_zoo.core.objective import cfg_multiplier
 from grpo_zoo.cost.flops import GPUS, flops_per_nfe
+from grpo_zoo.models.base import cfg_multiplier
 from grpo_zoo.training.preflight import sampling_tables
 from grpo_zoo.training.seeding import generator
 
@@ -21,7 +21,7 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
     objective = objectives.get(alg.objective)
     table, _ = sampling_tables(s)
     obj = objective(cfg.algorithm, cfg.optim, s, table)  # priced from the settings, no runtime
-    cfg_mult = objectives.cfg_multiplier(s.guidance)
+    cfg_mult = cfg_multiplier(s.guidance)
     local = cfg.data.prompts_per_step // world
     rollout = trained = made = 0
     for rank in range(world):

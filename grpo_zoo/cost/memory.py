@@ -34,6 +34,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from grpo_zoo.models.base import cfg_multiplier
+
 GB = 1e9
 GPU_MEMORY_GB = {"h100": 80, "h200": 141, "h800": 80, "a100": 80, "a800": 80, "l40s": 48, "b200": 192}
 RESERVE_GB = 2.0
@@ -204,7 +206,7 @@ def phase_bytes(cfg, world: int) -> dict[str, float]:
     m, d = cfg.model, cfg.data
     key = (
         repr(m),
-        cfg.sampling.guidance != 1.0,
+        cfg_multiplier(cfg.sampling.guidance),
         d.prompts_per_step // world,
         d.group_size,
         update_rows(cfg),
@@ -228,7 +230,7 @@ def _phase_bytes(cfg, world: int) -> dict[str, float]:
     tconf, vconf, _ = _configs(cfg.model)
     _, latent, text_dim = model_shapes(cfg.model)
     dtype = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float32
-    cfg_mult = 2 if cfg.sampling.guidance != 1.0 else 1
+    cfg_mult = cfg_multiplier(cfg.sampling.guidance)
     local = cfg.data.prompts_per_step // world * cfg.data.group_size
     tokens = cfg.model.max_tokens
 

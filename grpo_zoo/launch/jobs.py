@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import traceback
 from pathlib import Path
 
@@ -91,6 +92,10 @@ def _local_alive(job_id: str) -> bool:
     return b"submitit" in command or b"grpo_zoo" in command  # not another process that reused the pid
 
 
+DEBUGGER = "GRPO_ZOO_PDB"
+"""Set (to anything) to let a failing job of the debug executor open submitit's post-mortem pdb."""
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     def __init__(self, config: dict, threads: int | None = None, hooks: list | None = None):
         self.config = config
@@ -99,7 +104,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         from grpo_zoo.config.run import RunConfig
-        from grpo_zoo.config.schema import build
+        from grpo_zoo.config.schema import build, to_dict
         from grpo_zoo.runs import RunBusy, RunDir
 
         if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
@@ -110,8 +115,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             torch.set_num_threads(self.threads)
         cfg = build(RunConfig, self.config)
         run = RunDir(cfg.run_dir)
-        if run.is_complete():
-            return run.status()
+        if run.is_complete() and run.config().get("budget") == to_dict(cfg)["budget"]:
+            return run.status()  # done; a raised budget extends it below
         from grpo_zoo.training.trainer import NonFiniteError, Trainer
 
         try:
@@ -121,9 +126,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         except RunBusy:  # another live trainer writes this directory: its status is its own
             raise
         except Exception as err:
+            reason = f"{type(err).__name__}: {err}"
             if int(os.environ.get("RANK", "0")) == 0:
                 run.path.mkdir(parents=True, exist_ok=True)
-                run.set_status(
-                    "failed", reason=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-4000:]
-                )
+                run.set_status("failed", reason=reason, traceback=traceback.format_exc()[-4000:])
+            if "SUBMITIT_DEBUG_JOB_ID" in os.environ and not os.environ.get(DEBUGGER):
+                # the debug executor would open pdb on an escaping error: a failed run is its status
+                print(f"{cfg.run_dir}: failed: {reason}", file=sys.stderr, flush=True)
+                return {"status": "failed", "reason": reason}
             raise

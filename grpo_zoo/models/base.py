@@ -20,6 +20,14 @@ import torch
 from grpo_zoo.flow.schedules import NUM_TRAIN_TIMESTEPS
 
 
+def cfg_multiplier(guidance: float, null_emb: object = True) -> int:
+    """Transformer passes per sample of a velocity at CFG scale `guidance`: 2 (conditional and
+    unconditional in one batched forward) when guidance != 1 and there is an unconditional
+    embedding, else 1. The one rule every counter uses (rollout, evaluation, meter, estimate,
+    memory model)."""
+    return 2 if float(guidance) != 1.0 and null_emb is not None else 1
+
+
 class Policy(torch.nn.Module):
     latent_shape: tuple[int, ...]
     """(C, F, H, W) of one latent video."""
@@ -55,7 +63,7 @@ class Policy(torch.nn.Module):
         self, x: torch.Tensor, sigma: torch.Tensor, emb: torch.Tensor, null_emb: torch.Tensor | None, guidance: float
     ) -> torch.Tensor:
         """v with classifier-free guidance: v_u + g (v_c - v_u) in one batched forward (g > 1)."""
-        if guidance == 1.0 or null_emb is None:
+        if cfg_multiplier(guidance, null_emb) == 1:
             return self.raw_velocity(x, sigma, emb)
         null = null_emb.expand(len(x), *null_emb.shape[1:])
         both = self.raw_velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([emb, null]))

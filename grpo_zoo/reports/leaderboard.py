@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "experiments/zoo/leaderboard.yaml"
 CLAIMS = ROOT / "experiments/zoo/claims.yaml"
 FOLDER = "leaderboard"

@@ -24,7 +24,7 @@ EXPERIMENTS = {
     "ablation": "experiments/paper/ablation_grouping_rectification.yaml",
 }
 FOLDERS = {"efficiency": "efficiency", "collapse": "collapse", "ablation": "ablation_grouping_rectification"}
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = {"flow_grpo": "Flow-GRPO", "flash_grpo": "Flash-GRPO"}
 """How the claims' text names the paper's variants."""
 FULL, PER_SAMPLE, NO_RECTIFY, NEITHER = (

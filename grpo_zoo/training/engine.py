@@ -174,8 +174,17 @@ class Engine:
             raise RuntimeError(f"no engine checkpoint under {directory}")
 
     def close(self) -> None:
-        """Tear the process group down (a must at exit), and the rendezvous variables set for it."""
+        """Tear the process group down (a must at exit), and the rendezvous variables set for it.
+
+        Through DeepSpeed's own teardown, which also drops the groups it cached: a later Engine
+        in the same process (the debug executor's next job, the tests) starts clean instead of
+        meeting a stale group ("Group ... is not registered")."""
         if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+            import deepspeed.comm
+
+            if deepspeed.comm.comm.cdb is not None:
+                deepspeed.comm.destroy_process_group()
+            else:
+                dist.destroy_process_group()
         for key in getattr(self, "rendezvous_keys", []):
             os.environ.pop(key, None)

@@ -22,7 +22,7 @@ import torch
 from grpo_zoo.core.contract import Plan, RolloutResult, Transitions
 from grpo_zoo.flow.multistep import ODE_SOLVERS, dpm2_ratio, velocity_of
 from grpo_zoo.flow.sde import StepTable, ode_step, sde_step
-from grpo_zoo.models.base import Policy
+from grpo_zoo.models.base import Policy, cfg_multiplier
 
 
 def initial_noise(plan: Plan, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
@@ -77,7 +77,7 @@ def rollout(
     held = None if plain else torch.zeros_like(x)  # each row's data prediction of its last model call
     hist = torch.zeros_like(x) if solver == "dpm2" else None  # the model's own data prediction there
     hist_sigma = torch.full((b,), float("nan"), dtype=torch.float64)  # its sigma (NaN: none yet)
-    cfg_mult = 2 if (guidance != 1.0 and null_emb is not None) else 1
+    cfg_mult = cfg_multiplier(guidance, null_emb)
     nfe = 0
     logp_all = torch.zeros(b, t)
     recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight", "v_sample")}
@@ -191,7 +191,7 @@ def generate_ode(
     Sample i starts from noise seeded by (seed, index_offset + i), so results do not
     depend on batching or on how samples are split over ranks.
     """
-    null = policy.encode([""]) if guidance != 1.0 else None
+    null = policy.encode([""]) if cfg_multiplier(guidance) > 1 else None
     videos, nfe = [], 0
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
@@ -209,6 +209,6 @@ def generate_ode(
             sigma = table.sigma[j].float().to(device).expand(len(x))
             v = policy.velocity(x.to(dtype), sigma, emb, null, guidance).float()
             x = ode_step(x, v, table.sigma[j].float(), table.sigma_next[j].float())
-            nfe += len(x) * (2 if null is not None else 1)
+            nfe += len(x) * cfg_multiplier(guidance, null)
         videos.append(policy.decode(x).cpu())
     return torch.cat(videos), nfe

@@ -9,9 +9,8 @@ One iteration is five named steps, each returning a typed result:
 then the meter and one metrics row. The loop never looks at the algorithm's name.
 
 The loop around the iterations is loop.py (RunLoop); beside them: preflight.py, update.py,
-evaluation.py, checkpoint.py, ending.py (status on
-every way out); the data types in grpo_zoo/core/contract.py. Each rank owns P / world whole
-prompt groups; rewards are gathered so advantages see the whole batch. Every generator is
+evaluation.py, checkpoint.py, ending.py (status on every way out); the data types in
+grpo_zoo/core/contract.py. Each rank owns P / world whole prompt groups; rewards are gathered so advantages see the whole batch. Every generator is
 seeded from (seed, step, rank, purpose), so a resumed run draws exactly what an
 uninterrupted one would; algorithm and objective state are saved with every checkpoint.
 """
@@ -30,6 +29,7 @@ from grpo_zoo.core.ema import EMA
 from grpo_zoo.cost.flops import policy_flops
 from grpo_zoo.cost.meter import Meter
 from grpo_zoo.errors import NonFiniteError
+from grpo_zoo.models.base import cfg_multiplier
 from grpo_zoo.runs import RunDir, RunLock
 from grpo_zoo.training.checkpoint import load_newest
 from grpo_zoo.training.hooks import Hook, StopRun
@@ -72,7 +72,7 @@ class Trainer(RunLoop):
         self.device, self.dtype = self.engine.device, self.engine.dtype
         self.meter = Meter(self.world, flops)
         self.ema = EMA(self._trainable, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-        guided = objectives.cfg_multiplier(cfg.sampling.guidance) > 1
+        guided = cfg_multiplier(cfg.sampling.guidance) > 1
         self.null_emb = self.policy.encode([""]).to(self.device) if guided else None
         runtime = objectives.Runtime(self.policy, self.null_emb, self.dtype, self.device)
         self.objective = objective_cls(cfg.algorithm, cfg.optim, cfg.sampling, self.table, runtime)
