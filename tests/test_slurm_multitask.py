@@ -85,7 +85,7 @@ def test_sweep_submits_a_two_task_run_through_submitit(tmp_path, slurm):
     path.write_text(f"# python -m grpo_zoo.sweep {path}\n" + yaml.safe_dump(exp))
     runs = tmp_path / "runs"
     out = run_module(
-        "grpo_zoo.launch.sweep",
+        "grpo_zoo.sweep",
         str(path),
         *("--runs-dir", str(runs), "--executor", "slurm", "--cluster", "slurm/clusters/local-test.yaml"),
         *("--threads", "1", "--no-report"),

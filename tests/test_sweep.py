@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ QUICK_TWIN = {
 
 
 def sweep(*args, env=None):
-    return run_module("grpo_zoo.launch.sweep", *args, "--no-report", env=env)
+    return run_module("grpo_zoo.sweep", *args, "--no-report", env=env)
 
 
 def test_experiment_files_expand_and_validate():
@@ -104,7 +105,7 @@ def test_bad_experiment_is_one_line_exit_2(tmp_path):
 def test_local_sweep_runs_skips_and_reports(tmp_path):
     exp = write_experiment(tmp_path, "twin", QUICK_TWIN)
     runs = tmp_path / "runs"
-    out = run_module("grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(runs), "--executor", "local")
+    out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "local")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     for name in QUICK_TWIN:
         assert RunDir(runs / "twin" / f"{name}_seed0").is_complete()
@@ -119,12 +120,35 @@ def test_local_sweep_runs_skips_and_reports(tmp_path):
     assert again.returncode == 0 and "3 already finished, submitting 0" in again.stdout
 
 
+@pytest.mark.slow
+def test_debug_executor_runs_several_jobs_in_one_process_without_a_debugger(tmp_path):
+    """Three runs one after another in the sweep's own process (one DeepSpeed process group
+    after another), plus a fourth that fails: the sweep ends by itself with no stdin (no pdb),
+    the failed run's status says why, and the three others complete."""
+    variants = {
+        **QUICK_TWIN,
+        "broken": {"algorithm": {"name": "flash_grpo"}, "model": {"lora_targets": ["no_such_module"]}},
+    }
+    exp = write_experiment(tmp_path, "dbg", variants)
+    runs = tmp_path / "runs"
+    out = subprocess.run(
+        [sys.executable, "-m", "grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "debug", "--no-report"],
+        capture_output=True, text=True, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "GRPO_ZOO_PDB"},
+    )  # fmt: skip
+    assert "(Pdb)" not in out.stdout, out.stdout[-2000:]
+    for name in QUICK_TWIN:
+        assert RunDir(runs / "dbg" / f"{name}_seed0").is_complete(), out.stdout[-2000:] + out.stderr[-2000:]
+    status = RunDir(runs / "dbg" / "broken_seed0").status()
+    assert status["status"] == "failed" and status["reason"], status
+
+
 # -- against a real SLURM ------------------------------------------------------------------
 
 
 def slurm_sweep(exp, runs, slurm, *extra):
     return run_module(
-        "grpo_zoo.launch.sweep",
+        "grpo_zoo.sweep",
         str(exp),
         "--runs-dir",
         str(runs),
@@ -164,9 +188,7 @@ def test_slurm_sweep_completes_skips_and_survives_a_failing_run(tmp_path, slurm)
     exp_local = write_experiment(tmp_path, "slurm_twin", QUICK_TWIN)
     # the same thread count as the SLURM jobs: float sums split over other thread counts may
     # round otherwise (measured on AVX-512 kernels), and that is not what this compares
-    out = run_module(
-        "grpo_zoo.launch.sweep", str(exp_local), "--runs-dir", str(local_runs), "--threads", "1", "--no-report"
-    )
+    out = run_module("grpo_zoo.sweep", str(exp_local), "--runs-dir", str(local_runs), "--threads", "1", "--no-report")
     assert out.returncode == 0, out.stderr[-2000:]
     drop = ("compute/device_seconds", "compute/device_hours")
     for name in QUICK_TWIN:
@@ -219,7 +241,7 @@ def test_scontrol_requeue_resumes_from_the_checkpoint(tmp_path, slurm):
 
 def test_sweep_status_shows_runs(tmp_path):
     exp = write_experiment(tmp_path, "st", QUICK_TWIN)
-    out = run_module("grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(tmp_path), "--status")
+    out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(tmp_path), "--status")
     assert out.returncode == 0 and out.stdout.count("new") == 3
 
 

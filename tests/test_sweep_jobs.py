@@ -50,9 +50,7 @@ def steps_done(run) -> int:
 
 def uninterrupted(tmp_path, name, variants, config) -> list[dict]:
     exp = write_experiment(tmp_path / "reference", name, variants, config)
-    out = run_module(
-        "grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(tmp_path / "ref"), "--no-report", "--threads", "1"
-    )
+    out = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(tmp_path / "ref"), "--no-report", "--threads", "1")
     assert out.returncode == 0, out.stderr[-2000:]
     return rows_without_time(tmp_path / "ref" / name / f"{next(iter(variants))}_seed0")
 
@@ -68,7 +66,7 @@ def test_a_cancelled_job_ends_a_waiting_sweep_and_a_rerun_resumes_it(tmp_path, s
     # the job pauses itself (SIGSTOP) at its step-4 row, so a fast machine cannot finish the run
     # before the test cancels it; the rerun below runs without this
     env = {**os.environ, **slurm, "GRPO_ZOO_STOP_AT": "row@4"}
-    cmd = [sys.executable, "-m", "grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
+    cmd = [sys.executable, "-m", "grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
     cmd += ["--cluster", "slurm/clusters/local-test.yaml", "--threads", "1", "--no-report"]
     sweep = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -83,7 +81,7 @@ def test_a_cancelled_job_ends_a_waiting_sweep_and_a_rerun_resumes_it(tmp_path, s
     assert f"flash_seed0: ENDED (job {job_id} ended (cancelled" in out, out[-3000:]
     assert "flash_seed0" in err and "rerun the same command" in err
     assert not RunDir(run).is_complete()
-    status = run_module("grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(runs), "--status", env=slurm)
+    status = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--status", env=slurm)
     assert f"CANCELLED {job_id}" in status.stdout or f"ended {job_id}" in status.stdout, status.stdout
 
     again = slurm_sweep(exp, runs, slurm)  # the job ended: the rerun resubmits and resumes it
@@ -122,7 +120,7 @@ def look_while_it_runs(exp, runs, run, job_id: str, slurm: dict) -> None:
     assert again.returncode == 0, again.stderr[-2000:]
     assert "submitting 0" in again.stdout and f"its job {job_id} is RUNNING" in again.stdout, again.stdout
     assert recorded_job(runs, "rerun", "flash_seed0") == job_id
-    status = run_module("grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(runs), "--status", env=slurm)
+    status = run_module("grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--status", env=slurm)
     assert f"RUNNING {job_id}" in status.stdout, status.stdout
 
     # preempted and held for a requeue (whatever status.json says): still not resubmitted
@@ -135,7 +133,7 @@ def look_while_it_runs(exp, runs, run, job_id: str, slurm: dict) -> None:
     # a waiting rerun waits on that same job (released, resumed), and returns once SLURM ends it
     subprocess.run(["scontrol", "release", job_id], check=True, env=env)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env)
-    cmd = [sys.executable, "-m", "grpo_zoo.launch.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
+    cmd = [sys.executable, "-m", "grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
     cmd += ["--cluster", "slurm/clusters/local-test.yaml", "--threads", "1", "--no-report"]
     unbuffered = {**env, "PYTHONUNBUFFERED": "1"}
     waiting = subprocess.Popen(cmd, cwd=ROOT, env=unbuffered, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -50,7 +50,7 @@ def write_tune(tmp_path: Path, tune: dict, variants: dict | None = None, name: s
 
 
 def tune(exp: Path, runs: Path, *args: str, env=None) -> subprocess.CompletedProcess:
-    return run_module("grpo_zoo.launch.tune", str(exp), "--runs-dir", str(runs), "--threads", "1", *args, env=env)
+    return run_module("grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1", *args, env=env)
 
 
 def trials(storage: str, name: str) -> list:
@@ -137,7 +137,7 @@ def test_a_killed_study_resumes_without_losing_a_trial(tmp_path):
     runs = tmp_path / "runs"
     root = runs / "tiny-tune"
     storage = f"journal:{tmp_path / 'study.log'}"
-    cmd = [sys.executable, "-m", "grpo_zoo.launch.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
+    cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
     cmd += ["--storage", storage, "--n-trials", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     first = root / "flash_grpo-t0000_seed0" / "checkpoints" / "latest"
@@ -249,7 +249,7 @@ def test_two_drivers_in_parallel_on_one_storage_propose_distinct_params(tmp_path
     exp = write_tune(tmp_path, {"space": {"optim.lr": {"low": 1e-4, "high": 1e-3, "log": True}}, "n_trials": 4})
     runs = tmp_path / "runs"
     storage = f"journal:{tmp_path / 'study.log'}"
-    cmd = [sys.executable, "-m", "grpo_zoo.launch.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
+    cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
     cmd += ["--storage", storage]
     drivers = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
