@@ -64,6 +64,17 @@ def pick_device(cfg: EngineConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def skip_shm_op() -> None:
+    """Spare DeepSpeed's shared-memory all-reduce op on CPU: a C++ build at the first start of
+    every environment (one to two and a half minutes on 2 cores) that only its
+    `inference_all_reduce` uses (deepspeed/comm/torch.py); training over gloo never calls it,
+    and without the op that call falls back to the process group's all_reduce anyway."""
+    import importlib
+
+    backend = importlib.import_module("deepspeed.comm.torch")  # the submodule (`deepspeed.comm.torch` is torch)
+    backend.build_shm_op = lambda: None
+
+
 class Engine:
     """DeepSpeed around the trainable module, plus the collectives the trainer needs."""
 
@@ -76,6 +87,8 @@ class Engine:
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         backend = cfg.backend if cfg.backend != "auto" else ("nccl" if self.device.type == "cuda" else "gloo")
+        if backend == "gloo":
+            skip_shm_op()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         params = [p for p in module.parameters() if p.requires_grad]
