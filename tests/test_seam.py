@@ -19,8 +19,10 @@ import torch
 
 from grpo_zoo.config.run import RunConfig
 from grpo_zoo.core import algorithm
+from grpo_zoo.core import objective as objectives
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext
 from grpo_zoo.core.contract import AdvantageContext
+from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.runs import RunDir
 from grpo_zoo.training.rollout import rollout
@@ -276,9 +278,14 @@ def test_advantages_per_branch_group(table, registered):
 
 
 # -- objectives as plug-ins --------------------------------------------------------------
-def make_objective_algorithm(registered, objective: str, **fields):
+def make_objective_algorithm(registered, objective: str, paired: bool = True, **fields):
+    """A plugin algorithm training with `objective`; its config extends the objective's own
+    (`Objective.Config`) unless `paired` is False."""
+    own = objectives.get(objective).Config
+    base = own if paired and own is not object else AlgorithmConfig
+
     @dataclass
-    class Cfg(AlgorithmConfig):
+    class Cfg(base):
         name: str = f"with_{objective}"
         timesteps: int = 2
 
@@ -297,6 +304,13 @@ def make_objective_algorithm(registered, objective: str, **fields):
     WithObjective.objective = objective
     registered(f"with_{objective}")(WithObjective)
     return {"name": f"with_{objective}", **fields}
+
+
+def test_an_objective_paired_with_a_config_it_cannot_read_is_refused_before_any_compute(tmp_path, registered):
+    alg = make_objective_algorithm(registered, "nft", paired=False)
+    with pytest.raises(ConfigError, match=r"^algorithm.name: objective 'nft' reads the fields of DiffusionNFTConfig"):
+        train(run_config(tmp_path, "unpaired", alg, 1))
+    assert not (tmp_path / "unpaired").exists()
 
 
 @pytest.mark.parametrize("objective", ["ratio_norm_clip", "nft"])

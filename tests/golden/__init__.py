@@ -38,6 +38,13 @@ RTOL = 1e-4
 for most variants (AWM's within about 1e-4);
 1e-4 leaves room for float32 reductions split otherwise and is far below what a change of
 meaning moves (a dropped weight, a flipped sign: O(1) relative)."""
+SENSITIVE_RTOL = {"awm": 5e-3, "diffusion_nft": 5e-3}
+"""Relative tolerance of the forward-process methods, by algorithm. Their losses amplify
+float32 rounding (AWM's ghuber surrogate takes the mse to the power 0.25; NFT divides by
+the detached per-sample error), and their rows moved by up to 3e-3 relative between two x86
+machines with the same packages and thread count (an Intel and an AMD EPYC, both with ATen's
+AVX2 kernels), while every PPO variant stayed within RTOL. 5e-3 is still far below what a
+change of meaning moves."""
 ATOL = 1e-6
 """Absolute tolerance, for values that are sums of terms cancelling to about zero."""
 WALL_CLOCK_KEYS = ("compute/device_seconds", "compute/device_hours")
@@ -195,14 +202,15 @@ def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
     return records
 
 
-def _close(a, b) -> bool:
+def _close(a, b, rtol: float = RTOL) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL)
+        return math.isclose(a, b, rel_tol=rtol, abs_tol=ATOL)
     return a == b
 
 
 def compare(expected: dict, actual: dict) -> list[str]:
     """One line per difference between a stored record and a fresh one (empty: equal)."""
+    rtol = SENSITIVE_RTOL.get(expected.get("algorithm", {}).get("name"), RTOL)
     diffs = []
     exp_rows, act_rows = expected["rows"], actual["rows"]
     if [(r["step"], r["kind"]) for r in exp_rows] != [(r["step"], r["kind"]) for r in act_rows]:
@@ -214,7 +222,7 @@ def compare(expected: dict, actual: dict) -> list[str]:
         if set(e) != set(a):
             diffs.append(f"{where}: keys {sorted(set(a) ^ set(e))} only on one side (stored {sorted(set(e) - set(a))})")
         for key in sorted(set(e) & set(a)):
-            if not _close(e[key], a[key]):
+            if not _close(e[key], a[key], rtol):
                 rel = abs(a[key] - e[key]) / max(abs(e[key]), 1e-300) if isinstance(e[key], float) else float("nan")
                 diffs.append(f"{where}: {key} = {a[key]!r}, stored {e[key]!r} (rel {rel:.2e})")
     return diffs
