@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * head.count(" | ") + "---|")
     for r in rows:
         print(
-            f"| {r['config']} | {r['fwd_flops_per_nfe'] / 1e12:.1f} | {r['bwd_flops_per_nfe'] / 1e12:.1f} | "
+            f"| {r['config']} | {r['fwd_flops_per_nfe'] / 1e12:.3g} | {r['bwd_flops_per_nfe'] / 1e12:.3g} | "
             f"{r['rollout_nfe']:.0f} + {r['update_nfe']:.0f} | {r['backward']:.0f} | "
-            f"{r['flops_per_iteration'] / 1e15:.1f} | {r['gpu_hours_per_iteration']:.2f} | "
+            f"{r['flops_per_iteration'] / 1e15:.3g} | {r['gpu_hours_per_iteration']:.3g} | "
             f"{r['wall_minutes_per_iteration']:.1f} | {r['iterations_in_budget']:.0f} |"
         )
     priced = [r for r in rows if "memory" in r]

@@ -1,3 +1,4 @@
+import fcntl
 import os
 import shutil
 import subprocess
@@ -26,7 +27,10 @@ def slurm():
         if os.environ.get("CI"):
             pytest.fail("SLURM is not installed; .ci/run installs slurm-wlm and munge")
         pytest.skip("SLURM not installed (apt-get install slurm-wlm munge)")
-    out = subprocess.run(["bash", str(ROOT / "slurm/test-cluster/start.sh")], capture_output=True, text=True)
+    # one start at a time: pytest-xdist's workers each ask for the (one, shared) cluster
+    with open("/tmp/grpo-zoo-slurm.start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = subprocess.run(["bash", str(ROOT / "slurm/test-cluster/start.sh")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     conf = out.stdout.strip().split("=", 1)[1]
     return {"SLURM_CONF": conf}

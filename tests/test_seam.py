@@ -331,6 +331,28 @@ def test_objective_plugins_train_and_count_what_they_ran(tmp_path, registered, o
         assert first["stats/ratio_dev_first_minibatch"] < 1e-5  # normalised ratio is 1 on-policy
 
 
+@pytest.mark.parametrize("alg", [{"name": "flash_grpo"}, {"name": "awm"}])
+def test_estimate_prices_a_toy_run_as_its_meter_counts_it(tmp_path, alg, capsys):
+    """`python -m grpo_zoo.estimate` on a toy config: the FLOPs it prices for the first
+    iteration (from the same plan, the objective's declared passes) are what the meter counts."""
+    import json
+
+    import yaml
+
+    from grpo_zoo.config.schema import to_dict
+    from grpo_zoo.estimate import main as estimate
+
+    cfg = run_config(tmp_path, "run", alg, 1)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(to_dict(cfg)))
+    assert estimate([str(path), "--gpus", "1", "--plans", "1", "--format", "json"]) == 0
+    priced = json.loads(capsys.readouterr().out)[0]
+    rows = train(cfg)
+    spent = rows[-2]["compute/flops"] - rows[0]["compute/flops"]  # the first iteration (after the first evaluation)
+    assert [r["kind"] for r in rows] == ["eval", "train", "eval"]
+    assert priced["flops_per_iteration"] == pytest.approx(spent, rel=1e-9)
+
+
 def test_pruning_by_advantage_trains_and_counts_only_what_it_keeps(tmp_path):
     """BranchGRPO's best_worst width pruning (Algorithm.keep): the pruned transitions run no
     forward and no backward, and the counters say so."""
