@@ -120,6 +120,29 @@ def test_local_sweep_runs_skips_and_reports(tmp_path):
     assert again.returncode == 0 and "3 already finished, submitting 0" in again.stdout
 
 
+def test_a_second_sweep_of_the_same_experiment_exits_2_naming_the_first(tmp_path, capsys):
+    """The sweep holds RUNS_DIR/<experiment>/sweep.lock while it submits and waits: a second
+    sweep started beside it would submit the same runs. It gets one line and exit 2, submits
+    nothing, and runs once the first has let go."""
+    from grpo_zoo.launch.sweep import SWEEP_LOCK, SWEEP_RULE
+    from grpo_zoo.launch.sweep import main as sweep_main
+    from grpo_zoo.runs import RunLock
+
+    exp = write_experiment(tmp_path, "twice", QUICK_TWIN)
+    runs = tmp_path / "runs"
+    first = RunLock(runs / "twice", SWEEP_LOCK, "sweep", SWEEP_RULE).acquire()  # as a running sweep holds it
+    try:
+        with pytest.raises(SystemExit) as end:
+            sweep_main([str(exp), "--runs-dir", str(runs), "--no-wait", "--no-report"])
+        assert end.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "is being written by" in err and f"pid {os.getpid()}" in err, err
+        assert "one sweep at a time" in err and not (runs / "twice" / "sweep.json").exists()
+    finally:
+        first.release()
+    assert sweep_main([str(exp), "--runs-dir", str(runs), "--dry-run"]) == 0
+
+
 @pytest.mark.slow
 def test_debug_executor_runs_several_jobs_in_one_process_without_a_debugger(tmp_path):
     """Three runs one after another in the sweep's own process (one DeepSpeed process group

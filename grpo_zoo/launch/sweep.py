@@ -32,7 +32,7 @@ from grpo_zoo.config.experiment import Experiment, Resources, RunSpec, check_run
 from grpo_zoo.config.schema import build
 from grpo_zoo.errors import AT_LEAST_ONE, ArgParser, ConfigError, cli, number, readable_file, writable_dir
 from grpo_zoo.launch.jobs import is_active, job_state
-from grpo_zoo.runs import EXPERIMENT, RunDir, atomic_write, budget_shrinks, run_difference
+from grpo_zoo.runs import EXPERIMENT, RunDir, RunLock, atomic_write, budget_shrinks, run_difference
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -146,15 +146,27 @@ def sweep(
     threads: int | None,
     out=None,
 ) -> dict[str, str]:
-    """Submit what is not done and has no live job; return each run's final state (when waiting)."""
-    from tqdm import tqdm
-
+    """Submit what is not done and has no live job; return each run's final state (when waiting).
+    The experiment's folder is locked while this runs: a second sweep of it exits 2 naming the first."""
     out = out or sys.stdout  # read at call time: a caller may have redirected it
+    root = Path(exp.runs[0].config["run_dir"]).parent
+    root.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(root, SWEEP_LOCK, "sweep", SWEEP_RULE).acquire()  # released when this call returns
+    try:
+        return _sweep(exp, executor, cluster, max_parallel, wait, threads, out, root)
+    finally:
+        lock.release()
+
+
+SWEEP_LOCK = "sweep.lock"
+SWEEP_RULE = "one sweep at a time per experiment folder (wait for it to end or stop it; --status reads without it)"
+
+
+def _sweep(exp, executor, cluster, max_parallel, wait, threads, out, root: Path) -> dict[str, str]:
+    from tqdm import tqdm
 
     from grpo_zoo.launch.jobs import TrainJob
 
-    root = Path(exp.runs[0].config["run_dir"]).parent
-    root.mkdir(parents=True, exist_ok=True)
     atomic_write(root / EXPERIMENT, json.dumps(exp.record(), indent=1))  # the report's variant order and baseline
     record_path = root / "sweep.json"
     record = read_record(root)

@@ -34,8 +34,15 @@ class RunLock:
     job id (SLURM_JOB_ID), host and pid. The kernel drops the flock when its process dies
     (SIGKILL included), so a lock left by a dead writer is taken over, said in one line."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK
+    def __init__(
+        self,
+        run_dir: str | Path,
+        name: str = LOCK,
+        what: str = "run_dir",
+        rule: str = "one writer per run directory (wait for it to end, stop it, or choose another run_dir)",
+    ):
+        self.path = Path(run_dir) / name
+        self.what, self.rule = what, rule
         self._release: weakref.finalize | None = None
 
     def acquire(self) -> RunLock:
@@ -46,13 +53,10 @@ class RunLock:
         except BlockingIOError:
             holder = _holder_text(os.pread(fd, 4096, 0).decode(errors="replace"))
             os.close(fd)
-            raise RunBusy(
-                f"run_dir: {self.path.parent} is being written by {holder}; one writer per run directory "
-                "(wait for it to end, stop it, or choose another run_dir)"
-            ) from None
+            raise RunBusy(f"{self.what}: {self.path.parent} is being written by {holder}; {self.rule}") from None
         old = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         if old:
-            say(f"note: run_dir: took over the lock of {_holder_text(old)}, which ended without releasing it")
+            say(f"note: {self.what}: took over the lock of {_holder_text(old)}, which ended without releasing it")
         me = {"job_id": os.environ.get("SLURM_JOB_ID"), "host": platform.node(), "pid": os.getpid()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
