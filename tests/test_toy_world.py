@@ -149,7 +149,8 @@ def test_pretrained_sample_model_learns_the_velocity_objective(tmp_path):
     cfg = pretrain.build(pretrain.PretrainConfig, {"out": str(tmp_path / "ck"), "steps": 1, "batch_size": 4})
     before = velocity_loss(ToyPolicy.from_checkpoint(str(pretrain.pretrain(cfg))))
     cfg = pretrain.build(
-        pretrain.PretrainConfig, {"out": str(tmp_path / "ck"), "steps": 150, "batch_size": 16, "warmup": 10}
+        pretrain.PretrainConfig,
+        {"out": str(tmp_path / "ck"), "steps": 150, "batch_size": 16, "warmup": 10, "overwrite": True},
     )
     out = pretrain.pretrain(cfg)
     assert json.loads((out / "meta.json").read_text())["prediction"] == "sample"
@@ -255,3 +256,35 @@ def test_pretrain_cli_writes_a_loadable_checkpoint(tmp_path):
         )
         assert bad.returncode == 2 and word in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, (args, bad)
         assert not (tmp_path / "bad").exists()
+
+
+def test_pretrain_never_writes_over_what_the_user_owns(tmp_path, capsys):
+    """Without out= the command would replace the shipped base: refused before any compute, as
+    is any existing checkpoint without overwrite=true, a folder that is not a checkpoint (even
+    with overwrite=true: its files are the user's) and a file; nothing is touched."""
+    import hashlib
+
+    from grpo_zoo.toy.model import CHECKPOINT_DIR
+    from grpo_zoo.toy.pretrain import main as pretrain
+
+    def digest(folder):
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    shipped = digest(CHECKPOINT_DIR / "toy-base")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["steps=1"], "already holds a checkpoint; pass overwrite=true"),
+        ([f"out={mine}", "steps=1", "overwrite=true"], "is not a checkpoint (no meta.json)"),
+        ([f"out={mine}", "steps=1"], "is not a checkpoint (no meta.json)"),
+        ([f"out={tmp_path / 'a_file'}", "steps=1"], "out:"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as end:
+            pretrain(argv)
+        err = capsys.readouterr().err.strip()
+        assert end.value.code == 2 and len(err.splitlines()) == 1 and message in err, (argv, err)
+    assert digest(CHECKPOINT_DIR / "toy-base") == shipped
+    assert (mine / "notes.txt").read_text() == "my notes" and len(list(mine.iterdir())) == 1

@@ -45,6 +45,10 @@ from grpo_zoo.toy.model import (
 class PretrainConfig:
     out: str = path(str(CHECKPOINT_DIR / "toy-base"), "dir")
     """Checkpoint directory to write (replaced atomically at the end)."""
+    overwrite: bool = False
+    """Replace a checkpoint that already exists at `out` (the shipped toy-base included); off, an
+    existing non-empty folder is refused before any compute. A folder that is not a checkpoint
+    (no meta.json) is never replaced."""
     steps: int = num(2000, ge=1)
     """Optimizer steps."""
     batch_size: int = num(48, ge=1)
@@ -116,7 +120,27 @@ def batch(cfg: PretrainConfig, gen: torch.Generator, device=None) -> tuple[torch
     return videos, captions
 
 
+def check_out(cfg: PretrainConfig) -> None:
+    """Refuse, before any compute, to write over what the user owns: an existing folder at `out`
+    needs overwrite=true and must be a checkpoint (this command's own kind of folder)."""
+    out = Path(cfg.out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise ConfigError(f"out: {out} is a file, not a checkpoint folder; choose another out")
+    if not (out / "meta.json").is_file():
+        raise ConfigError(
+            f"out: {out} holds files but is not a checkpoint (no meta.json); pretraining never replaces a folder "
+            "it did not write: choose another out"
+        )
+    if not cfg.overwrite:
+        raise ConfigError(
+            f"out: {out} already holds a checkpoint; pass overwrite=true to replace it or choose another out"
+        )
+
+
 def pretrain(cfg: PretrainConfig) -> Path:
+    check_out(cfg)
     arch = {
         "num_attention_heads": cfg.heads,
         "attention_head_dim": cfg.head_dim,
@@ -220,7 +244,7 @@ def write(cfg: PretrainConfig, transformer, encoder: PromptEncoder, rows: list[d
             meta["init"] = json.loads(init_meta.read_text())
     save_checkpoint(tmp, transformer, encoder, meta)
     (tmp / "pretrain.yaml").write_text(
-        "# python -m grpo_zoo.toy.pretrain grpo_zoo/toy/checkpoints/toy-base/pretrain.yaml\n"
+        "# python -m grpo_zoo.toy.pretrain grpo_zoo/toy/checkpoints/toy-base/pretrain.yaml overwrite=true\n"
         + yaml.safe_dump(to_dict(cfg), sort_keys=False)
     )
     with open(tmp / "loss.csv", "w", newline="") as f:
