@@ -17,7 +17,6 @@ import time
 import torch
 
 from benchmarks.common import iteration_costs, make_trainer, release
-from grpo_zoo.core.algorithm import PlanContext
 from grpo_zoo.flow.sde import ode_step
 from grpo_zoo.training.rollout import rollout
 from grpo_zoo.training.seeding import generator
@@ -35,10 +34,8 @@ def bare_euler(policy, emb, table, gen) -> torch.Tensor:
 
 def sampler_overhead(algorithm: str, steps: int, group_size: int, reps: int) -> dict:
     trainer = make_trainer(algorithm, steps, group_size)
-    p = trainer.cfg.data.prompts_per_step
-    prompts = trainer._prompts(0)
-    emb = trainer.policy.encode(prompts).repeat_interleave(group_size, 0)
-    plan = trainer.algorithm.plan(PlanContext.of(p, group_size, trainer.table, generator(0, "plan")))
+    planned = trainer.plan_step()  # iteration 0's prompts, embeddings and plan, as the trainer draws them
+    emb, plan = planned.emb, planned.plan
     trainer.policy.eval()
     bare_nfe = len(emb) * steps
     nfe, ratios, times = 0, [], {"sampler": [], "bare": []}

@@ -339,3 +339,29 @@ def test_significance_says_ns_when_seeds_cannot_separate():
     assert significance([0.3], [0.4])[1] == "n.s."  # one seed each: nothing to test
     speed, lo, hi = ratio_ci([6.0, 6.2, 5.8], [1.0, 1.1, 0.9])
     assert lo < speed < hi and abs(speed - 6.0) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda m: m.write_text(""), ":1: no metrics row in any run"),
+        (
+            lambda m: m.write_text('{"step": 0, "eval/reward": 0.4}\n'),
+            ":1: a row without an integer `step` and a `kind`",
+        ),
+        (lambda m: m.write_text('{"kind": "sample", "step": 0}\n'), ":1: a row without an integer `step` and a `kind`"),
+        (lambda m: m.write_text('{"kind": "train", "step": "zero"}\n'), ":1: a row without an integer `step`"),
+        (lambda m: m.write_text("[1, 2]\n"), ":1: a list, not a row object"),
+    ],
+)
+def test_report_on_runs_without_usable_rows_is_one_line_naming_the_file(tmp_path, capsys, damage, message):
+    root = generic_runs(tmp_path / "runs", {"alpha": ALPHA, "beta": BETA})
+    for run in sorted(p for p in root.iterdir() if (p / "metrics.jsonl").exists()):
+        (run / "COMPLETED").unlink(missing_ok=True)  # runs still going: their rows may not exist yet
+        damage(run / "metrics.jsonl")
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(root), "--out", str(tmp_path / "never")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1, err
+    assert "metrics.jsonl" in err[0] and message in err[0], err[0]
+    assert not (tmp_path / "never").exists()

@@ -183,7 +183,10 @@ def load_runs(root: str | Path) -> Runs:
             frames.append(rows)
     if not infos:
         raise ValueError(f"no run directories under {root}")
-    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if not frames:  # nothing logged anywhere yet: no table or plot can be made
+        first = Path(infos[0]["run"]) / METRICS
+        raise MetricsError(f"{first}:1: no metrics row in any run under {root} (runs not started yet?)")
+    metrics = pd.concat(frames, ignore_index=True)
     runs = pd.DataFrame(infos)
     for col in runs.columns:  # as recorded: a None stays None (NaN: the algorithm has no such field)
         if col.startswith("algorithm."):

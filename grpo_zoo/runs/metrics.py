@@ -12,6 +12,10 @@ class MetricsError(ConfigError):
     """A metrics file that does not parse: the message names file:line."""
 
 
+KINDS = ("train", "eval")
+"""The kinds of rows a trainer writes."""
+
+
 def _parse_row(path: Path, lineno: int, raw: bytes) -> dict:
     where = f"{path}:{lineno}"
     try:
@@ -22,8 +26,10 @@ def _parse_row(path: Path, lineno: int, raw: bytes) -> dict:
     if not isinstance(row, dict):
         raise MetricsError(f"{where}: a {type(row).__name__}, not a row object; the metrics file is damaged")
     step = row.get("step")
-    if not isinstance(step, int) or isinstance(step, bool) or not isinstance(row.get("kind"), str):
-        raise MetricsError(f"{where}: a row without an integer `step` and a `kind`; the metrics file is damaged")
+    if not isinstance(step, int) or isinstance(step, bool) or row.get("kind") not in KINDS:
+        raise MetricsError(
+            f"{where}: a row without an integer `step` and a `kind` ({' or '.join(KINDS)}); the metrics file is damaged"
+        )
     return row
 
 
