@@ -17,8 +17,24 @@ import torch
 from grpo_zoo.flow.sde import StepTable
 
 
+class Groups:
+    """P prompts (`prompts`) of G rollouts each (`group_size`): row b = p * G + g."""
+
+    prompts: list[str]
+    group_size: int
+
+    @property
+    def num_prompts(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def batch_size(self) -> int:
+        """B = P * G trajectories."""
+        return len(self.prompts) * self.group_size
+
+
 @dataclass(kw_only=True)
-class PlanContext:
+class PlanContext(Groups):
     """What an algorithm knows when it plans one iteration on one rank."""
 
     iteration: int
@@ -43,15 +59,6 @@ class PlanContext:
         """A context for P anonymous prompts (tools and tests that need no prompt text)."""
         prompts = [f"prompt {i}" for i in range(num_prompts)]
         return cls(iteration=iteration, prompts=prompts, group_size=group_size, table=table, gen=gen, **kw)
-
-    @property
-    def num_prompts(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def batch_size(self) -> int:
-        """B = P * G trajectories."""
-        return len(self.prompts) * self.group_size
 
 
 @dataclass(kw_only=True)
@@ -273,7 +280,7 @@ class Prepared:
 
 
 @dataclass(kw_only=True)
-class AdvantageContext:
+class AdvantageContext(Groups):
     """What an algorithm and its objective know once the rollout is scored, on one rank.
 
     Built once per iteration by the trainer after scoring; nothing mutates it after."""
@@ -324,14 +331,6 @@ class AdvantageContext:
             iteration=ctx.iteration, prompts=ctx.prompts, group_size=ctx.group_size, table=ctx.table, plan=plan,
             reward=reward, rewards=local, batch_rewards=batch, logp=logp, rank=ctx.rank, world=ctx.world, **kw,
         )  # fmt: skip
-
-    @property
-    def num_prompts(self) -> int:
-        return len(self.prompts)
-
-    @property
-    def batch_size(self) -> int:
-        return len(self.prompts) * self.group_size
 
     @property
     def scores(self) -> torch.Tensor:
