@@ -23,6 +23,8 @@ from grpo_zoo.training.hooks import StopRun
 
 
 class RunLoop:
+    """The loop of a run around `iteration()`; Trainer builds what it reads (see the module docstring)."""
+
     # -- evaluation and checkpoints ------------------------------------------------------------
     def evaluate(self) -> dict:
         return evaluate(self)
