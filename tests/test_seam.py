@@ -415,6 +415,63 @@ def test_nft_gradient_vanishes_at_the_old_policy_with_zero_advantage():
     assert abs(float(pol.w.grad)) > 1e-3  # a positive advantage pulls toward the samples
 
 
+@dataclass
+class CurriculumConfig(AlgorithmConfig):
+    name: str = "curriculum"
+
+
+class Curriculum(Algorithm):
+    """A stateful curriculum over the SDE step: Flash-GRPO's one step per trajectory, moved one
+    step later each time the batch's mean reward beats the best seen so far (`observe`)."""
+
+    Config = CurriculumConfig
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.k, self.best, self.seen = 0, float("-inf"), []
+
+    def trainable_steps(self, table) -> range:
+        return range(table.last_noisy_step + 1)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        sde = self.empty(ctx)
+        sde[:, min(self.k, ctx.table.last_noisy_step)] = True
+        return self.make_plan(ctx, sde)
+
+    def observe(self, ctx) -> None:
+        mean = float(ctx.batch_rewards[ctx.reward].mean())
+        self.seen.append((ctx.iteration, ctx.scores.shape, mean))
+        if mean > self.best:
+            self.best, self.k = mean, self.k + 1
+
+    def state_dict(self) -> dict:
+        return {"k": self.k, "best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.k, self.best = state.get("k", 0), state.get("best", float("-inf"))
+
+
+def test_an_algorithm_observes_the_rewards_keeps_its_state_and_resumes_exactly(tmp_path, registered):
+    """Algorithm.observe sees this rank's scored groups once per iteration, after the rewards and
+    before the advantages; state it keeps there is checkpointed, so a resume trains what an
+    uninterrupted run does."""
+    registered("curriculum")(Curriculum)
+    alg = {"name": "curriculum"}
+    straight = train(run_config(tmp_path, "straight", alg, 3))
+    train(run_config(tmp_path, "split", alg, 2))
+    assert train(run_config(tmp_path, "split", alg, 3)) == straight
+    from grpo_zoo.training.trainer import Trainer
+
+    trainer = Trainer(run_config(tmp_path, "watched", alg, 2), progress=False)
+    trainer.engine.close = lambda: None
+    trainer.train()
+    seen = trainer.algorithm.seen
+    assert [it for it, _, _ in seen] == [0, 1] and all(shape == (2, 4) for _, shape, _ in seen)
+    rows = [r for r in RunDir(tmp_path / "watched").rows() if r["kind"] == "train"]
+    assert [round(m, 6) for _, _, m in seen] == [round(r["reward/mean"], 6) for r in rows]
+    assert trainer.algorithm.k >= 1  # the first iteration always beats -inf: the curriculum moved
+
+
 # -- algorithms from outside the repository ----------------------------------------------
 def test_readme_example_installs_as_a_plugin_and_trains(tmp_path):
     """The README's example, as a distribution with an entry point (its own dist-info on

@@ -162,7 +162,7 @@ class Algorithm:
 
     def reward_entries(self) -> list[str]:
         """Entries of the run's reward (besides the training reward) that `advantages` reads
-        from `ctx.scores`; checked against the reward before any compute."""
+        from `ctx.rewards`; checked against the reward before any compute."""
         return []
 
     def state_dict(self) -> dict:
