@@ -34,3 +34,19 @@ def slurm():
     assert out.returncode == 0, out.stderr
     conf = out.stdout.strip().split("=", 1)[1]
     return {"SLURM_CONF": conf}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_rendezvous_left_behind():
+    """After each test module, no process group and no rendezvous variables stay in this
+    process: tests that train in place keep one group across their trainers, and a later
+    module's subprocesses (a service, a tuner) must not inherit its MASTER_PORT."""
+    yield
+    import torch.distributed as dist
+
+    from grpo_zoo.training.engine import RENDEZVOUS_KEYS
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in RENDEZVOUS_KEYS:
+        os.environ.pop(key, None)

@@ -18,7 +18,7 @@ import torch
 
 from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, png_b64, sample_frames
 
-from .helpers import ROOT, run_module
+from .helpers import ROOT, clean_env, run_module
 
 VENV = ROOT / ".venv-hpsv3"
 SERVICE = ROOT / "grpo_zoo" / "rewards" / "hpsv3_service"
@@ -38,7 +38,7 @@ class Server:
         self.proc = None
 
     def start(self) -> "Server":
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+        env = {**clean_env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         cmd = [
             str(VENV / "bin" / "python"),
             str(SERVICE / "server.py"),
@@ -81,7 +81,7 @@ def tiny_hpsv3(tmp_path_factory):
         [str(VENV / "bin" / "python"), str(SERVICE / "make_tiny.py"), str(out)],
         capture_output=True,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        env={**clean_env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]

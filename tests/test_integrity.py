@@ -20,7 +20,7 @@ import pytest
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import MetricsError, RunDir, RunLock
 
-from .helpers import ROOT, run_module
+from .helpers import ROOT, clean_env, run_module
 from .test_report import fake_run
 from .test_trainer import SMALL
 
@@ -33,7 +33,7 @@ def comparable(rows):
 
 
 def launch(run, *extra, kill_at=None, stop_at=None):
-    env = {**os.environ}
+    env = clean_env()
     for var, value in (("GRPO_ZOO_KILL_AT", kill_at), ("GRPO_ZOO_STOP_AT", stop_at)):
         env.pop(var, None)
         if value:

@@ -9,7 +9,6 @@ service with a tiny HPSv3 (its own environment, slow).
 
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -24,7 +23,7 @@ import torch
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.rewards.hpsv3 import HPSv3Reward, ServiceError, png_b64
 
-from .helpers import ROOT
+from .helpers import ROOT, clean_env
 from .test_hpsv3 import tiny_hpsv3  # noqa: F401 - the tiny HPSv3 fixture, for the real service
 
 pytest.importorskip("fastapi")
@@ -61,7 +60,7 @@ class Service:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [str(SERVER), str(self.port), str(max_body), str(max_frames), str(max_pending)]
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        self.env = {**clean_env(), "OMP_NUM_THREADS": "1", **(env or {})}
         self.proc = None
 
     def start(self) -> "Service":
@@ -233,7 +232,7 @@ def run_server(*args, env=None):
         [sys.executable, str(SERVER), *args],
         capture_output=True,
         text=True,
-        env={k: v for k, v in {**os.environ, **(env or {})}.items() if not k.startswith("HPSV3_TOKEN")},
+        env={k: v for k, v in {**clean_env(), **(env or {})}.items() if not k.startswith("HPSV3_TOKEN")},
         timeout=120,
     )
 
@@ -272,7 +271,7 @@ def test_the_real_service_with_a_token(tiny_hpsv3, tmp_path, monkeypatch):  # no
     ]
     cmd += ["--base-model", str(tiny_hpsv3 / "base"), "--device", "cpu", "--dtype", "fp32", "--port", str(port)]
     cmd += ["--token-file", str(token_file), "--max-frames", "4"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**clean_env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
@@ -298,7 +297,7 @@ def test_service_job_on_slurm_hands_its_address_and_token_to_the_runs(tiny_hpsv3
     from .test_hpsv3 import VENV
 
     shared = tmp_path / "shared"
-    env = {**os.environ, **slurm, "HPSV3_DEVICE": "cpu", "HPSV3_PORT": str(free_port()), "HPSV3_VENV": str(VENV)}
+    env = {**clean_env(), **slurm, "HPSV3_DEVICE": "cpu", "HPSV3_PORT": str(free_port()), "HPSV3_VENV": str(VENV)}
     env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     env.pop("HPSV3_TOKEN", None)
     submit = ["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", f"--output={tmp_path}/svc-%j.log"]

@@ -19,7 +19,7 @@ import yaml
 
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, run_module
+from .helpers import ROOT, clean_env, run_module
 from .test_sweep import TINY
 from .test_trainer import SMALL
 
@@ -59,7 +59,7 @@ def test_srun_two_tasks_train_one_run_with_equal_checksums(tmp_path, slurm):
         f"cd {ROOT}\n"
         f"srun --kill-on-bad-exit=1 {sys.executable} -m grpo_zoo.train {args}\n"
     )
-    env = {**os.environ, **slurm, **TWO_TASKS}
+    env = {**clean_env(), **slurm, **TWO_TASKS}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # SLURM's alone
         env.pop(key, None)
     out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, env=env, check=True)

@@ -16,7 +16,7 @@ from grpo_zoo.config.schema import build, load_config_file, to_dict
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, TINY, run_module
+from .helpers import ROOT, TINY, clean_env, run_module
 
 
 def write_experiment(tmp_path: Path, name: str, variants: dict, config: dict | None = None, **extra) -> Path:
@@ -243,7 +243,7 @@ def test_scontrol_requeue_resumes_from_the_checkpoint(tmp_path, slurm):
             break
         time.sleep(0.2)
     assert not RunDir(run).is_complete()  # the requeue lands mid-run
-    env = {**os.environ, **slurm}
+    env = {**clean_env(), **slurm}
     subprocess.run(["scontrol", "requeue", job_id], check=True, env=env)
     # SLURM holds a requeued job back for a while (its begin time moves ~2 minutes ahead);
     # let it start as soon as it is pending again, as an idle cluster would

@@ -3,7 +3,6 @@ a cancelled job ends a waiting sweep, and a rerun never submits a second writer 
 whose job is queued, running or held for a requeue."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import pytest
 from grpo_zoo.launch.jobs import is_active, job_state
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, run_module
+from .helpers import ROOT, clean_env, run_module
 from .test_sweep import slurm_sweep, write_experiment
 
 DROP = ("compute/device_seconds", "compute/device_hours")
@@ -65,7 +64,7 @@ def test_a_cancelled_job_ends_a_waiting_sweep_and_a_rerun_resumes_it(tmp_path, s
     run = runs / "cancel" / "flash_seed0"
     # the job pauses itself (SIGSTOP) at its step-4 row, so a fast machine cannot finish the run
     # before the test cancels it; the rerun below runs without this
-    env = {**os.environ, **slurm, "GRPO_ZOO_STOP_AT": "row@4"}
+    env = {**clean_env(), **slurm, "GRPO_ZOO_STOP_AT": "row@4"}
     cmd = [sys.executable, "-m", "grpo_zoo.sweep", str(exp), "--runs-dir", str(runs), "--executor", "slurm"]
     cmd += ["--cluster", "slurm/clusters/local-test.yaml", "--threads", "1", "--no-report"]
     sweep = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -107,12 +106,12 @@ def test_a_rerun_never_submits_a_second_job_onto_a_run(tmp_path, slurm, monkeypa
         look_while_it_runs(exp, runs, run, job_id, slurm)
     finally:  # never leave a long job on the shared cluster
         subprocess.run(
-            ["scancel", job_id, str(recorded_job(runs, "rerun", "flash_seed0"))], env={**os.environ, **slurm}
+            ["scancel", job_id, str(recorded_job(runs, "rerun", "flash_seed0"))], env={**clean_env(), **slurm}
         )
 
 
 def look_while_it_runs(exp, runs, run, job_id: str, slurm: dict) -> None:
-    env = {**os.environ, **slurm}
+    env = {**clean_env(), **slurm}
     wait_for(lambda: steps_done(run) >= 1, "the job started training")
 
     # while it runs: a rerun submits nothing, and --status shows SLURM's state beside the run's

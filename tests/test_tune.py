@@ -18,7 +18,7 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.launch.tuning.space import parse_tune
 from grpo_zoo.launch.tuning.study import normalize_storage, open_storage
 
-from .helpers import ROOT, run_module
+from .helpers import ROOT, clean_env, run_module
 
 FAST = {
     "data": {"prompts_per_step": 2, "group_size": 4, "eval_samples": 8},
@@ -139,7 +139,9 @@ def test_a_killed_study_resumes_without_losing_a_trial(tmp_path):
     storage = f"journal:{tmp_path / 'study.log'}"
     cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
     cmd += ["--storage", storage, "--n-trials", "2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=clean_env()
+    )
     first = root / "flash_grpo-t0000_seed0" / "checkpoints" / "latest"
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline and proc.poll() is None:
@@ -252,7 +254,8 @@ def test_two_drivers_in_parallel_on_one_storage_propose_distinct_params(tmp_path
     cmd = [sys.executable, "-m", "grpo_zoo.tune", str(exp), "--runs-dir", str(runs), "--threads", "1"]
     cmd += ["--storage", storage]
     drivers = [
-        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
+        for _ in range(2)
     ]
     outs = [d.communicate(timeout=1800)[0] for d in drivers]
     assert all(d.returncode == 0 for d in drivers), outs[0][-2000:] + outs[1][-2000:]
