@@ -42,11 +42,8 @@ def no_rendezvous_left_behind():
     process: tests that train in place keep one group across their trainers, and a later
     module's subprocesses (a service, a tuner) must not inherit its MASTER_PORT."""
     yield
-    import torch.distributed as dist
+    from grpo_zoo.training.engine import RENDEZVOUS_KEYS, teardown
 
-    from grpo_zoo.training.engine import RENDEZVOUS_KEYS
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    teardown()
     for key in RENDEZVOUS_KEYS:
         os.environ.pop(key, None)

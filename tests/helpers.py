@@ -1,11 +1,13 @@
 """Small stand-ins and helpers shared by several test files (no test file imports another)."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
@@ -93,3 +95,159 @@ class CountingPolicy(torch.nn.Module):
     def velocity(self, x, sigma, emb, null_emb, guidance):
         self.rows += len(x)
         return torch.tanh(x * 0.5 + emb.mean((1, 2)).view(-1, 1, 1, 1, 1) + sigma.view(-1, 1, 1, 1, 1))
+
+
+SMALL = overrides(TINY_RUN, {"budget.steps": 2, "optim.lr": 1e-3, "model.lora_rank": 0})
+"""Command-line overrides of a small full-fine-tuning toy run (the train CLI's tests)."""
+
+TINY_INPROCESS = {
+    "model.lora_rank": 0,
+    "data.prompts_per_step": 2,
+    "data.group_size": 4,
+    "sampling.steps": 6,
+    "sampling.eval_steps": 2,
+    "data.eval_samples": 4,
+    "data.eval_every": 0,
+    "checkpoint_every": 2,
+    "save_eval_videos": False,
+    "optim.lr": 1e-3,
+    "engine.threads": 1,
+}
+"""The dotted config of the in-process tiny runs (`run_config`, `train`)."""
+WALL_CLOCK = ("compute/device_seconds", "compute/device_hours")
+
+TINY_WAN_ARGS = [
+    "model.backend=wan",
+    "model.height=16",
+    "model.width=16",
+    "model.frames=9",
+    "model.max_tokens=8",
+    "model.lora_rank=4",
+    "data.prompts_per_step=2",
+    "data.group_size=4",
+    "sampling.steps=6",
+    "sampling.eval_steps=3",
+    "data.eval_samples=4",
+    "data.eval_every=0",
+    "checkpoint_every=5",
+]
+"""A tiny random Wan2.1 (grpo_zoo.models.tiny_wan) run's overrides."""
+
+VENV = ROOT / ".venv-hpsv3"
+"""The HPSv3 service's own environment (grpo_zoo/rewards/hpsv3_service/setup.sh)."""
+SERVICE = ROOT / "grpo_zoo" / "rewards" / "hpsv3_service"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_config(tmp_path, name: str, alg: dict, steps: int):
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import apply_overrides, build, load_config_file
+    from tests.golden import split
+
+    alg, run = split(alg)
+    changes = {**TINY_INPROCESS, **run}
+    data = apply_overrides(load_config_file("experiments/toy/base.yaml"), [f"{k}={v}" for k, v in changes.items()])
+    data["algorithm"] = alg
+    data["budget"] = {"steps": steps}
+    data["run_dir"] = str(tmp_path / name)
+    return build(RunConfig, data)
+
+
+def train(cfg) -> list[dict]:
+    from grpo_zoo.runs import RunDir
+    from grpo_zoo.training.trainer import Trainer
+
+    trainer = Trainer(cfg, progress=False)
+    trainer.engine.close = lambda: None  # the next trainer reuses the process group
+    trainer.train()
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in RunDir(cfg.run_dir).rows()]
+
+
+def fake_run(
+    root: Path, name: str, algorithm: str | dict, evals: list[float], hours_per_step: float, seed: int = 0
+) -> Path:
+    """A run directory in the trainer's format with the given eval rewards (one per 10 steps);
+    `algorithm`: its name, or its whole config section."""
+    path = root / name
+    path.mkdir(parents=True)
+    cfg = {
+        "run_dir": str(path),
+        "seed": seed,
+        "algorithm": algorithm if isinstance(algorithm, dict) else {"name": algorithm, "knob": 1},
+    }
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rows = []
+    for i, r in enumerate(evals):
+        step = 10 * i
+        comp = {"compute/device_hours": step * hours_per_step, "compute/nfe": step * 100.0}
+        if step:
+            rows.append(
+                {
+                    "step": step,
+                    "kind": "train",
+                    "reward/mean": r - 0.05,
+                    "stats/zero_std_ratio": 0.1,
+                    "stats/approx_kl": 0.01,
+                    "grad_t/03": 0.5,
+                    "grad_t/07": 2.0,
+                    **comp,
+                }
+            )
+        rows.append(
+            {
+                "step": step,
+                "kind": "eval",
+                "eval/reward": r,
+                "eval/aesthetic_quality": r / 2,
+                "eval/imaging_quality": 0.9,
+                "eval/subject_consistency": 0.8,
+                "eval/object_class": r,
+                **comp,
+            }
+        )
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "status.json").write_text(json.dumps({"status": "completed"}))
+    (path / "COMPLETED").write_text("{}")
+    return path
+
+
+def write_experiment(tmp_path: Path, name: str, variants: dict, config: dict | None = None, **extra) -> Path:
+    exp = {
+        "name": name,
+        "base": str(ROOT / "experiments" / "toy" / "base.yaml"),
+        "config": {**TINY, **(config or {})},
+        "seeds": [0],
+        "variants": variants,
+        **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    text = yaml.safe_dump(exp, sort_keys=False)  # the variants in their order here
+    path.write_text(f"# python -m grpo_zoo.sweep {path}\n" + text)
+    return path
+
+
+def slurm_sweep(exp, runs, slurm, *extra):
+    return run_module(
+        "grpo_zoo.sweep",
+        str(exp),
+        "--runs-dir",
+        str(runs),
+        "--executor",
+        "slurm",
+        "--cluster",
+        "slurm/clusters/local-test.yaml",
+        "--max-parallel",
+        "2",
+        "--threads",
+        "1",
+        "--no-report",
+        *extra,
+        env=slurm,
+    )

@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -18,17 +17,9 @@ import torch
 
 from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, png_b64, sample_frames
 
-from .helpers import ROOT, clean_env, run_module
+from .helpers import ROOT, SERVICE, VENV, clean_env, free_port, run_module
 
-VENV = ROOT / ".venv-hpsv3"
-SERVICE = ROOT / "grpo_zoo" / "rewards" / "hpsv3_service"
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -183,7 +174,7 @@ def test_one_iteration_on_a_tiny_wan_with_hpsv3(algorithm, server, tmp_path):
     from grpo_zoo.models.tiny_wan import write_tiny_wan
     from grpo_zoo.runs import RunDir
 
-    from .test_real_path import TINY_WAN_ARGS
+    from .helpers import TINY_WAN_ARGS
 
     model = write_tiny_wan(tmp_path / "tiny-wan")
     run = tmp_path / "run"

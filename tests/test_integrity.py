@@ -20,9 +20,7 @@ import pytest
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import MetricsError, RunDir, RunLock
 
-from .helpers import ROOT, clean_env, run_module
-from .test_report import fake_run
-from .test_trainer import SMALL
+from .helpers import ROOT, SMALL, clean_env, fake_run, run_module
 
 ARGS = ["experiments/toy/base.yaml", *SMALL, "algorithm.name=flash_grpo", "budget.steps=3", "checkpoint_every=2"]
 WALL_CLOCK = ("compute/device_seconds", "compute/device_hours")

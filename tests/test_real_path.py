@@ -16,24 +16,9 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import RunDir
 from grpo_zoo.training.preflight import check
 
-from .helpers import ROOT, run_module
+from .helpers import ROOT, TINY_WAN_ARGS, run_module
 
 WAN = ROOT / "experiments" / "wan2.1"
-TINY_WAN_ARGS = [
-    "model.backend=wan",
-    "model.height=16",
-    "model.width=16",
-    "model.frames=9",
-    "model.max_tokens=8",
-    "model.lora_rank=4",
-    "data.prompts_per_step=2",
-    "data.group_size=4",
-    "sampling.steps=6",
-    "sampling.eval_steps=3",
-    "data.eval_samples=4",
-    "data.eval_every=0",
-    "checkpoint_every=5",
-]
 
 
 @pytest.fixture(scope="module")

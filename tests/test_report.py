@@ -5,62 +5,13 @@ import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from grpo_zoo.analysis import collapse_table, load_runs, mean_ci
 from grpo_zoo.analysis.tables import ablation, efficiency, render, table1
 from grpo_zoo.report import main as report_main
 from grpo_zoo.report import write_report
 
-from .helpers import ROOT, run_module
-
-
-def fake_run(
-    root: Path, name: str, algorithm: str | dict, evals: list[float], hours_per_step: float, seed: int = 0
-) -> Path:
-    """A run directory in the trainer's format with the given eval rewards (one per 10 steps);
-    `algorithm`: its name, or its whole config section."""
-    path = root / name
-    path.mkdir(parents=True)
-    cfg = {
-        "run_dir": str(path),
-        "seed": seed,
-        "algorithm": algorithm if isinstance(algorithm, dict) else {"name": algorithm, "knob": 1},
-    }
-    (path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    rows = []
-    for i, r in enumerate(evals):
-        step = 10 * i
-        comp = {"compute/device_hours": step * hours_per_step, "compute/nfe": step * 100.0}
-        if step:
-            rows.append(
-                {
-                    "step": step,
-                    "kind": "train",
-                    "reward/mean": r - 0.05,
-                    "stats/zero_std_ratio": 0.1,
-                    "stats/approx_kl": 0.01,
-                    "grad_t/03": 0.5,
-                    "grad_t/07": 2.0,
-                    **comp,
-                }
-            )
-        rows.append(
-            {
-                "step": step,
-                "kind": "eval",
-                "eval/reward": r,
-                "eval/aesthetic_quality": r / 2,
-                "eval/imaging_quality": 0.9,
-                "eval/subject_consistency": 0.8,
-                "eval/object_class": r,
-                **comp,
-            }
-        )
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (path / "status.json").write_text(json.dumps({"status": "completed"}))
-    (path / "COMPLETED").write_text("{}")
-    return path
+from .helpers import ROOT, fake_run, run_module
 
 
 @pytest.fixture

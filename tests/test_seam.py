@@ -9,7 +9,6 @@ never see them.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from grpo_zoo.config.run import RunConfig
 from grpo_zoo.core import algorithm
 from grpo_zoo.core import objective as objectives
 from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext
@@ -27,22 +25,7 @@ from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.runs import RunDir
 from grpo_zoo.training.rollout import rollout
 
-from .helpers import ROOT, CountingPolicy, install_plugin, overrides, readme_block
-
-SMALL = {
-    "model.lora_rank": 0,
-    "data.prompts_per_step": 2,
-    "data.group_size": 4,
-    "sampling.steps": 6,
-    "sampling.eval_steps": 2,
-    "data.eval_samples": 4,
-    "data.eval_every": 0,
-    "checkpoint_every": 2,
-    "save_eval_videos": False,
-    "optim.lr": 1e-3,
-    "engine.threads": 1,
-}
-WALL_CLOCK = ("compute/device_seconds", "compute/device_hours")
+from .helpers import ROOT, TINY_INPROCESS, CountingPolicy, install_plugin, overrides, readme_block, run_config, train
 
 
 @pytest.fixture
@@ -57,42 +40,6 @@ def registered():
     yield lambda name: algorithm.register(name)
     algorithm._REGISTRY.clear()
     algorithm._REGISTRY.update(before)
-
-
-def run_config(tmp_path, name: str, alg: dict, steps: int) -> RunConfig:
-    from grpo_zoo.config.schema import apply_overrides, build, load_config_file
-    from tests.golden import split
-
-    alg, run = split(alg)
-    changes = {**SMALL, **run}
-    data = apply_overrides(load_config_file("experiments/toy/base.yaml"), [f"{k}={v}" for k, v in changes.items()])
-    data["algorithm"] = alg
-    data["budget"] = {"steps": steps}
-    data["run_dir"] = str(tmp_path / name)
-    return build(RunConfig, data)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    """Trainers of this module share one process group, torn down at the end."""
-    yield
-    import torch.distributed as dist
-
-    from grpo_zoo.training.engine import RENDEZVOUS_KEYS
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    for key in RENDEZVOUS_KEYS:
-        os.environ.pop(key, None)
-
-
-def train(cfg: RunConfig) -> list[dict]:
-    from grpo_zoo.training.trainer import Trainer
-
-    trainer = Trainer(cfg, progress=False)
-    trainer.engine.close = lambda: None  # the next trainer reuses the process group
-    trainer.train()
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in RunDir(cfg.run_dir).rows()]
 
 
 # -- plans from a context ----------------------------------------------------------------
@@ -491,7 +438,7 @@ def test_readme_example_installs_as_a_plugin_and_trains(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
-    args = overrides(SMALL) + ["budget.steps=2", f"run_dir={tmp_path / 'run'}"]
+    args = overrides(TINY_INPROCESS) + ["budget.steps=2", f"run_dir={tmp_path / 'run'}"]
     out = subprocess.run(
         [sys.executable, "-m", "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), "algorithm.name=random_steps",
          *args],
@@ -543,7 +490,7 @@ def test_uneven_transitions_across_ranks_step_together_and_count_exactly(tmp_pat
     """Two ranks holding 1 and 12 trained transitions (rank 0 has an empty minibatch): both
     step together, end in sync, and the meter counts exactly what ran on each."""
     env = install_plugin(tmp_path, "uneven", UNEVEN)
-    args = overrides(SMALL) + ["budget.steps=2", "engine.zero_stage=2"]
+    args = overrides(TINY_INPROCESS) + ["budget.steps=2", "engine.zero_stage=2"]
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29541", "-m",
          "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), "algorithm.name=uneven",

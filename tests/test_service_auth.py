@@ -24,7 +24,6 @@ from grpo_zoo.errors import ConfigError
 from grpo_zoo.rewards.hpsv3 import HPSv3Reward, ServiceError, png_b64
 
 from .helpers import ROOT, clean_env
-from .test_hpsv3 import tiny_hpsv3  # noqa: F401 - the tiny HPSv3 fixture, for the real service
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -256,7 +255,7 @@ def test_beyond_loopback_the_service_refuses_to_start_without_a_token(tmp_path):
 
 @pytest.mark.slow
 def test_the_real_service_with_a_token(tiny_hpsv3, tmp_path, monkeypatch):  # noqa: F811
-    from .test_hpsv3 import SERVICE, VENV
+    from .helpers import SERVICE, VENV
 
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
@@ -294,7 +293,7 @@ def test_the_real_service_with_a_token(tiny_hpsv3, tmp_path, monkeypatch):  # no
 def test_service_job_on_slurm_hands_its_address_and_token_to_the_runs(tiny_hpsv3, tmp_path, slurm, monkeypatch):  # noqa: F811
     """slurm/hpsv3-service.sbatch on the test cluster: it binds beyond loopback with a token file,
     publishes its address; a client configured as the cluster profiles do (the two files) scores."""
-    from .test_hpsv3 import VENV
+    from .helpers import VENV
 
     shared = tmp_path / "shared"
     env = {**clean_env(), **slurm, "HPSV3_DEVICE": "cpu", "HPSV3_PORT": str(free_port()), "HPSV3_VENV": str(VENV)}

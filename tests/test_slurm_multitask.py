@@ -19,9 +19,7 @@ import yaml
 
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, clean_env, run_module
-from .test_sweep import TINY
-from .test_trainer import SMALL
+from .helpers import ROOT, SMALL, TINY, clean_env, run_module
 
 TWO_TASKS = {"OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,23 +15,7 @@ from grpo_zoo.config.schema import build, load_config_file, to_dict
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, TINY, clean_env, run_module
-
-
-def write_experiment(tmp_path: Path, name: str, variants: dict, config: dict | None = None, **extra) -> Path:
-    exp = {
-        "name": name,
-        "base": str(ROOT / "experiments" / "toy" / "base.yaml"),
-        "config": {**TINY, **(config or {})},
-        "seeds": [0],
-        "variants": variants,
-        **extra,
-    }
-    path = tmp_path / f"{name}.yaml"
-    text = yaml.safe_dump(exp, sort_keys=False)  # the variants in their order here
-    path.write_text(f"# python -m grpo_zoo.sweep {path}\n" + text)
-    return path
-
+from .helpers import ROOT, TINY, clean_env, run_module, slurm_sweep, write_experiment
 
 QUICK_TWIN = {
     "flow_grpo": {"algorithm": {"name": "flow_grpo", "timestep_fraction": 0.5}},
@@ -167,26 +150,6 @@ def test_debug_executor_runs_several_jobs_in_one_process_without_a_debugger(tmp_
 
 
 # -- against a real SLURM ------------------------------------------------------------------
-
-
-def slurm_sweep(exp, runs, slurm, *extra):
-    return run_module(
-        "grpo_zoo.sweep",
-        str(exp),
-        "--runs-dir",
-        str(runs),
-        "--executor",
-        "slurm",
-        "--cluster",
-        "slurm/clusters/local-test.yaml",
-        "--max-parallel",
-        "2",
-        "--threads",
-        "1",
-        "--no-report",
-        *extra,
-        env=slurm,
-    )
 
 
 @pytest.mark.slow

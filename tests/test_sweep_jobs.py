@@ -12,8 +12,7 @@ import pytest
 from grpo_zoo.launch.jobs import is_active, job_state
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, clean_env, run_module
-from .test_sweep import slurm_sweep, write_experiment
+from .helpers import ROOT, clean_env, run_module, slurm_sweep, write_experiment
 
 DROP = ("compute/device_seconds", "compute/device_hours")
 

@@ -12,7 +12,7 @@ import yaml
 
 from grpo_zoo.runs import RunDir
 
-from .test_trainer import SMALL
+from .helpers import SMALL
 
 # no network: offline W&B must not need one (an unroutable server proves it)
 OFFLINE = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}

@@ -13,9 +13,8 @@ import torch
 from grpo_zoo.runs import RunDir
 from tests import golden
 
-from .helpers import ROOT, TINY_RUN, overrides
+from .helpers import ROOT, SMALL
 
-SMALL = overrides(TINY_RUN, {"budget.steps": 2, "optim.lr": 1e-3, "model.lora_rank": 0})
 # every registered algorithm and its ablation switches, enumerated from the registry ...
 VARIANTS = {name: golden.algorithm_args(fields) for name, fields in golden.variants().items()}
 # ... and options of the shared engine, each on a registered algorithm

@@ -20,30 +20,7 @@ from grpo_zoo.core.objective import Runtime
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 
-from .test_seam import run_config, train
-
-
-def release_deepspeed_groups() -> None:
-    """Drop DeepSpeed's cached references to a destroyed process group (a trainer after it
-    would otherwise reach for the old world group)."""
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        from deepspeed.utils import groups
-
-        getattr(groups, "_release_process_group_references", lambda: None)()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    """Trainers of this module share one process group, torn down at the end, whatever ran before."""
-    import torch.distributed as dist
-
-    release_deepspeed_groups()
-    yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    release_deepspeed_groups()
+from .helpers import run_config, train
 
 
 class Lin(torch.nn.Module):

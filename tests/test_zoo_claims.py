@@ -9,7 +9,7 @@ from grpo_zoo.analysis import load_runs
 from grpo_zoo.analysis.tables import leaderboard
 from grpo_zoo.reports import leaderboard as zoo
 
-from .test_report import fake_run
+from .helpers import fake_run
 
 
 @pytest.fixture

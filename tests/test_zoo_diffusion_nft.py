@@ -18,8 +18,7 @@ from grpo_zoo.core.objective import Runtime
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 
-from .test_seam import run_config, train
-from .test_zoo_awm import process_group  # noqa: F401 (this module's process group)
+from .helpers import run_config, train
 
 
 class Lin(torch.nn.Module):

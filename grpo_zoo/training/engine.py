@@ -75,6 +75,20 @@ def skip_shm_op() -> None:
     backend.build_shm_op = lambda: None
 
 
+def teardown() -> None:
+    """Destroy this process's process group, if any, through DeepSpeed's own teardown when it
+    made one (it then also drops the groups it cached)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    import sys
+
+    comm = sys.modules.get("deepspeed.comm.comm")
+    if comm is not None and comm.cdb is not None:
+        comm.destroy_process_group()
+    else:
+        dist.destroy_process_group()
+
+
 class Engine:
     """DeepSpeed around the trainable module, plus the collectives the trainer needs."""
 
@@ -192,12 +206,6 @@ class Engine:
         Through DeepSpeed's own teardown, which also drops the groups it cached: a later Engine
         in the same process (the debug executor's next job, the tests) starts clean instead of
         meeting a stale group ("Group ... is not registered")."""
-        if dist.is_available() and dist.is_initialized():
-            import deepspeed.comm
-
-            if deepspeed.comm.comm.cdb is not None:
-                deepspeed.comm.destroy_process_group()
-            else:
-                dist.destroy_process_group()
+        teardown()
         for key in getattr(self, "rendezvous_keys", []):
             os.environ.pop(key, None)

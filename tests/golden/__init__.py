@@ -169,7 +169,6 @@ def _kept(row: dict) -> dict:
 def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
     """Train each named variant for two iterations; its record (rows, hashes, config)."""
     import torch
-    import torch.distributed as dist
 
     from grpo_zoo.runs import RunDir
     from grpo_zoo.train import resolve
@@ -193,9 +192,9 @@ def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
                 "rows": [_kept(r) for r in RunDir(run_dir).rows()],
             }
     finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-        from grpo_zoo.training.engine import RENDEZVOUS_KEYS
+        from grpo_zoo.training.engine import RENDEZVOUS_KEYS, teardown
+
+        teardown()
 
         for key in RENDEZVOUS_KEYS:  # later subprocesses must not inherit this rendezvous
             os.environ.pop(key, None)
