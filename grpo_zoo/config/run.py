@@ -23,7 +23,7 @@ class ModelConfig:
     """toy: a shipped checkpoint name or a directory; wan: a local diffusers Wan2.1 directory."""
     arch: str | None = None
     """wan: the architecture (wan2.1-t2v-1.3b, wan2.1-t2v-14b), for estimates without the weights."""
-    lora_rank: int = num(0, ge=0)
+    lora_rank: int = num(0, ge=0, le=4096)
     """LoRA rank through peft; 0 trains every weight (the reference is then a frozen copy)."""
     lora_alpha: float = num(32.0, gt=0)
     """LoRA alpha."""
@@ -31,11 +31,11 @@ class ModelConfig:
     """Module names that get LoRA adapters (the attention projections)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (memory for compute)."""
-    height: int = num(480, ge=1)
+    height: int = num(480, ge=1, le=8192)
     """wan: video height in pixels (the toy world's size is fixed)."""
-    width: int = num(832, ge=1)
+    width: int = num(832, ge=1, le=8192)
     """wan: video width in pixels."""
-    frames: int = num(81, ge=1)
+    frames: int = num(81, ge=1, le=4097)
     """wan: number of frames."""
     max_tokens: int = num(512, ge=1)
     """wan: prompt length the text encoder pads to (WanPipeline's max_sequence_length)."""
@@ -45,7 +45,7 @@ class ModelConfig:
 class SamplingConfig:
     schedule: Literal["wan", "flow_match"] = "wan"
     """Sigma schedule (matches diffusers: wan = UniPC flow sigmas, flow_match = FlowMatchEuler)."""
-    steps: int = num(10, ge=1)
+    steps: int = num(10, ge=1, le=1000)
     """T: sampling steps of a training rollout."""
     shift: float = num(3.0, gt=0)
     """Timestep shift s (Wan 480p uses 3)."""
@@ -55,7 +55,7 @@ class SamplingConfig:
     """a of flow_sde / cps / constant, scale of wan_linear; null takes the kind's default (0.7, 1, 0.7, 0.3)."""
     guidance: float = num(1.0, ge=1)
     """Classifier-free guidance scale for rollouts and evaluation (1 = off; CFG doubles the NFE)."""
-    eval_steps: int = num(20, ge=1)
+    eval_steps: int = num(20, ge=1, le=1000)
     """ODE steps of evaluation sampling (always Euler on every step: one yardstick for every run)."""
     ode_solver: Literal["euler", "dpm2"] = "euler"
     """Solver of a rollout's ODE steps: euler, or dpm2 (second-order multistep DPM-Solver++(2M), as
@@ -98,15 +98,15 @@ class DataConfig:
     """Training prompts: toy:train, toy:test, or a text file with one prompt per line."""
     eval_prompts: str = "toy:test"
     """Held-out evaluation prompts (same forms)."""
-    prompts_per_step: int = num(4, ge=1)
+    prompts_per_step: int = num(4, ge=1, le=65536)
     """P: prompt groups per iteration (over all ranks; each rank takes P / world size)."""
-    group_size: int = num(8, ge=2)
+    group_size: int = num(8, ge=2, le=4096)
     """G: rollouts per prompt."""
     eval_every: int = num(5, ge=0)
     """Evaluate every this many iterations (0: only at the start and the end)."""
-    eval_samples: int = num(32, ge=1)
+    eval_samples: int = num(32, ge=1, le=1_000_000)
     """Evaluation videos (the eval prompts cycle), sampled by ODE at fixed seeds."""
-    eval_seed: int = num(1234, ge=0)
+    eval_seed: int = num(1234, ge=0, le=2**32 - 1)
     """Seed of the evaluation noise (the same for every run, so evals compare)."""
 
     def validate(self) -> None:
@@ -138,7 +138,7 @@ class OptimConfig:
     """Optimizer steps per rollout batch (the trained transitions are split)."""
     inner_epochs: int = num(1, ge=1)
     """Passes over the rollout batch."""
-    micro_batch: int = num(32, ge=1)
+    micro_batch: int = num(32, ge=1, le=65536)
     """Transitions per forward/backward (gradient accumulation inside a minibatch)."""
     ema_decay: float = num(0.0, ge=0, lt=1)
     """EMA of the trainable weights for evaluation; 0 turns it off."""
@@ -154,7 +154,7 @@ class EngineConfig:
     """torch.distributed backend: auto picks nccl on GPUs, gloo on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train: auto picks cuda when available."""
-    threads: int | None = num(None, ge=1)
+    threads: int | None = num(None, ge=1, le=1024)
     """torch intra-op threads on CPU (null: torch's default). Part of the config because CPU
     kernels reduce in a thread-dependent order: a fixed count makes reruns bit-identical."""
 
@@ -196,7 +196,7 @@ class LoggingConfig:
 class RunConfig:
     run_dir: str = path("runs/default", "dir")
     """The run directory (config, metrics, checkpoints, eval videos)."""
-    seed: int = num(0, ge=0)
+    seed: int = num(0, ge=0, le=2**32 - 1)
     """Seed of everything random in the run."""
     algorithm: AlgorithmConfig = field(default_factory=lambda: AlgorithmConfig.resolve_type({})())
     """The algorithm and its own fields (algorithm.name picks it)."""

@@ -145,6 +145,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+INT_LIMIT = 2**63
+"""Integers in a config fit a signed 64-bit integer."""
+
+
+def _short(value: Any) -> str:
+    """repr(value), shortened in the middle past 40 characters (a 400-digit number is one line)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:18]}...{text[-18:]} ({len(text)} characters)"
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`, converting where YAML is loose."""
     origin = get_origin(tp)
@@ -188,20 +198,24 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value < INT_LIMIT:  # torch, numpy and the C libraries below hold 64 bits
+                raise ConfigError(f"{where}: {_short(value)} does not fit a 64-bit integer (|value| < 2**63)")
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {_short(value)}")
     if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
+        try:
+            if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+            if isinstance(value, str):
+                return float(value)
+        except ValueError:
+            pass
+        except OverflowError:
+            raise ConfigError(f"{where}: {_short(value)} is too large for a floating-point number") from None
+        raise ConfigError(f"{where}: expected a number, got {_short(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
