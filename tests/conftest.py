@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from .helpers import ROOT, run_module
+from .helpers import ROOT, SERVICE, VENV, clean_env, run_module
 
 # The toy world runs on 2 CPU threads; keep runs reproducible and quiet.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -47,3 +47,21 @@ def no_rendezvous_left_behind():
     teardown()
     for key in RENDEZVOUS_KEYS:
         os.environ.pop(key, None)
+
+
+@pytest.fixture(scope="module")
+def tiny_hpsv3(tmp_path_factory):
+    if not (VENV / "bin" / "python").exists():
+        if os.environ.get("CI"):
+            pytest.fail("no .venv-hpsv3: .ci/run creates it with grpo_zoo/rewards/hpsv3_service/setup.sh")
+        pytest.skip("no .venv-hpsv3 (bash grpo_zoo/rewards/hpsv3_service/setup.sh)")
+    out = tmp_path_factory.mktemp("hpsv3")
+    done = subprocess.run(
+        [str(VENV / "bin" / "python"), str(SERVICE / "make_tiny.py"), str(out)],
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out

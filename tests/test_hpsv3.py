@@ -4,7 +4,6 @@ reward, a restart mid-scoring, and one training iteration of each algorithm on a
 
 import base64
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -59,24 +58,6 @@ class Server:
     def health(self) -> dict:
         with urllib.request.urlopen(f"{self.url}/health", timeout=5) as r:
             return json.loads(r.read())
-
-
-@pytest.fixture(scope="module")
-def tiny_hpsv3(tmp_path_factory):
-    if not (VENV / "bin" / "python").exists():
-        if os.environ.get("CI"):
-            pytest.fail("no .venv-hpsv3: .ci/run creates it with grpo_zoo/rewards/hpsv3_service/setup.sh")
-        pytest.skip("no .venv-hpsv3 (bash grpo_zoo/rewards/hpsv3_service/setup.sh)")
-    out = tmp_path_factory.mktemp("hpsv3")
-    done = subprocess.run(
-        [str(VENV / "bin" / "python"), str(SERVICE / "make_tiny.py"), str(out)],
-        capture_output=True,
-        text=True,
-        env={**clean_env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")
