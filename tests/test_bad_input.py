@@ -174,6 +174,13 @@ TRAIN = [
     ],
     ["{cfg}", "run_dir={run}", "optim.micro_batch=9999999999999999999999999"],
     ["{cfg}", "run_dir={run}", "model.frames=1000000000000000000000000000000"],
+    ["{cfg}", "run_dir="],  # empty paths, duplicate keys, symlink loops: one class each
+    ["{cfg}", "run_dir=  "],
+    [""],
+    ["{dup_yaml}", "run_dir={run}"],
+    ["{loop}", "run_dir={run}"],
+    ["{base_int}", "run_dir={run}"],
+    ["{base_list}", "run_dir={run}"],
     ["{cfg}", "run_dir={run}", "optim.lr=nan"],
     ["{cfg}", "run_dir={run}", "optim.lr=.inf"],
     ["{cfg}", "run_dir={run}", "optim.lr=0"],
@@ -551,6 +558,11 @@ def place(tmp_path_factory) -> dict:
     (root / "bad.yaml").write_text("a: [1, 2\nb: {\n")
     (root / "binary.yaml").write_bytes(bytes(range(256)) * 4)
     (root / "list.yaml").write_text("- 1\n- 2\n")
+    (root / "dup.yaml").write_text("seed: 1\nseed: 2\n")
+    (root / "base_int.yaml").write_text("base: 5\n")
+    (root / "base_list.yaml").write_text("base: [a.yaml]\n")
+    (root / "loop_a.yaml").symlink_to(root / "loop_b.yaml")
+    (root / "loop_b.yaml").symlink_to(root / "loop_a.yaml")
     paths = {
         "cfg": str(cfg),
         "run": str(run),
@@ -562,6 +574,10 @@ def place(tmp_path_factory) -> dict:
         "yaml_bad": str(root / "bad.yaml"),
         "binary": str(root / "binary.yaml"),
         "yaml_list": str(root / "list.yaml"),
+        "dup_yaml": str(root / "dup.yaml"),
+        "base_int": str(root / "base_int.yaml"),
+        "base_list": str(root / "base_list.yaml"),
+        "loop": str(root / "loop_a.yaml"),
         "store": str(root / "no-storage.log"),
     }
     for name, exp in EXPERIMENTS.items():
@@ -601,6 +617,9 @@ def tree_digest(root: Path) -> dict[str, str]:
             out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
         for f in filenames:
             p = os.path.join(dirpath, f)
+            if os.path.islink(p):  # a link (a loop among them) is its target's name
+                out[os.path.relpath(p, root)] = "link -> " + os.readlink(p)
+                continue
             out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
     return out
 

@@ -323,13 +323,32 @@ def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, list | dict):
+            continue  # unhashable: PyYAML's own error follows
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a missing or malformed file is a ConfigError."""
-    path = Path(path)
+    """Read a YAML mapping; a missing or malformed file, or a key given twice, is a ConfigError."""
+    path = readable_file(path, "config")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file (expected YAML)") from None
     except PermissionError:
@@ -337,7 +356,9 @@ def load_yaml(path: str | Path) -> dict:
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{at}") from None
+        problem = getattr(err, "problem", None)
+        why = f": {problem}" if problem and problem.startswith("duplicate key") else ""
+        raise ConfigError(f"{path}: not valid YAML{at}{why}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -356,13 +377,15 @@ def deep_merge(base: dict, over: dict) -> dict:
 def load_config_file(path: str | Path, _seen: tuple = ()) -> dict:
     """A YAML config; a top-level `base: other.yaml` (relative to this file) is loaded first
     and this file's keys are merged over it."""
-    path = Path(path)
+    path = readable_file(path, f"{_seen[-1]}: base" if _seen else "config")  # empty, missing, a loop of symlinks
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: `base` chain loops back to itself")
     data = load_yaml(path)
     base = data.pop("base", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base: expected the path of a YAML file (relative to this one), got {base!r}")
     return deep_merge(load_config_file(path.parent / base, (*_seen, path.resolve())), data)
 
 

@@ -280,8 +280,9 @@ def parser() -> ArgParser:
         help="runs at a time (local) or array parallelism (slurm)",
     )
     p.add_argument("--threads", type=number(int, AT_LEAST_ONE), default=None, help="torch threads per run (CPU)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and what would be submitted; run nothing")
-    p.add_argument("--status", action="store_true", help="show each run's state and latest numbers")
+    look = p.add_mutually_exclusive_group()  # one way to look without submitting
+    look.add_argument("--dry-run", action="store_true", help="list the runs and what would be submitted; run nothing")
+    look.add_argument("--status", action="store_true", help="show each run's state and latest numbers")
     p.add_argument("--no-wait", action="store_true", help="submit and return")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     return p
