@@ -109,7 +109,7 @@ def number(kind: type = float, valid: Range = FINITE) -> Callable[[str], float]:
 # -- path arguments --------------------------------------------------------------------------
 
 
-def _given(path: str | os.PathLike, name: str, what: str) -> Path:
+def given_path(path: str | os.PathLike, name: str, what: str) -> Path:
     """`path` as a Path; an empty one (which would silently mean the current directory) or a
     symlink that leads nowhere (broken, or a loop) is a ConfigError naming `name`."""
     if not str(path).strip():
@@ -123,7 +123,7 @@ def _given(path: str | os.PathLike, name: str, what: str) -> Path:
 def writable_dir(path: str | os.PathLike, name: str) -> Path:
     """A directory we may write into: an existing writable one, or one that can be created
     (its nearest existing ancestor is a writable directory). ConfigError otherwise."""
-    p = _given(path, name, "directory")
+    p = given_path(path, name, "directory")
     if p.exists() or p.is_symlink():
         if not p.is_dir():
             raise ConfigError(f"{name}: {str(p)!r} is a file, not a directory (give a directory path)")
@@ -157,7 +157,7 @@ def _can_write_in(directory: Path) -> bool:
 
 def writable_file(path: str | os.PathLike, name: str) -> Path:
     """A file we may (over)write: not a directory, in a directory that exists or can be created."""
-    p = _given(path, name, "file")
+    p = given_path(path, name, "file")
     if p.is_dir():
         raise ConfigError(f"{name}: {str(p)!r} is a directory, not a file (give a file path)")
     if p.exists() and not os.access(p, os.W_OK):
@@ -168,7 +168,7 @@ def writable_file(path: str | os.PathLike, name: str) -> Path:
 
 def readable_file(path: str | os.PathLike, name: str) -> Path:
     """An existing file we may read."""
-    p = _given(path, name, "file")
+    p = given_path(path, name, "file")
     if not p.exists():
         raise ConfigError(f"{name}: no file {str(p)!r}")
     if not p.is_file():
@@ -180,7 +180,7 @@ def readable_file(path: str | os.PathLike, name: str) -> Path:
 
 def readable_dir(path: str | os.PathLike, name: str) -> Path:
     """An existing directory we may read."""
-    p = _given(path, name, "directory")
+    p = given_path(path, name, "directory")
     if not p.exists():
         raise ConfigError(f"{name}: no directory {str(p)!r}")
     if not p.is_dir():

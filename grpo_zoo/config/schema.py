@@ -44,6 +44,7 @@ from grpo_zoo.errors import (
     FINITE,
     ConfigError,
     Range,
+    given_path,
     readable_file,
     writable_dir,
 )
@@ -344,7 +345,7 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing or malformed file, or a key given twice, is a ConfigError."""
-    path = readable_file(path, "config")
+    path = given_path(path, "config", "file")  # empty, or a symlink that leads nowhere
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -377,7 +378,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 def load_config_file(path: str | Path, _seen: tuple = ()) -> dict:
     """A YAML config; a top-level `base: other.yaml` (relative to this file) is loaded first
     and this file's keys are merged over it."""
-    path = readable_file(path, f"{_seen[-1]}: base" if _seen else "config")  # empty, missing, a loop of symlinks
+    path = given_path(path, f"{_seen[-1]}: base" if _seen else "config", "file")  # empty, or leads nowhere
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: `base` chain loops back to itself")
     data = load_yaml(path)
