@@ -34,8 +34,29 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int | None]:
             text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # one line, always
             print(f"error: {text}", file=sys.stderr)
             raise SystemExit(2) from None
+        except Exception as err:  # a full disk, however a library below words it: one line too
+            where = full_disk(err)
+            if where is None:
+                raise
+            print(f"error: {where}: no space left on its file system; free some space and rerun", file=sys.stderr)
+            raise SystemExit(2) from None
 
     return wrapper
+
+
+FULL_DISK = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def full_disk(err: BaseException) -> str | None:
+    """Where a failed write ran out of space (its file, or "a write"), if that is why it failed."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (28, 122):  # ENOSPC, EDQUOT
+            return str(seen.filename or "a write")
+        if any(text in str(seen) for text in FULL_DISK):
+            return "a write"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class ArgParser(argparse.ArgumentParser):
@@ -58,12 +79,13 @@ class Range:
     high_open: bool = False
 
     def describe(self) -> str:
+        lo, hi = _show(self.low), _show(self.high)
         if self.low is not None and self.high is not None:
-            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            return f"in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
         if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {self.low:g}"
+            return f"{'>' if self.low_open else '>='} {lo}"
         if self.high is not None:
-            return f"{'<' if self.high_open else '<='} {self.high:g}"
+            return f"{'<' if self.high_open else '<='} {hi}"
         return "finite"
 
     def problem(self, value: float) -> str | None:
@@ -75,8 +97,15 @@ class Range:
         if (lo is not None and (value <= lo if self.low_open else value < lo)) or (
             hi is not None and (value >= hi if self.high_open else value > hi)
         ):
-            return f"must be {self.describe()}, got {value:g}"
+            return f"must be {self.describe()}, got {_show(value)}"
         return None
+
+
+def _show(x: float | None) -> str:
+    """A bound or a value in an error line: an integer whole (4294967295), a float short (1e-05)."""
+    if isinstance(x, int) and not isinstance(x, bool) and abs(x) < 10**12:
+        return str(x)
+    return f"{x:g}"
 
 
 FINITE = Range()
@@ -85,6 +114,14 @@ NON_NEGATIVE = Range(0)
 AT_LEAST_ONE = Range(1)
 UNIT = Range(0, 1)
 """[0, 1]: a probability or a fraction."""
+SHIFT = Range(1e-3, 1e3)
+"""A timestep shift: beyond these the shifted sigmas round to all 0 or all 1 (or overflow)."""
+NOISE_LEVEL = Range(0, 100)
+"""A noise level (a, or wan_linear's scale): beyond it the SDE's variance overflows."""
+SEED = Range(0, 2**32 - 1)
+"""A random seed: what numpy and torch generators accept."""
+STEPS = Range(1, 1000)
+"""Sampling steps: at most the scheduler's 1000 training timesteps."""
 
 
 def number(kind: type = float, valid: Range = FINITE) -> Callable[[str], float]:
@@ -97,6 +134,8 @@ def number(kind: type = float, valid: Range = FINITE) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
             ) from None
+        if kind is int and not -(2**63) <= value < 2**63:  # what torch, numpy and C below can hold
+            raise argparse.ArgumentTypeError(f"{text[:20]}... does not fit a 64-bit integer")
         problem = valid.problem(value)
         if problem:
             raise argparse.ArgumentTypeError(problem)

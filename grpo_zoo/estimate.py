@@ -55,14 +55,16 @@ def parser() -> ArgParser:
     p.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     p.add_argument(
         "--mfu",
-        type=number(float, Range(0, 1, low_open=True)),
+        type=number(float, Range(1e-3, 1)),  # below 0.1% is no assumption a run can make
         default=0.4,
         help="model FLOPs utilisation assumed (default 0.4)",
     )
     p.add_argument(
         "--budget-gpu-hours", type=number(float, POSITIVE), default=350.0, help="budget to turn into iterations"
     )
-    p.add_argument("--plans", type=number(int, AT_LEAST_ONE), default=64, help="iterations whose plans are averaged")
+    p.add_argument(
+        "--plans", type=number(int, Range(1, 10_000)), default=64, help="iterations whose plans are averaged"
+    )
     p.add_argument("--format", choices=("md", "json"), default="md")
     p.add_argument("--no-memory", action="store_true", help="skip the per-GPU memory estimate")
     return p

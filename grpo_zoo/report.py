@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from grpo_zoo.errors import FINITE, ArgParser, ConfigError, cli, number, readable_dir, writable_dir
+from grpo_zoo.runs.files import atomic_write
 
 
 def write_report(
@@ -70,9 +71,9 @@ def write_report(
         "collapse": col,
     }
     for name, df in tables.items():
-        (out / f"{name}.md").write_text(render(df, "md") + "\n")
-        (out / f"{name}.tex").write_text(render(df, "tex"))
-    data.runs.to_csv(out / "runs.csv", index=False)
+        atomic_write(out / f"{name}.md", render(df, "md") + "\n")  # each output whole or not at all
+        atomic_write(out / f"{name}.tex", render(df, "tex"))
+    atomic_write(out / "runs.csv", data.runs.to_csv(index=False))
     lines = [
         f"# Report: {root}",
         "",
@@ -119,8 +120,8 @@ def write_report(
     }
     for name, path in plots.items():
         lines += [f"### {captions[name]}", "", f"![{name}]({path.name}) ([PDF]({path.stem}.pdf))", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    (out / "headline.txt").write_text(lines[2] + "\n")
+    atomic_write(out / "report.md", "\n".join(lines))
+    atomic_write(out / "headline.txt", lines[2] + "\n")
     return out / "report.md"
 
 

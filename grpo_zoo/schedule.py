@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from grpo_zoo.errors import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, ArgParser, ConfigError, cli, number
+from grpo_zoo.errors import NOISE_LEVEL, SHIFT, STEPS, ArgParser, ConfigError, cli, number
 from grpo_zoo.flow import NOISE_KINDS, SCHEDULES, make_sigmas, step_table
 
 COLUMNS = ("step", "sigma", "dt", "std", "step_std", "lambda", "inv_lambda")
@@ -38,14 +38,12 @@ def format_table(rows: list[dict]) -> str:
 def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.schedule", description=__doc__.split("\n")[0])
     p.add_argument("--schedule", default="wan", help=f"one of {', '.join(SCHEDULES)} (default wan)")
-    p.add_argument(
-        "--steps", type=number(int, AT_LEAST_ONE), default=20, help="number of sampling steps N (default 20)"
-    )
-    p.add_argument("--shift", type=number(float, POSITIVE), default=3.0, help="timestep shift s (default 3, Wan 480p)")
+    p.add_argument("--steps", type=number(int, STEPS), default=20, help="number of sampling steps N (default 20)")
+    p.add_argument("--shift", type=number(float, SHIFT), default=3.0, help="timestep shift s (default 3, Wan 480p)")
     p.add_argument("--noise", default="flow_sde", help=f"one of {', '.join(NOISE_KINDS)} (default flow_sde)")
     p.add_argument(
         "--noise-level",
-        type=number(float, NON_NEGATIVE),
+        type=number(float, NOISE_LEVEL),
         default=None,
         help="a for flow_sde/cps/constant, scale for wan_linear",
     )

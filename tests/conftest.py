@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from .helpers import ROOT, SERVICE, VENV, clean_env, run_module
+from .helpers import ROOT, SERVICE, VENV, clean_env, merged, run_module
 
 # The toy world runs on 2 CPU threads; keep runs reproducible and quiet.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -15,7 +15,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 @pytest.fixture
 def train():
     def _train(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        return run_module("grpo_zoo.train", *args, env=env)
+        return run_module("grpo_zoo.train", *merged(*args), env=env)  # a shared set, then the test's own
 
     return _train
 

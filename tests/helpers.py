@@ -41,6 +41,17 @@ def overrides(*parts: dict) -> list[str]:
     return [f"{k}={spell(v)}" for k, v in merged.items()]
 
 
+def merged(*args: str) -> list[str]:
+    """Command-line arguments with each `key=value` override once, the last one given winning
+    (the trainer refuses a key given twice; tests compose shared sets with their own)."""
+    out: dict[str, str] = {}
+    for i, arg in enumerate(args):
+        key = arg.split("=", 1)[0] if "=" in arg else f"#{i}"
+        out.pop(key, None)
+        out[key] = arg
+    return list(out.values())
+
+
 def run_module(module: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`python -m module args` in the repository root, without this process's rendezvous."""
     from grpo_zoo.training.engine import RENDEZVOUS_KEYS
@@ -251,3 +262,49 @@ def slurm_sweep(exp, runs, slurm, *extra):
         *extra,
         env=slurm,
     )
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Rows without their wall-clock columns (what two runs of one config share exactly)."""
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]
+
+
+def launch_train(args: list[str], kill_at: str | None = None, stop_at: str | None = None) -> subprocess.Popen:
+    """`python -m grpo_zoo.train ARGS` in the background, killed (SIGKILL) or stopped (SIGSTOP) at
+    a named point of grpo_zoo/runs/store.py when asked."""
+    import signal
+
+    env = clean_env()
+    for var, value in (("GRPO_ZOO_KILL_AT", kill_at), ("GRPO_ZOO_STOP_AT", stop_at)):
+        env.pop(var, None)
+        if value:
+            env[var] = value
+    return subprocess.Popen(
+        [sys.executable, "-m", "grpo_zoo.train", *merged(*args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        # a shell's background job inherits SIGINT ignored, and the trainer honours that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def wait_stopped(proc: subprocess.Popen, timeout: float = 900) -> None:
+    """Until `proc` has stopped itself (SIGSTOP at its stop point)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "T":
+            return
+        time.sleep(0.1)
+    raise AssertionError("the trainer never reached its stop point")

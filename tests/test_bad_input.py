@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
 from collections import Counter
 from pathlib import Path
@@ -136,6 +137,40 @@ EXPERIMENTS = {
     "tune_enqueue_text": tune_section(enqueue="x"),
     "tune_enqueue_unknown": tune_section(enqueue=[{"optim.beta": 0.1}]),
     "tune_enqueue_invalid": tune_section(enqueue=[{"optim.lr": -1.0}]),
+    # values, structures and names the code cannot hold or that cannot be meant: one class each
+    "seeds_huge": experiment(seeds=[10**30]),
+    "name_empty": experiment(name=""),
+    "name_blank": experiment(name="  "),
+    "variants_identical": experiment(
+        variants={"a": {"algorithm": {"name": "flash_grpo"}}, "b": {"algorithm": {"name": "flash_grpo"}}}
+    ),
+    "variant_empty_name": experiment(variants={"": {"algorithm": {"name": "flash_grpo"}}}),
+    "grid_duplicate_values": experiment(grid={"optim.lr": [1e-4, 1e-4]}),
+    "tune_int_fractional_step": tune_section(space={"data.group_size": {"low": 2, "high": 8, "step": 1.5}}),
+    "tune_n_trials_bool": tune_section(n_trials=True),
+    "tune_variants_empty": tune_section(variants=[]),
+    "tune_bound_huge": tune_section(
+        space={
+            "optim.lr": {
+                "low": 1e-4,
+                "high": float(
+                    "10000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
+                ),
+            }
+        }
+    ),
+    "tune_int_bound_huge": tune_section(
+        space={
+            "data.group_size": {
+                "low": 2,
+                "high": 10000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000,
+            }
+        }
+    ),
+    "tune_seed_huge": tune_section(seed=10**30),
+    "tune_sampler_seed_huge": tune_section(sampler={"name": "random", "seed": 10**30}),
+    "tune_rungs_huge": tune_section(rungs=10**30),
+    "tune_n_trials_huge": tune_section(n_trials=10**30),
 }
 
 CLUSTERS = {
@@ -244,6 +279,18 @@ TRAIN = [
     ["{cfg}", "run_dir={file}/sub"],
     ["{cfg}", "run_dir={ro}"],
     ["{cfg}", "run_dir={ro}/run"],
+    ["{cfg}", "run_dir={missing}/run", "model.backend=wan", "model.height=1", "model.width=1"],
+    ["{cfg}", "run_dir={run}", "model.frames=0"],
+    ["{cfg}", "run_dir={run}", "data.prompts={binary}"],
+    ["{cfg}", "run_dir={run}", "data.prompts={dir}"],
+    ["{cfg}", "run_dir={run}", "data.prompts={fifo}"],
+    ["{cfg}", "run_dir={run}", "data.prompts={empty_file}"],
+    ["{cfg}", "run_dir={missing}/run", "model.lora_targets=[nope]"],
+    ["{cfg}", "run_dir={missing}/run", "model.lora_targets=[]"],
+    ["{cfg}", "run_dir={missing}/run", "model.backend=wan", "model.path={empty_model}"],
+    ["{cfg}", "run_dir={missing}/run", "model.backend=wan", "model.path={dir}"],
+    ["{cfg}", "run_dir={missing}/run", "optim.lr=1e-4", "optim.lr=1e-3"],
+    ["{fifo}", "run_dir={run}"],
 ]
 
 SWEEP_EXPS = [k for k in EXPERIMENTS if not k.startswith("tune_") and k != "ok"]
@@ -273,6 +320,10 @@ SWEEP = [[f"{{exp:{k}}}", "--runs-dir", "{runs}", "--dry-run"] for k in SWEEP_EX
     [],
     ["{exp:config_lr_nan}", "--runs-dir", "{runs}", "--status"],
     ["{exp:config_k_range}", "--runs-dir", "{runs}"],
+    ["{anchor_loop}", "--runs-dir", "{runs}", "--dry-run"],
+    ["{fifo}", "--runs-dir", "{runs}", "--dry-run"],
+    ["{exp:ok}", "--runs-dir", "{runs}", "--threads", "100000000000000000000"],
+    ["{exp:ok}", "--runs-dir", "{runs}", "--max-parallel", "100000000000000000000"],
 ]
 
 TUNE_EXPS = [k for k in EXPERIMENTS if k.startswith("tune_")]
@@ -306,6 +357,10 @@ TUNE = [[f"{{exp:{k}}}", "--runs-dir", "{runs}", "--storage", "{store}"] for k i
     ["{exp:ok}", "--runs-dir", "{runs}", "--replay", "flash:x", "--storage", "{journal}"],
     ["{exp:ok}", "--runs-dir", "{runs}", "--replay", "0", "--report-only", "--storage", "{journal}"],
     ["{exp:ok}", "--runs-dir", "{runs}", "--bogus"],
+    ["{exp:ok}", "--runs-dir", "{runs}", "--storage", "journal:{loop}"],
+    ["{exp:ok}", "--runs-dir", "{runs}", "--storage", "journal:{fifo}"],
+    ["{exp:ok}", "--runs-dir", "{runs}", "--n-trials", "100000000000000000000"],
+    ["{exp:ok}", "--runs-dir", "{runs}", "--workers", "100000000000000000000"],
 ]
 
 REPORT = [
@@ -377,6 +432,11 @@ ESTIMATE = [
     [ESTIMATE_WAN, "--gpus", "8", "--gpu", "v100"],
     [ESTIMATE_WAN, "--gpus", "8", "--format", "csv"],
     [ESTIMATE_WAN, "--gpus", "8", "--bogus"],
+    [ESTIMATE_WAN, "--gpus", "8", "--plans", "1000000000000"],
+    [ESTIMATE_WAN, "--gpus", "8", "--mfu", "1e-300"],
+    [ESTIMATE_WAN, "--gpus", "100000000000000000000"],
+    [ESTIMATE_WAN, "--gpus", "8", "--budget-gpu-hours", "1e300"],
+    ["{fifo}", "--gpus", "8"],
     ["--gpus", "8"],
     ["{missing}/c.yaml", "--gpus", "8"],
     ["{dir}", "--gpus", "8"],
@@ -413,9 +473,20 @@ SCHEDULE = [
     ["extra"],
     ["--steps"],
     ["--shift"],
+    ["--shift", "1e308"],
+    ["--shift", "1e-308"],
+    ["--noise-level", "1e308"],
+    ["--steps", "1000000000000000000000000000000"],
 ]
 
 EVALUATE = [
+    ["--seed", "1000000000000000000000000000000"],
+    ["--seed", "4294967296"],
+    ["--steps", "1000000000000000000000000000000"],
+    ["--n", "30000000"],
+    ["--n", "100000000000000000000"],
+    ["--model", "{truncated_model}"],
+    ["--model", "{fifo}"],
     ["--model", "{missing}"],
     ["--model", "{file}"],
     ["--model", "{dir}"],
@@ -563,6 +634,20 @@ def place(tmp_path_factory) -> dict:
     (root / "base_list.yaml").write_text("base: [a.yaml]\n")
     (root / "loop_a.yaml").symlink_to(root / "loop_b.yaml")
     (root / "loop_b.yaml").symlink_to(root / "loop_a.yaml")
+    fifo = root / "a-fifo"
+    os.mkfifo(fifo)  # nothing may block on it
+    (root / "empty.txt").write_text("")
+    (root / "anchor_loop.yaml").write_text(
+        yaml.safe_dump({k: v for k, v in experiment().items() if k != "variants"})
+        + "variants:\n  a: &x\n    optim: *x\n"
+    )
+    (root / "empty-model" / "transformer").mkdir(parents=True)
+    for part in ("vae", "text_encoder", "tokenizer"):  # all but a transformer config
+        (root / "empty-model" / part).mkdir()
+    truncated = root / "truncated-model"
+    shutil.copytree(ROOT / "grpo_zoo" / "toy" / "checkpoints" / "toy-base", truncated)
+    for weights in truncated.rglob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
     paths = {
         "cfg": str(cfg),
         "run": str(run),
@@ -579,6 +664,11 @@ def place(tmp_path_factory) -> dict:
         "base_list": str(root / "base_list.yaml"),
         "loop": str(root / "loop_a.yaml"),
         "store": str(root / "no-storage.log"),
+        "fifo": str(fifo),
+        "empty_file": str(root / "empty.txt"),
+        "anchor_loop": str(root / "anchor_loop.yaml"),
+        "empty_model": str(root / "empty-model"),
+        "truncated_model": str(truncated),
     }
     for name, exp in EXPERIMENTS.items():
         path = root / "exps" / f"{name}.yaml"
@@ -619,6 +709,9 @@ def tree_digest(root: Path) -> dict[str, str]:
             p = os.path.join(dirpath, f)
             if os.path.islink(p):  # a link (a loop among them) is its target's name
                 out[os.path.relpath(p, root)] = "link -> " + os.readlink(p)
+                continue
+            if stat.S_ISFIFO(os.stat(p).st_mode):  # never opened: reading it would block
+                out[os.path.relpath(p, root)] = "fifo"
                 continue
             out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
     return out

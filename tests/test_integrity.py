@@ -13,59 +13,23 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import MetricsError, RunDir, RunLock
 
-from .helpers import ROOT, SMALL, clean_env, fake_run, run_module
+from .helpers import ROOT, SMALL, comparable, fake_run, finish, launch_train, merged, run_module, wait_stopped
 
 ARGS = ["experiments/toy/base.yaml", *SMALL, "algorithm.name=flash_grpo", "budget.steps=3", "checkpoint_every=2"]
-WALL_CLOCK = ("compute/device_seconds", "compute/device_hours")
-
-
-def comparable(rows):
-    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]
 
 
 def launch(run, *extra, kill_at=None, stop_at=None):
-    env = clean_env()
-    for var, value in (("GRPO_ZOO_KILL_AT", kill_at), ("GRPO_ZOO_STOP_AT", stop_at)):
-        env.pop(var, None)
-        if value:
-            env[var] = value
-    return subprocess.Popen(
-        [sys.executable, "-m", "grpo_zoo.train", *ARGS, f"run_dir={run}", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        # a shell's background job inherits SIGINT ignored, and the trainer honours that
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
-def finish(proc, timeout=900):
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
+    return launch_train([*ARGS, f"run_dir={run}", *extra], kill_at=kill_at, stop_at=stop_at)
 
 
 def train(run, *extra, **points):
     return finish(launch(run, *extra, **points))
-
-
-def wait_stopped(proc, timeout=900):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "T":
-            return
-        time.sleep(0.1)
-    raise AssertionError("the trainer never reached its stop point")
 
 
 def signal_stopped(proc, sig):
@@ -250,7 +214,12 @@ sys.exit(main(sys.argv[1:]))
 def test_reward_nan_only_at_evaluation_is_diverged(tmp_path):
     run = tmp_path / "run"
     out = subprocess.run(
-        [sys.executable, "-c", NAN_AT_EVAL, *ARGS, "budget.steps=1", "reward.name=nan_at_eval", f"run_dir={run}"],
+        [
+            sys.executable,
+            "-c",
+            NAN_AT_EVAL,
+            *merged(*ARGS, "budget.steps=1", "reward.name=nan_at_eval", f"run_dir={run}"),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -12,7 +12,7 @@ import pytest
 
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, TINY_RUN, install_plugin, overrides, readme_block
+from .helpers import ROOT, TINY_RUN, install_plugin, merged, overrides, readme_block
 
 SMALL = overrides(
     TINY_RUN,
@@ -29,8 +29,8 @@ def plugin(tmp_path_factory):
 
 def train(env, run, steps: int, *extra: str) -> list[dict]:
     out = subprocess.run(
-        [sys.executable, "-m", "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"), *SMALL, *extra,
-         f"budget.steps={steps}", f"run_dir={run}"],
+        [sys.executable, "-m", "grpo_zoo.train", str(ROOT / "experiments/toy/base.yaml"),
+         *merged(*SMALL, *extra, f"budget.steps={steps}", f"run_dir={run}")],
         env=env, capture_output=True, text=True, cwd=run.parent, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]

@@ -20,7 +20,6 @@ variant aggregate together.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from grpo_zoo.runs import COMPLETED, CONFIG, EXPERIMENT, METRICS, MetricsError, RunDir, read_metrics
+from grpo_zoo.runs import COMPLETED, CONFIG, METRICS, MetricsError, RunDir, read_experiment, read_metrics
+from grpo_zoo.runs.files import read_state
 
 SEED_SUFFIX = re.compile(r"_seed(\d+)$")
 
@@ -55,29 +55,12 @@ class Runs:
 
 def find_run_dirs(root: str | Path) -> list[Path]:
     root = Path(root)
-    found = {p.parent for p in root.rglob(METRICS) if (p.parent / CONFIG).exists()}
+    found = {p.parent for p in root.rglob(METRICS) if (p.parent / CONFIG).exists() or (p.parent / CONFIG).is_symlink()}
     return sorted(p for p in found if ".stale-" not in p.name and ".submitit" not in p.parts)
 
 
 def variant_of(name: str) -> str:
     return SEED_SUFFIX.sub("", name)
-
-
-def read_experiment(root: str | Path) -> dict:
-    """The experiment record the sweep wrote in `root` ({} where there is none); ValueError if
-    it is damaged."""
-    path = Path(root) / EXPERIMENT
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{path}: not valid JSON (rerun the sweep, or delete it and pass --baseline)") from None
-    ok = isinstance(data, dict) and isinstance(data.get("variants", []), list)
-    ok = ok and all(isinstance(v, str) for v in data.get("variants", []))
-    if not ok or not isinstance(data.get("baseline"), str | None):
-        raise ValueError(f"{path}: expected variants (a list) and baseline (a name or null)")
-    return data
 
 
 def ordered(variants, experiment: dict) -> list[str]:
@@ -120,20 +103,24 @@ def metrics_rows(run: RunDir, info: dict) -> list[dict]:
     if info["completed"]:
         if not rows:
             raise MetricsError(f"{path}:1: empty, but the run completed; the metrics file is damaged")
-        with contextlib.suppress(json.JSONDecodeError, OSError, AttributeError):
-            step = json.loads((run.path / COMPLETED).read_text()).get("step")
-            if isinstance(step, int) and rows[-1]["step"] != step:
-                raise MetricsError(
-                    f"{path}:{len(rows)}: ends at step {rows[-1]['step']} but the run completed at step {step}; "
-                    "rows are missing"
-                )
+        step = read_state(run.path / COMPLETED, default={}, what="completion marker").get("step")
+        if isinstance(step, int) and not isinstance(step, bool) and rows[-1]["step"] != step:
+            raise MetricsError(
+                f"{path}:{len(rows)}: ends at step {rows[-1]['step']} but the run completed at step {step}; "
+                "rows are missing"
+            )
     return rows
+
+
+def _scores_problem(scores: dict) -> str | None:
+    bad = [k for k, v in scores.items() if not isinstance(v, int | float) or isinstance(v, bool)]
+    return f"the score of {bad[0]!r} is {scores[bad[0]]!r}, expected a number" if bad else None
 
 
 def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
     run = RunDir(path)
     cfg = run.config()
-    alg = cfg.get("algorithm", {})
+    alg = cfg.get("algorithm") or {}
     name = path.name
     info = {
         "run": str(path),
@@ -146,10 +133,9 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
         "status": run.status().get("status"),
         "completed": run.is_complete(),
     }
-    vbench = path / "vbench.json"
-    if vbench.exists():  # VBench's scores of the final eval videos (python -m grpo_zoo.vbench ingest)
-        for dim, score in json.loads(vbench.read_text()).items():
-            info[f"vbench/{dim}"] = score
+    # VBench's scores of the final eval videos (python -m grpo_zoo.vbench ingest)
+    for dim, score in read_state(path / "vbench.json", default={}, what="VBench scores", check=_scores_problem).items():
+        info[f"vbench/{dim}"] = score
     rows = pd.DataFrame(metrics_rows(run, info))
     if rows.empty:
         return rows, info

@@ -14,6 +14,7 @@ import seaborn as sns  # noqa: E402
 
 from grpo_zoo.analysis.load import Runs  # noqa: E402
 from grpo_zoo.analysis.stats import aggregate, collapse_table, curve_on_grid  # noqa: E402
+from grpo_zoo.runs.files import save_figure  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="paper")
 
@@ -22,7 +23,7 @@ def _save(fig, out: Path, name: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=150)
+        save_figure(fig, out / f"{name}.{ext}", dpi=150)  # whole or not at all (a full disk)
     plt.close(fig)
     return out / f"{name}.png"
 

@@ -167,6 +167,20 @@ def _slug(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "", text.replace(",", "."))
 
 
+def _refuse_twins(path: Path, runs: list[RunSpec]) -> None:
+    """Two runs of one seed whose configs are equal but for their folder are one run under two
+    names (variants that override nothing, or the same thing): refused, naming both."""
+    seen: dict[str, str] = {}
+    for run in runs:
+        key = json.dumps({k: v for k, v in run.config.items() if k != "run_dir"}, sort_keys=True, default=str)
+        if key in seen:
+            raise ConfigError(
+                f"{path}: runs {seen[key]} and {run.name} have the same config (their variants override nothing "
+                "that differs); remove one or make them differ"
+            )
+        seen[key] = run.name
+
+
 def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experiment:
     """Read, expand and check an experiment file (ConfigError on any problem)."""
     path = Path(path)
@@ -175,6 +189,8 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
         spec = build(ExperimentFile, raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    if spec.name is not None and not spec.name.strip():
+        raise ConfigError(f"{path}: name: an empty name (give the folder name of its runs, or leave name out)")
     name = spec.name or path.stem
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*", name):
         raise ConfigError(f"{path}: name {name!r} must be letters, digits, '_', '-', '.' (it names a folder)")
@@ -202,6 +218,7 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: two runs share a name; make variant names and grid values distinct")
+    _refuse_twins(path, runs)
     exp = Experiment(name, path, runs, spec.resources, dict(spec.tune or {}), raw, spec.report)
     baseline = spec.report.baseline
     if baseline is not None and baseline not in exp.variants:

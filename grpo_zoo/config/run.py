@@ -12,7 +12,7 @@ from typing import Literal
 
 from grpo_zoo.config.schema import num, path
 from grpo_zoo.core.algorithm import AlgorithmConfig
-from grpo_zoo.errors import ConfigError, readable_file
+from grpo_zoo.errors import NOISE_LEVEL, SHIFT, ConfigError, readable_file
 
 
 @dataclass
@@ -40,6 +40,13 @@ class ModelConfig:
     max_tokens: int = num(512, ge=1)
     """wan: prompt length the text encoder pads to (WanPipeline's max_sequence_length)."""
 
+    def validate(self) -> None:
+        if self.backend == "wan" and (self.height % 16 or self.width % 16):
+            raise ConfigError(
+                f"height, width: {self.height} x {self.width} is not a Wan video size; both must be multiples "
+                "of 16 (the VAE downsamples 8x, the transformer's patches are 2x2)"
+            )
+
 
 @dataclass
 class SamplingConfig:
@@ -47,11 +54,11 @@ class SamplingConfig:
     """Sigma schedule (matches diffusers: wan = UniPC flow sigmas, flow_match = FlowMatchEuler)."""
     steps: int = num(10, ge=1, le=1000)
     """T: sampling steps of a training rollout."""
-    shift: float = num(3.0, gt=0)
+    shift: float = num(3.0, ge=SHIFT.low, le=SHIFT.high)
     """Timestep shift s (Wan 480p uses 3)."""
     noise: Literal["flow_sde", "wan_linear", "cps", "constant"] = "flow_sde"
     """Noise kind of the stochastic steps."""
-    noise_level: float | None = num(None, ge=0)
+    noise_level: float | None = num(None, ge=NOISE_LEVEL.low, le=NOISE_LEVEL.high)
     """a of flow_sde / cps / constant, scale of wan_linear; null takes the kind's default (0.7, 1, 0.7, 0.3)."""
     guidance: float = num(1.0, ge=1)
     """Classifier-free guidance scale for rollouts and evaluation (1 = off; CFG doubles the NFE)."""

@@ -311,6 +311,10 @@ def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
         if isinstance(overrides, list)
         else [(k.split("."), v) for k, v in overrides.items()]
     )
+    given = [".".join(keys) for keys, _ in items]
+    twice = next((k for i, k in enumerate(given) if k in given[:i]), None)
+    if twice is not None:  # the last one would silently win
+        raise ConfigError(f"override {twice}: given twice; give each key once")
     for keys, value in items:
         node = out
         for i, key in enumerate(keys[:-1]):
@@ -346,6 +350,8 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; a missing or malformed file, or a key given twice, is a ConfigError."""
     path = given_path(path, "config", "file")  # empty, or a symlink that leads nowhere
+    if path.exists() and not path.is_file():  # a folder, a FIFO: never opened
+        raise ConfigError(f"{path}: not a regular file (expected a YAML config file)")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:

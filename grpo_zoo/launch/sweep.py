@@ -32,7 +32,17 @@ from grpo_zoo.config.experiment import Experiment, Resources, RunSpec, check_run
 from grpo_zoo.config.schema import build
 from grpo_zoo.errors import AT_LEAST_ONE, ArgParser, ConfigError, cli, number, readable_file, writable_dir
 from grpo_zoo.launch.jobs import is_active, job_state
-from grpo_zoo.runs import EXPERIMENT, RunDir, RunLock, atomic_write, budget_shrinks, run_difference
+from grpo_zoo.runs import (
+    CONFIG,
+    EXPERIMENT,
+    RunDir,
+    RunLock,
+    atomic_write,
+    budget_shrinks,
+    read_experiment,
+    run_difference,
+)
+from grpo_zoo.runs.files import read_state
 
 EXECUTORS = ("local", "slurm", "debug")
 
@@ -62,10 +72,10 @@ def run_state(spec: RunSpec) -> str:
     run = RunDir(spec.config["run_dir"])
     if not run.path.exists():
         return "new"
-    try:
-        stored = run.config()
-    except (FileNotFoundError, yaml.YAMLError):
+    run.check_state()  # a damaged file: one line naming it, and nothing submitted
+    if not (run.path / CONFIG).is_file():
         return "partial"
+    stored = run.config()
     if run_difference(stored, spec.config):
         return "stale"
     if run.is_finished() and budget_shrinks(stored, spec.config):  # its rows are past the new budget
@@ -90,14 +100,17 @@ def make_executor(kind: str, folder: Path, cluster: ClusterProfile, resources: R
 
 def read_record(root: Path) -> dict:
     """sweep.json: each run's last job (key, job_id, executor, submitted)."""
-    path = root / "sweep.json"
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ConfigError(f"{path}: not valid JSON (move it aside; the sweep then forgets its jobs)") from None
-    return data if isinstance(data, dict) else {}
+    return read_state(root / "sweep.json", default={}, what="sweep record", check=_record_problem)
+
+
+def _record_problem(record: dict) -> str | None:
+    for name, entry in record.items():
+        if not isinstance(entry, dict):
+            return f"the entry of {name!r} is {entry!r}, expected a mapping (job_id, executor, submitted)"
+        for key in ("job_id", "executor"):
+            if not isinstance(entry.get(key), str | int | None):
+                return f"{name}.{key} is {entry.get(key)!r}, expected a string"
+    return None
 
 
 def recorded_job(record: dict, name: str) -> tuple[str | None, str | None]:
@@ -108,33 +121,48 @@ def recorded_job(record: dict, name: str) -> tuple[str | None, str | None]:
 
 
 def print_status(exp: Experiment, root: Path | None = None) -> None:
+    """One line per run; every run's files are read (a damaged one: one error line) before any is printed."""
     record = read_record(root) if root is not None else {}
-    print(f"{'run':<48} {'state':<9} {'job':<22} {'step':>5} {'eval/reward':>11} {'device-s':>9}")
+    lines = [f"{'run':<48} {'state':<9} {'job':<22} {'step':>5} {'eval/reward':>11} {'device-s':>9}"]
     for spec in exp.runs:
         state = run_state(spec)
         rows = RunDir(spec.config["run_dir"]).rows() if state != "new" else []
         evals = [r for r in rows if r.get("kind") == "eval"]
         last = rows[-1] if rows else {}
         reward = f"{evals[-1]['eval/reward']:.4f}" if evals else "-"
-        seconds = f"{last.get('compute/device_seconds', 0):.0f}" if last else "-"
+        seconds = f"{last.get('compute/device_seconds') or 0:.0f}" if last else "-"
         job_id, job = recorded_job(record, spec.name)
         shown = f"{job or 'ended'} {job_id}" if job_id else "-"
-        print(f"{spec.name:<48} {state:<9} {shown:<22} {last.get('step', '-'):>5} {reward:>11} {seconds:>9}")
+        lines.append(f"{spec.name:<48} {state:<9} {shown:<22} {last.get('step', '-'):>5} {reward:>11} {seconds:>9}")
+    print("\n".join(lines))
 
 
-def ended(spec: RunSpec, job_id: str, scheduler: str | None) -> tuple[str, str]:
-    """A run whose job has ended: (its state, why) from its own status.json."""
+def ended(spec: RunSpec, job_id: str, scheduler: str | None, grace: float = 5.0) -> tuple[str, str]:
+    """A run whose job has ended: (its state, why), decided by the run's own status.json. A job
+    no longer listed is never alone a verdict: a status still `running` is read again for
+    `grace` seconds (a file system may show the last writes late) before the run is called
+    ended unfinished."""
     run = RunDir(spec.config["run_dir"])
-    state = run_state(spec)
-    status = run.status() if run.path.exists() else {}
-    if state in ("done", "diverged"):
-        return state, status.get("reason", "")
-    if state == "failed":
-        return "failed", status.get("reason") or "failed"
+    deadline = time.monotonic() + grace
+    while True:
+        state = run_state(spec)
+        status = run.status() if run.path.exists() else {}
+        said = status.get("status")
+        if state in ("done", "diverged") or (said in FINISHED and state != "stale"):
+            return ("diverged" if said == "diverged" else "done"), status.get("reason", "")
+        if state == "failed" or said == "failed":
+            return "failed", status.get("reason") or "failed"
+        if said != "running" or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
     rows = run.rows() if run.path.exists() else []
     step = rows[-1].get("step", 0) if rows else 0
     how = scheduler.lower() if scheduler else "no longer listed by the scheduler"
-    return "ended", f"job {job_id} ended ({how}) with the run {status.get('status', state)} at step {step}"
+    return "ended", f"job {job_id} ended ({how}) with the run {said or state} at step {step}"
+
+
+FINISHED = ("completed", "pruned", "diverged")
+"""What a run's status.json says once the run has its outcome."""
 
 
 def sweep(
@@ -167,10 +195,11 @@ def _sweep(exp, executor, cluster, max_parallel, wait, threads, out, root: Path)
 
     from grpo_zoo.launch.jobs import TrainJob
 
-    atomic_write(root / EXPERIMENT, json.dumps(exp.record(), indent=1))  # the report's variant order and baseline
     record_path = root / "sweep.json"
     record = read_record(root)
-    states = {spec.name: run_state(spec) for spec in exp.runs}
+    states = {spec.name: run_state(spec) for spec in exp.runs}  # a damaged run: one line, nothing written
+    read_experiment(root)  # the same for the sweep's own record of the experiment
+    atomic_write(root / EXPERIMENT, json.dumps(exp.record(), indent=1))  # the report's variant order and baseline
     todo: list[RunSpec] = []
     live: dict[str, tuple[str, str]] = {}  # run -> (executor, job id) of a job submitted before
     for spec in exp.runs:
@@ -306,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     check_runs(exp)
     if args.dry_run:
+        read_record(root), read_experiment(root)  # the sweep's own state, damaged: one line
         for spec in exp.runs:
             print(f"{run_state(spec):<9} {spec.config['run_dir']}  {json.dumps(spec.overrides)}")
         return 0

@@ -25,11 +25,12 @@ from grpo_zoo.runs.store import (
     RunDir,
     git_commit,
     package_versions,
+    read_experiment,
 )
 
 __all__ = [
     "ADDRESS", "COMPLETED", "CONFIG", "EXPERIMENT", "LOCK", "META", "METRICS", "STATUS", "MetricsError", "RunBusy",
     "RunDir", "RunLock", "Terminated", "atomic_write", "budget_shrinks", "config_difference", "critical",
     "exit_signals", "git_commit", "package_versions", "parse_metrics", "read_metrics", "run_difference",
-    "run_identity", "say", "split_lines", "test_point",
+    "read_experiment", "run_identity", "say", "split_lines", "test_point",
 ]  # fmt: skip

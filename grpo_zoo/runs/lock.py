@@ -11,7 +11,7 @@ import weakref
 from pathlib import Path
 
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.runs.files import say
+from grpo_zoo.runs.files import regular_file, say
 
 LOCK = "lock"
 
@@ -47,7 +47,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        regular_file(self.path, "lock file")  # a folder or a FIFO there: one line, never opened
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

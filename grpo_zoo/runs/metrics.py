@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from grpo_zoo.errors import ConfigError
+from grpo_zoo.runs.files import regular_file
 
 
 class MetricsError(ConfigError):
@@ -30,7 +31,17 @@ def _parse_row(path: Path, lineno: int, raw: bytes) -> dict:
         raise MetricsError(
             f"{where}: a row without an integer `step` and a `kind` ({' or '.join(KINDS)}); the metrics file is damaged"
         )
+    bad = next((k for k, v in row.items() if k not in ("kind", "step") and not _number(v)), None)
+    if bad is not None:
+        raise MetricsError(f"{where}: `{bad}` is {row[bad]!r}, not a number; the metrics file is damaged")
+    if row["kind"] == "eval" and not isinstance(row.get("eval/reward"), int | float):
+        raise MetricsError(f"{where}: an eval row without `eval/reward`; the metrics file is damaged")
     return row
+
+
+def _number(value) -> bool:
+    """A row's value: a number (NaN and infinities included: a diverged run logs them) or null."""
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def parse_metrics(path: Path, lines: list[bytes]) -> list[dict]:
@@ -51,7 +62,7 @@ def parse_metrics(path: Path, lines: list[bytes]) -> list[dict]:
 
 def split_lines(path: Path) -> tuple[list[bytes], bytes]:
     """(complete lines, the torn tail: a last line without its newline, b"" if none)."""
-    data = path.read_bytes() if path.exists() else b""
+    data = path.read_bytes() if regular_file(path, "metrics file") else b""  # never a FIFO or a folder
     lines = data.split(b"\n")
     tail = lines.pop()
     return lines, tail

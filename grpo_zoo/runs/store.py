@@ -47,7 +47,7 @@ from typing import Any
 import yaml
 
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.runs.files import atomic_write, say
+from grpo_zoo.runs.files import DamagedState, append_line, atomic_write, read_state, regular_file, say
 from grpo_zoo.runs.identity import budget_shrinks, run_difference
 from grpo_zoo.runs.metrics import MetricsError, parse_metrics, read_metrics, split_lines
 from grpo_zoo.runs.signals import critical, test_point
@@ -100,10 +100,7 @@ class RunDir:
             "python": platform.python_version(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        old = {}
-        if (self.path / META).exists():
-            with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-                old = json.loads((self.path / META).read_text())
+        old = read_state(self.path / META, default={}, what="meta.json")  # damaged: one line, before any write
         if resume and old:
             meta["resumes"] = old.get("resumes", []) + [meta["started"]]
             meta["started"] = old.get("started", meta["started"])
@@ -122,14 +119,10 @@ class RunDir:
 
     def check_config(self, config: dict) -> None:
         """ConfigError when the directory holds another run than `config` (run_difference's rule)."""
-        if not (self.path / CONFIG).exists():
+        self.check_state()
+        if not regular_file(self.path / CONFIG, "config.yaml"):
             return
-        try:
-            old = self.config()
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(
-                f"run_dir: {self.path / CONFIG} is unreadable ({type(err).__name__}); repair it or choose a new run_dir"
-            ) from None
+        old = self.config()
         what = "a completed run" if self.is_complete() else "a diverged run" if self.is_finished() else "a run"
         diff = run_difference(old, config)
         if diff:
@@ -183,11 +176,8 @@ class RunDir:
         self.rows_written = len(keep)
 
     def log(self, row: dict) -> None:
-        with critical(), open(self.path / METRICS, "a") as f:
-            f.write(json.dumps(row, allow_nan=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            self.rows_written += 1
+        append_line(self.path / METRICS, json.dumps(row, allow_nan=True))  # whole, or not at all (a full disk)
+        self.rows_written += 1
         if self.tracker:
             self.tracker.log(row)
         test_point("row", row.get("step"))
@@ -239,7 +229,7 @@ class RunDir:
         steps = self._steps()
         newest = f"step-{steps[-1]}" if steps else None
         pointer = self.checkpoints / "latest"
-        if pointer.exists():
+        if regular_file(pointer, "checkpoint pointer"):
             named = pointer.read_text(errors="replace").strip()
             tail = named.split("-")[-1]
             if tail.isdigit() and (newest is None or int(tail) > int(newest.split("-")[1])):
@@ -256,21 +246,83 @@ class RunDir:
 
     def is_finished(self) -> bool:
         """Completed (or pruned) or diverged: the directory holds the run's outcome."""
-        if self.is_complete():
-            return True
-        try:
-            return self.status().get("status") == "diverged"
-        except (json.JSONDecodeError, UnicodeDecodeError):  # a damaged status says nothing
-            return False
+        return self.is_complete() or self.status().get("status") == "diverged"
 
     def rows(self) -> list[dict]:
         """Every row (MetricsError naming file:line if one does not parse; a last row cut
         off mid-write, by a writer that is still going or by a kill, is left out)."""
-        return read_metrics(self.path / METRICS, torn_tail_ok=not self.is_complete())[0]
+        rows = read_metrics(self.path / METRICS, torn_tail_ok=not self.is_complete())[0]
+        if not rows and self.is_complete():
+            raise MetricsError(f"{self.path / METRICS}:1: empty, but the run completed; the metrics file is damaged")
+        return rows
 
     def config(self) -> dict:
-        return yaml.safe_load((self.path / CONFIG).read_text())
+        """The run's resolved config; DamagedState if it is not a YAML mapping whose sections
+        are mappings (the file is left as it was)."""
+        return read_state(self.path / CONFIG, "yaml", default={}, what="config.yaml", check=_config_problem)
 
     def status(self) -> dict:
-        path = self.path / STATUS
-        return json.loads(path.read_text()) if path.exists() else {"status": "missing"}
+        return read_state(self.path / STATUS, default={"status": "missing"}, what="status.json", check=_status_problem)
+
+    def meta(self) -> dict:
+        return read_state(self.path / META, default={}, what="meta.json")
+
+    def check_state(self) -> None:
+        """DamagedState naming the first file of the directory that is not what it should be
+        (config, status, meta, COMPLETED, the checkpoints folder and its pointer, the lock),
+        before anything in it is read for a resume or written."""
+        self.config()
+        self.status()
+        self.meta()
+        if self.is_complete():
+            read_state(self.path / COMPLETED, what="completion marker COMPLETED")
+        if self.checkpoints.exists() and not self.checkpoints.is_dir():
+            raise DamagedState(
+                f"{self.checkpoints}: a file where the checkpoints folder belongs; it was left as it was (remove it)"
+            )
+        regular_file(self.checkpoints / "latest", "checkpoint pointer")
+        regular_file(self.path / METRICS, "metrics file")
+        regular_file(self.path / "lock", "lock file")
+
+
+def read_experiment(root: str | Path) -> dict:
+    """The experiment record a sweep wrote in `root` ({} where there is none): `variants` (in
+    order) and `baseline` (a name or null); DamagedState if it is not that."""
+    return read_state(Path(root) / EXPERIMENT, default={}, what="experiment record", check=_experiment_problem)
+
+
+def _experiment_problem(data: dict) -> str | None:
+    variants = data.get("variants", [])
+    if not isinstance(variants, list) or not all(isinstance(v, str) for v in variants):
+        return "`variants` is not a list of names (rerun the sweep, or delete it and pass --baseline)"
+    if not isinstance(data.get("baseline"), str | None):
+        return "`baseline` is not a name or null (rerun the sweep, or delete it and pass --baseline)"
+    return None
+
+
+SECTIONS = ("model", "data", "sampling", "algorithm", "optim", "engine", "budget", "reward", "logging")
+"""The sections of a run config that are mappings (a stored config with one of them as a
+number or a list is damaged)."""
+
+
+def _config_problem(cfg: dict) -> str | None:
+    for key in SECTIONS:
+        if key in cfg and not isinstance(cfg[key], dict | None):
+            return f"`{key}` is {type(cfg[key]).__name__} {cfg[key]!r}, expected a mapping"
+    seed = cfg.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return f"`seed` is {seed!r}, expected an integer"
+    budget = cfg.get("budget") or {}
+    bad = next((k for k, v in budget.items() if v is not None and not isinstance(v, int | float)), None)
+    if bad is not None:
+        return f"`budget.{bad}` is {budget[bad]!r}, expected a number or null"
+    name = (cfg.get("algorithm") or {}).get("name")
+    if name is not None and not isinstance(name, str):
+        return f"`algorithm.name` is {name!r}, expected a name"
+    return None
+
+
+def _status_problem(status: dict) -> str | None:
+    if "status" in status and not isinstance(status["status"], str):
+        return f"`status` is {status['status']!r}, expected a word such as completed"
+    return None

@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from grpo_zoo.errors import (
-    AT_LEAST_ONE,
-    NON_NEGATIVE,
-    POSITIVE,
+    SEED,
+    SHIFT,
+    STEPS,
     ArgParser,
     ConfigError,
     Range,
@@ -87,6 +87,7 @@ def check_model(model: str) -> None:
                 f"--model: no toy checkpoint, run directory or run checkpoint at {model!r} "
                 "(use toy-base, ground-truth, noise, a checkpoint directory or a run directory)"
             )
+        _loads(model)
         return
     from grpo_zoo.config.run import RunConfig
     from grpo_zoo.config.schema import build, load_yaml
@@ -99,6 +100,16 @@ def check_model(model: str) -> None:
         raise ConfigError(f"--model: {model!r} was trained with ZeRO-3 (sharded weights); consolidate it first")
     if not (ckpt / "engine" / "mp_rank_00_model_states.pt").is_file():
         raise ConfigError(f"--model: checkpoint {str(ckpt)!r} has no model states (engine/mp_rank_00_model_states.pt)")
+    _loads(model)
+
+
+def _loads(model: str) -> None:
+    """The weights load (a toy model takes a moment): a truncated or damaged file is one line."""
+    try:
+        load_policy(model)
+    except Exception as err:  # safetensors, torch.load and diffusers word it each their own way
+        why = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ConfigError(f"--model: {model!r} cannot be loaded ({type(err).__name__}: {why})") from None
 
 
 def load_policy(model: str):
@@ -142,10 +153,10 @@ def parser() -> ArgParser:
         help="toy-base, ground-truth, noise, a checkpoint directory, a run directory or its checkpoints/step-N",
     )
     p.add_argument("--prompts", default="test", choices=("train", "test"))
-    p.add_argument("--n", type=number(int, AT_LEAST_ONE), default=64, help="number of samples (prompts cycle)")
-    p.add_argument("--seed", type=number(int, NON_NEGATIVE), default=0)
-    p.add_argument("--steps", type=number(int, AT_LEAST_ONE), default=20, help="ODE sampling steps")
-    p.add_argument("--shift", type=number(float, POSITIVE), default=3.0)
+    p.add_argument("--n", type=number(int, Range(1, 100_000)), default=64, help="number of samples (prompts cycle)")
+    p.add_argument("--seed", type=number(int, SEED), default=0)
+    p.add_argument("--steps", type=number(int, STEPS), default=20, help="ODE sampling steps")
+    p.add_argument("--shift", type=number(float, SHIFT), default=3.0)
     p.add_argument("--schedule", default="wan", choices=SCHEDULES)
     p.add_argument(
         "--guidance", type=number(float, Range(1)), default=1.0, help="classifier-free guidance scale (1 = off)"

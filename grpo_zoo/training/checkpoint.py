@@ -5,21 +5,33 @@ loads the newest readable one, falling back past damaged ones (said in one line)
 from __future__ import annotations
 
 import os
+import shutil
 
 import torch
 
 from grpo_zoo.runs import say
+from grpo_zoo.runs.files import no_space, out_of_space
 
 
 def save(run, engine, step: int, rank: int, state: dict) -> None:
+    """Stage, then publish. A staging that fails (a full disk: DeepSpeed and torch.save report
+    it in their own words) is removed and said in one line; the published checkpoints and
+    `latest` are untouched, so a rerun with space resumes from the last one."""
     staging = run.staging(step)
-    if rank == 0:
-        staging.mkdir(parents=True, exist_ok=True)
-    engine.barrier()
-    engine.save(staging)
-    tmp = staging / f".trainer_rank{rank}.pt.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, staging / f"trainer_rank{rank}.pt")
+    try:
+        if rank == 0:
+            staging.mkdir(parents=True, exist_ok=True)
+        engine.barrier()
+        engine.save(staging)
+        tmp = staging / f".trainer_rank{rank}.pt.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, staging / f"trainer_rank{rank}.pt")
+    except Exception as err:
+        full = out_of_space(err, staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        if full:
+            raise no_space(staging, f"checkpoint step-{step}:") from None
+        raise
     engine.barrier()
     if rank == 0:
         run.commit_checkpoint(step)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 
 from grpo_zoo.errors import NonFiniteError
 from grpo_zoo.runs import RunDir, Terminated
+from grpo_zoo.runs.files import NoSpace
 
 
 @contextlib.contextmanager
@@ -22,8 +23,9 @@ def recorded(run: RunDir, rank: int, step: Callable[[], int]) -> Iterator[None]:
     """Inside this block a run that ends by an error has its status written (rank 0)."""
 
     def write(status: str, reason: str) -> None:
-        if rank == 0:
-            run.set_status(status, step=step(), reason=reason)
+        if rank == 0:  # a status that cannot be written (a full disk) keeps the old one, and the first error
+            with contextlib.suppress(OSError, NoSpace):
+                run.set_status(status, step=step(), reason=reason)
 
     try:
         yield

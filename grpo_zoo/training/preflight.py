@@ -4,7 +4,6 @@ once and checked before anything starts (ConfigError, one line, on failure)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from grpo_zoo import rewards
 from grpo_zoo.config.run import RunConfig
@@ -13,6 +12,7 @@ from grpo_zoo.core import objective as objectives
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.flow.sde import StepTable
+from grpo_zoo.models.checks import check_model
 from grpo_zoo.training.prompts import load_prompts
 from grpo_zoo.training.seeding import world_size_from_env
 
@@ -62,13 +62,7 @@ def preflight(cfg: RunConfig) -> Preflight:
         raise ConfigError(f"data.eval_samples: {cfg.data.eval_samples} does not split over {world} ranks")
     if cfg.optim.ema_decay > 0 and cfg.engine.zero_stage == 3:
         raise ConfigError("optim.ema_decay: EMA needs whole parameters on each rank; use engine.zero_stage <= 2")
-    if cfg.model.backend == "toy":
-        from grpo_zoo.toy.model import resolve
-
-        if not (resolve(cfg.model.path) / "transformer").is_dir():
-            raise ConfigError(f"model.path: no toy checkpoint at {cfg.model.path!r} (use toy-base or a directory)")
-    elif not Path(cfg.model.path).is_dir():
-        raise ConfigError(f"model.path: no Wan model directory at {cfg.model.path!r}")
+    check_model(cfg.model)  # its files, and the LoRA targets on the meta device
     train_prompts = load_prompts(cfg.data.prompts, "data.prompts")
     eval_prompts = load_prompts(cfg.data.eval_prompts, "data.eval_prompts")
     if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)

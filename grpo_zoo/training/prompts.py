@@ -5,9 +5,7 @@ In a file, blank lines and lines starting with `#` are skipped.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from grpo_zoo.errors import ConfigError
+from grpo_zoo.errors import ConfigError, given_path
 
 
 def load_prompts(spec: str, field: str = "data.prompts") -> list[str]:
@@ -18,10 +16,15 @@ def load_prompts(spec: str, field: str = "data.prompts") -> list[str]:
         if split not in world.SPLITS:
             raise ConfigError(f"{field}: unknown toy split {split!r} (toy:train or toy:test)")
         return [p.text for p in world.prompts(split)]
-    path = Path(spec)
+    path = given_path(spec, field, "prompt file")
+    if path.exists() and not path.is_file():  # a folder, a FIFO: never opened
+        raise ConfigError(f"{field}: {spec!r} is not a regular file (give a text file, one prompt per line)")
     if not path.is_file():
         raise ConfigError(f"{field}: no prompt file {spec!r}")
-    lines = [line.strip() for line in path.read_text().splitlines()]
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines()]
+    except UnicodeDecodeError:
+        raise ConfigError(f"{field}: {spec!r} is not a text file (one prompt per line, UTF-8)") from None
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise ConfigError(f"{field}: {spec!r} holds no prompt")

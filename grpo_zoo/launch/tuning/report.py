@@ -11,6 +11,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from grpo_zoo.analysis.tables import render
+from grpo_zoo.runs.files import atomic_write, save_figure
 
 
 def trials_frame(study) -> pd.DataFrame:
@@ -61,7 +62,7 @@ def history_plot(study, path: Path) -> Path | None:
         ax = ovm.plot_optimization_history(study, target_name="eval reward")
     ax.figure.set_size_inches(6, 4)
     ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=120)
+    save_figure(ax.figure, path, dpi=120)
     plt.close(ax.figure)
     return path
 
@@ -99,8 +100,8 @@ def write_tuning_report(root: Path, studies: dict) -> Path:
         lines.append("")
     lines[2:2] = [render(pd.DataFrame(best_rows), "md"), ""]
     path = root / "tuning.md"
-    path.write_text("\n".join(lines) + "\n")
-    pd.DataFrame(best_rows).to_csv(root / "best.csv", index=False)
+    atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(root / "best.csv", pd.DataFrame(best_rows).to_csv(index=False))
     return path
 
 
@@ -141,5 +142,5 @@ def write_tuned_experiment(root: Path, exp, studies: dict) -> Path:
         f"# {exp.name} with each variant at its best trial of `python -m grpo_zoo.tune {exp.path}`\n"
         "# (written by the tuner; the budget per run is the experiment's, as every trial's was).\n"
     )
-    path.write_text(header + yaml.safe_dump(tuned_experiment(exp, studies), sort_keys=False))
+    atomic_write(path, header + yaml.safe_dump(tuned_experiment(exp, studies), sort_keys=False))
     return path

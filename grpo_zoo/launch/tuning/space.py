@@ -82,6 +82,20 @@ def decode(value: Any) -> Any:
     return value
 
 
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < 2**63 if isinstance(value, int) else math.isfinite(value)
+
+
+def _integer(raw: dict, key: str, default: int, low: int, high: int, where: str) -> int:
+    """raw[key], an integer in [low, high] (true/false and fractions refused)."""
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}.{key}: an integer in [{low}, {high}], got {str(value)[:40]}")
+    return value
+
+
 def parse_param(key: str, spec: Any, where: str) -> Param:
     if isinstance(spec, list):
         if not spec:
@@ -98,10 +112,12 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
     if kind not in ("int", "float"):
         raise ConfigError(f"{where}.{key}.type: int or float, got {kind!r}")
     bounds = (spec["low"], spec["high"], spec.get("step") or 1)
-    if not all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds):
-        raise ConfigError(f"{where}.{key}: low, high and step must be finite numbers, got {bounds}")
+    if not all(_finite(b) for b in bounds):
+        raise ConfigError(f"{where}.{key}: low, high and step must be finite numbers within 64 bits, got {bounds}")
     if spec.get("step") is not None and spec["step"] <= 0:
         raise ConfigError(f"{where}.{key}.step: must be > 0, got {spec['step']}")
+    if kind == "int" and not all(float(b).is_integer() for b in bounds):
+        raise ConfigError(f"{where}.{key}: an int space needs whole low, high and step, got {bounds}")
     if not isinstance(spec.get("log", False), bool):
         raise ConfigError(f"{where}.{key}.log: true or false, got {spec['log']!r}")
     low, high = float(spec["low"]), float(spec["high"])
@@ -137,6 +153,8 @@ def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> 
     for name, kind in (("variants", list), ("space", dict), ("spaces", dict)):
         if raw.get(name) is not None and not isinstance(raw[name], kind):
             raise ConfigError(f"{where}.{name}: expected a {'list' if kind is list else 'mapping'}, got {raw[name]!r}")
+    if raw.get("variants") == []:
+        raise ConfigError(f"{where}.variants: an empty list (leave it out to tune every variant)")
     chosen = list(raw.get("variants") or variants)
     for v in chosen:
         if v not in variants:
@@ -161,12 +179,10 @@ def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> 
     sampler = dict(raw.get("sampler") or {"name": "tpe", "seed": 0})
     if sampler.get("name") not in SAMPLERS:
         raise ConfigError(f"{where}.sampler.name: one of {', '.join(SAMPLERS)}, got {sampler.get('name')!r}")
-    rungs = raw.get("rungs", 4)
-    if not isinstance(rungs, int) or rungs < 1:
-        raise ConfigError(f"{where}.rungs: a positive integer, got {rungs!r}")
-    n_trials = raw.get("n_trials", 16)
-    if not isinstance(n_trials, int) or n_trials < 1:
-        raise ConfigError(f"{where}.n_trials: a positive integer, got {n_trials!r}")
+    if "seed" in sampler:
+        _integer(sampler, "seed", 0, 0, 2**32 - 1, f"{where}.sampler")
+    rungs = _integer(raw, "rungs", 4, 1, 64, where)
+    n_trials = _integer(raw, "n_trials", 16, 1, 100_000, where)
     budget = raw.get("budget") or {}
     if not isinstance(budget, dict) or set(budget) - {"steps", "device_hours", "flops"}:
         raise ConfigError(f"{where}.budget: a mapping with steps, device_hours or flops")
@@ -177,9 +193,7 @@ def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> 
     drop = raw.get("collapse_drop", 0.3)
     if isinstance(drop, bool) or not isinstance(drop, int | float) or UNIT.problem(drop):
         raise ConfigError(f"{where}.collapse_drop: a fraction in [0, 1], got {drop!r}")
-    seed = raw.get("seed", seeds[0])
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"{where}.seed: a non-negative integer, got {seed!r}")
+    seed = _integer(raw, "seed", seeds[0], 0, 2**32 - 1, where)
     enqueue = raw.get("enqueue") or []
     if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
         raise ConfigError(f"{where}.enqueue: a list of {{dotted.key: value}} mappings")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import optuna
 
-from grpo_zoo.errors import ConfigError, readable_file, writable_file
+from grpo_zoo.errors import ConfigError, given_path, readable_file, writable_file
 from grpo_zoo.training.trainer import Hook, StopRun
 
 DIRECTION = "maximize"
@@ -30,11 +30,11 @@ def normalize_storage(url: str | None, default_dir: Path) -> str:
     if url is None:
         return f"sqlite:///{(default_dir / 'optuna.db').resolve()}"
     if url.startswith("journal:"):
-        return f"journal:{Path(url[len('journal:') :]).expanduser().resolve()}"
+        return f"journal:{given_path(url[len('journal:') :], '--storage', 'journal file').expanduser().resolve()}"
     if url.endswith((".log", ".journal")) and "://" not in url:
-        return f"journal:{Path(url).expanduser().resolve()}"
+        return f"journal:{given_path(url, '--storage', 'journal file').expanduser().resolve()}"
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        return f"sqlite:///{Path(url[len('sqlite:///') :]).resolve()}"
+        return f"sqlite:///{given_path(url[len('sqlite:///') :], '--storage', 'database file').resolve()}"
     if "://" not in url:
         raise ConfigError(f"--storage: {url!r} is neither journal:PATH nor a database URL (sqlite:///PATH, ...)")
     return url
