@@ -30,6 +30,7 @@ UPDATE = "update (forward + backward)"
 DECODE = "VAE decode"
 ENCODE = "prompt encoding (once, at the start)"
 LOADING = "loading (float32 before the cast)"
+STATE_TENSORS = 7
 
 
 class _PeakTracker(TorchDispatchMode):
@@ -146,8 +147,11 @@ def rollout_bytes(cfg, world: int, micro: int) -> float:
     rows = min(micro, local) * cfg_multiplier(cfg.sampling.guidance)
     key = ("rollout", repr(cfg.model), cfg.engine.precision, rows)
     forward = _cached(key, lambda: _transformer_run(cfg, rows, train=False))
-    state = 4 * local * torch.Size(latent).numel()  # x, v, noise, x_next of every trajectory (float32)
-    return forward + 4 * state
+    # float32 latents of every trajectory live beside the forward: x, v, the step's noise, x_next,
+    # the SDE mean's temporaries, the initial noise and the recorded transitions (measured on the
+    # tiny Wan: about 7; tests/test_real_scale.py). 67 MB each at 14B's 8 trajectories a rank.
+    state = 4 * local * torch.Size(latent).numel()
+    return forward + STATE_TENSORS * state
 
 
 def update_bytes(cfg) -> float:
