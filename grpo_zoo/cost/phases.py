@@ -177,7 +177,11 @@ def decode_bytes(cfg) -> float:
             torch.cat([vae.decode(z[i : i + b], return_dict=False)[0].float() for i in range(0, g, b)])
 
     key = ("decode", repr(m), g)
-    return _cached(key, lambda: tracked_peak(lambda: (AutoencoderKLWan.from_config(vconf).to(dtype),), decode))
+
+    def build():  # torch.nn.Module.to: a cast diffusers would warn about (the VAE keeps no module in fp32)
+        return (torch.nn.Module.to(AutoencoderKLWan.from_config(vconf), dtype),)
+
+    return _cached(key, lambda: tracked_peak(build, decode))
 
 
 def encode_bytes(cfg) -> float:

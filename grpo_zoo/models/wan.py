@@ -28,7 +28,9 @@ class WanPolicy(Policy):
         vae_dtype: str = "fp32", vae_batch: int = 1,
     ):  # fmt: skip
         super().__init__(transformer)
-        self.vae = vae.to(torch.bfloat16 if vae_dtype == "bf16" else torch.float32).requires_grad_(False).eval()
+        # torch.nn.Module.to: diffusers warns on any cast, though the Wan VAE keeps no module in fp32
+        self.vae = torch.nn.Module.to(vae, torch.bfloat16 if vae_dtype == "bf16" else torch.float32)
+        self.vae.requires_grad_(False).eval()
         self.vae_batch = vae_batch
         self._prompt_cache: dict[str, torch.Tensor] | None = None
         self.text_encoder = text_encoder.requires_grad_(False).eval()

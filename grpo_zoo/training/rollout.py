@@ -91,7 +91,9 @@ def rollout(
         if len(rows):
             x_in = x if every else x[rows]
             sigma = table.sigma[j].float().to(device).expand(len(rows))
-            v[rows] = velocity(policy, x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance, micro_batch)
+            v[rows] = velocity(
+                policy, x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance, micro_batch
+            )
             nfe += len(rows) * cfg_mult
         if not every:  # rows of a shared prefix take the velocity of the row that computed it
             v = v[src_v[:, j].to(v.device)]

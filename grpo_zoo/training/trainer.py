@@ -27,8 +27,8 @@ from grpo_zoo.core.advantages import zero_std_ratio
 from grpo_zoo.core.contract import AdvantageContext, PlanContext, Planned, Prepared, RolloutResult
 from grpo_zoo.core.ema import EMA
 from grpo_zoo.cost.flops import policy_flops
-from grpo_zoo.cost.micro_batch import rollout_micro_batch
 from grpo_zoo.cost.meter import Meter
+from grpo_zoo.cost.micro_batch import rollout_micro_batch
 from grpo_zoo.errors import NonFiniteError
 from grpo_zoo.models.base import cfg_multiplier
 from grpo_zoo.runs import RunDir, RunLock
