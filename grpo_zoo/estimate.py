@@ -12,8 +12,9 @@ variants, first seed). For each:
    iterations a budget of --budget-gpu-hours buys (the paper's 350 by default).
 The MFU is an assumption (--mfu, default 0.4): say which one you used.
 4. Memory per GPU (grpo_zoo/cost/memory.py): what the run holds (weights, LoRA and optimizer states
-   under the ZeRO stage, EMA, reference model, text encoder, VAE) plus its largest transient
-   phase (rollout forward, update with or without checkpointing, VAE decode, loading), and a
+   under the ZeRO stage, EMA, reference model, VAE) plus its largest transient phase (rollout
+   forward at its micro-batch, update with or without checkpointing, VAE decode, the prompt
+   encoding at the start, loading), the phase that binds, and a
    verdict for --gpu; when it does not fit, the single changes that would make it fit.
    --no-memory skips it.
 """
@@ -129,6 +130,7 @@ def print_memory(rows: list[dict], gpu: str) -> None:
         print(
             f"{r['config']}: {m['peak_gb']:.1f} GB at the {m['peak_phase']} {verdict} in {m['usable_gb']:.0f} GB usable"
         )
+        print(f"  rollout: {m['rollout_micro_batch']} of {m['rollout_trajectories']} trajectories per forward")
         for fix in m["fixes"]:
             print(f"  would fit with {fix}")
         if not m["fits"] and not m["fixes"]:

@@ -208,6 +208,36 @@ def test_memory_of_the_update_matches_the_profiled_peak(gpu_check_model, tmp_pat
     assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
 
 
+@pytest.mark.parametrize("micro", [1, 2, 4])
+def test_memory_of_the_rollout_matches_the_profiled_peak(gpu_check_model, tmp_path, micro):
+    """The rollout phase at a micro-batch as the memory model counts it, against torch's profiler
+    on the real rollout (bf16 transformer, CFG, every step of a Flash-GRPO plan)."""
+    from benchmarks.gpu import ALGORITHMS, run_config
+    from grpo_zoo.core import algorithm as algorithms
+    from grpo_zoo.cost.memory import estimate_memory
+    from grpo_zoo.models.wan import WanPolicy
+    from grpo_zoo.training.preflight import sampling_tables
+    from grpo_zoo.training.rollout import rollout
+
+    cfg = run_config(gpu_check_model, ALGORITHMS["flash_grpo"], "tiny", 17, 10, 4, tmp_path / "run")
+    cfg.model.height = cfg.model.width = 128
+    cfg.sampling.rollout_micro_batch = micro
+    predicted = estimate_memory(cfg, 1).phases["rollout forward"]
+
+    policy = WanPolicy.load(cfg.model)
+    policy.net.to(torch.bfloat16)
+    table, _ = sampling_tables(cfg.sampling)
+    plan = algorithms.build(cfg.algorithm).plan(PlanContext.of(1, 4, table, torch.Generator().manual_seed(0)))
+    emb, null = policy.encode(["a red circle"]).repeat_interleave(4, 0), policy.encode([""])
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        rollout(policy, emb, null, plan, table, cfg.sampling.guidance, g, dtype=torch.bfloat16, micro_batch=micro)
+
+    measured = _profiled_peak(run)
+    assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
+
+
 def test_estimate_prints_memory_and_a_verdict(tmp_path):
     import json
 
@@ -216,8 +246,8 @@ def test_estimate_prints_memory_and_a_verdict(tmp_path):
     out = run_module("grpo_zoo.estimate", str(WAN / "1.3b.yaml"), "--gpus", "8", "--format", "json")
     assert out.returncode == 0, out.stderr[-3000:]
     mem = json.loads(out.stdout)[0]["memory"]
-    held = ("transformer weights", "optimizer states", "EMA", "text encoder", "VAE", "ZeRO gradient bucket")
-    phases = ("rollout forward", "update (forward + backward)", "VAE decode")
+    held = ("transformer weights", "optimizer states", "EMA", "VAE", "ZeRO gradient bucket")
+    phases = ("rollout forward", "update (forward + backward)", "VAE decode", "prompt encoding (once, at the start)")
     assert all(k in mem["memory_gb"] for k in held + phases)
     assert mem["peak_gb"] == pytest.approx(
         sum(mem["memory_gb"][k] for k in mem["memory_gb"] if k not in phases and not k.startswith("loading"))
@@ -226,7 +256,12 @@ def test_estimate_prints_memory_and_a_verdict(tmp_path):
     )
     assert mem["fits"] == (mem["peak_gb"] <= mem["usable_gb"]) and mem["usable_gb"] < 80
     assert 2.5 < mem["memory_gb"]["transformer weights"] < 3.0  # 1.42e9 parameters in bf16
-    assert 11 < mem["memory_gb"]["text encoder"] < 12  # UMT5-XXL's 5.7e9 in bf16
+    # UMT5-XXL's 5.7e9 in bf16 (11.4 GB) and one forward of 8 prompts, only at the start
+    assert (
+        11.4 < mem["memory_gb"]["prompt encoding (once, at the start)"] < 15 and "text encoder" not in mem["memory_gb"]
+    )
+    assert mem["memory_gb"]["ZeRO gradient bucket"] < 0.1  # sized to the LoRA weights, not 5e8 elements
+    assert 1 <= mem["rollout_micro_batch"] <= mem["rollout_trajectories"] == 8
 
 
 # -- 4. the prepared GPU check, on a CPU at tiny width -------------------------------------------------

@@ -39,6 +39,12 @@ class ModelConfig:
     """wan: number of frames."""
     max_tokens: int = num(512, ge=1)
     """wan: prompt length the text encoder pads to (WanPipeline's max_sequence_length)."""
+    vae_dtype: Literal["fp32", "bf16"] = "bf16"
+    """wan: dtype of the VAE decode (bf16: measured on the tiny Wan VAE, its pixel error against
+    fp32 is far below the reward's seed-to-seed noise: benchmarks/vae_decode.py)."""
+    vae_batch: int = num(2, ge=1, le=4096)
+    """wan: videos the VAE decodes at once (its activations grow with the batch: about 4 GB per
+    81-frame 480x832 video in bf16, grpo_zoo/cost/memory.py)."""
 
     def validate(self) -> None:
         if self.backend == "wan" and (self.height % 16 or self.width % 16):
@@ -70,6 +76,10 @@ class SamplingConfig:
     ode_stride: int = num(1, ge=1)
     """After its last SDE step a rollout runs the model only every ode_stride-th step (fewer NFE: the
     ODE on a coarser grid of the same sigmas, as MixGRPO-Flash compresses the steps after its window)."""
+    rollout_micro_batch: int | None = num(None, ge=1, le=65536)
+    """Trajectories per transformer forward in a rollout and an evaluation (CFG doubles the rows); the
+    same samples whatever it is. null: the whole batch, except a wan run on a GPU, which takes the
+    largest that fits the card by the memory model (grpo_zoo/cost/memory.py)."""
 
 
 @dataclass

@@ -5,18 +5,15 @@ Two kinds of memory make the peak:
 - **held** for the whole run, counted from parameter numbers: the transformer's weights (bf16
   under bf16 training; ZeRO-3 shards them), the trainable weights' optimizer states (an fp32
   master copy, AdamW's two moments and fp32 gradients, sharded by ZeRO >= 1 or 2), DeepSpeed's
-  contiguous gradient bucket (ZeRO >= 1: 5e8 elements, whatever the model's size), the EMA
-  copy of the trainable weights, the frozen reference for the KL when training fully, the
-  text encoder and the VAE (in the dtype they load in);
-- **transient**, the largest of the phases of an iteration, each run once at the config's
-  real shapes on fake tensors (torch's FakeTensorMode: shapes and dtypes, no data, no
-  compute) under torch's MemTracker, which follows every tensor allocation and release:
-  the rollout forward (P/world x G rows, doubled by CFG, no graph), the update (micro_batch
-  rows, doubled by CFG, forward and backward, with or without gradient checkpointing),
-  the VAE decode of one group of latents with the decoded videos, and loading (the
-  transformer arrives in float32 before DeepSpeed casts it to bf16).
+  contiguous gradient bucket (ZeRO >= 1: sized to the trainable weights, at most 5e8 elements:
+  grpo_zoo/training/engine.py), the EMA copy of the trainable weights, the frozen reference for
+  the KL when training fully, and the VAE (in model.vae_dtype). The text encoder is not held:
+  the fixed prompt set is encoded once at the start and the encoder freed (a phase below);
+- **transient**, the largest of the phases of an iteration (grpo_zoo/cost/phases.py): the
+  rollout forward at its micro-batch, the update, the VAE decode, the prompt encoding, loading.
 
-The attention is counted as a GPU runs it (fused kernels, memory linear in the sequence).
+The rollout's micro-batch (sampling.rollout_micro_batch; null on a GPU: the largest whose
+rollout fits the card, `auto_micro_batch`) is chosen here, so a run and its estimate agree.
 What is not counted: the CUDA context, NCCL buffers and the caching allocator's
 fragmentation, for which the verdict keeps a reserve (RESERVE_GB plus RESERVE_FRACTION of
 the card).
@@ -25,34 +22,17 @@ the card).
 from __future__ import annotations
 
 import copy
-import json
-import weakref
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from grpo_zoo.models.base import cfg_multiplier
+from grpo_zoo.cost.components import configs, count, dtype_bytes
+from grpo_zoo.cost.phases import UPDATE, local_samples, phase_bytes, rollout_bytes
 
 GB = 1e9
 GPU_MEMORY_GB = {"h100": 80, "h200": 141, "h800": 80, "a100": 80, "a800": 80, "l40s": 48, "b200": 192}
 RESERVE_GB = 2.0
 RESERVE_FRACTION = 0.05
-REDUCE_BUCKET = 5e8  # DeepSpeed's default reduce_bucket_size (elements)
-
-# UMT5-XXL's encoder (Wan2.1's text encoder), stored in bf16 in Wan-AI's diffusers release
-UMT5_XXL = {
-    "vocab_size": 256384,
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_layers": 24,
-    "num_heads": 64,
-    "feed_forward_proj": "gated-gelu",
-    "torch_dtype": "bfloat16",
-}
 
 
 @dataclass
@@ -61,6 +41,8 @@ class Memory:
 
     held: dict[str, float]
     phases: dict[str, float]
+    micro_batch: int = 0
+    """Trajectories per rollout forward the phases were priced at."""
 
     @property
     def peak(self) -> float:
@@ -71,55 +53,30 @@ class Memory:
         return max(self.phases, key=self.phases.get)
 
 
+def usable_bytes(total: float) -> float:
+    """What the verdict lets a card of `total` bytes hold."""
+    return total * (1 - RESERVE_FRACTION) - RESERVE_GB * GB
+
+
 def usable_gb(gpu: str) -> float:
-    total = GPU_MEMORY_GB[gpu]
-    return total * (1 - RESERVE_FRACTION) - RESERVE_GB
+    return usable_bytes(GPU_MEMORY_GB[gpu] * GB) / GB
 
 
 # -- the components ---------------------------------------------------------------------------
-def _configs(model) -> tuple[dict, dict, dict]:
-    """(transformer, VAE, text encoder) configs: the local directory's, else the named arch's."""
-    from grpo_zoo.cost.flops import model_shapes
-    from grpo_zoo.models.wan_arch import ARCHS
-
-    root = Path(model.path)
-    tconf, _, _ = model_shapes(model)
-    if (root / "vae" / "config.json").is_file():
-        vconf = json.loads((root / "vae" / "config.json").read_text())
-    else:
-        vconf = dict(ARCHS[model.arch]["vae"])
-    if (root / "text_encoder" / "config.json").is_file():
-        econf = json.loads((root / "text_encoder" / "config.json").read_text())
-    else:
-        econf = dict(UMT5_XXL)
-    clean = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}  # noqa: E731
-    return clean(tconf), clean(vconf), econf
-
-
-def _count(module: torch.nn.Module, trainable: bool | None = None) -> int:
-    return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
-
-
-def _dtype_bytes(name: str | None) -> int:
-    return {"bfloat16": 2, "float16": 2}.get(str(name), 4)
-
-
 def held_bytes(cfg, world: int) -> dict[str, float]:
     """Memory held for the whole run, per GPU."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from transformers import UMT5Config, UMT5EncoderModel
 
     from grpo_zoo.models.lora import apply_lora
+    from grpo_zoo.training.engine import reduce_bucket_elements
 
-    tconf, vconf, econf = _configs(cfg.model)
+    tconf, vconf, _ = configs(cfg.model)
     with torch.device("meta"):
         net = apply_lora(WanTransformer3DModel.from_config(tconf), cfg.model)
-        base, train = _count(net, False), _count(net, True)
+        base, train = count(net, False), count(net, True)
         if cfg.model.lora_rank == 0:
             base = 0
-        vae = _count(AutoencoderKLWan.from_config(vconf))
-        enc_conf = UMT5Config(**{k: v for k, v in econf.items() if k != "torch_dtype"})
-        enc = _count(UMT5EncoderModel(enc_conf))
+        vae = count(AutoencoderKLWan.from_config(vconf))
     z, bf16 = cfg.engine.zero_stage, cfg.engine.precision == "bf16"
     w = 2 if bf16 else 4
     shard_w = world if z == 3 else 1
@@ -128,7 +85,8 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
     # bf16: fp32 master + 2 fp32 moments (+ fp32 gradient partition); fp32: 2 moments, the weights are the master
     states = (12 if bf16 else 8) * train / opt_shard
     grads = (4 * train / grad_shard) if bf16 else 0.0
-    held = {
+    bucket = reduce_bucket_elements(train) * (2 if (z >= 2 and bf16) else 4)
+    return {
         "transformer weights": w * base / shard_w,
         "trainable weights": w * train / shard_w,
         "optimizer states": states + grads,
@@ -136,147 +94,41 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
         # full fine-tuning with a KL keeps a frozen float32 copy (made before DeepSpeed casts)
         "reference model": 4 * train if (cfg.model.lora_rank == 0 and cfg.optim.beta > 0) else 0.0,
         # DeepSpeed's contiguous gradient bucket (reduce_bucket_size elements, allocated whole)
-        "ZeRO gradient bucket": REDUCE_BUCKET * (2 if (z >= 2 and bf16) else 4) if z >= 1 else 0.0,
-        "text encoder": _dtype_bytes(econf.get("torch_dtype")) * enc,
-        "VAE": 4 * vae,
-    }
-    return held
-
-
-# -- the phases, on fake tensors ------------------------------------------------------------------
-class _PeakTracker(TorchDispatchMode):
-    """Live bytes of the storages that operators create (a storage counts until it is freed)."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.refs: dict[int, weakref.ref] = {}
-
-    def _free(self, key: int, nbytes: int) -> None:
-        self.refs.pop(key, None)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                key = st._cdata
-                if key not in self.refs:
-                    n = st.nbytes()
-                    self.refs[key] = weakref.ref(st, lambda _, k=key, n=n: self._free(k, n))
-                    self.live += n
-                    self.peak = max(self.peak, self.live)
-        return out
-
-
-def _tracked_peak(build, run) -> float:
-    """Peak bytes that run(*objs) allocates above what it starts with, objs = build() made
-    on fake tensors (no data, no compute)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from grpo_zoo.cost.flops import fused_attention
-
-    with torch.device("meta"):
-        objs = build()
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        objs = [o.to_empty(device="cpu") for o in objs]
-        tracker = _PeakTracker()
-        with fused_attention(), tracker:
-            run(*objs)
-    return float(tracker.peak)
-
-
-def update_rows(cfg) -> int:
-    """Transformer rows in one micro-batch's graph: optim.micro_batch items x the objective's
-    passes per item (a pairwise loss: 2) x its CFG multiplier (forward-process objectives: 1)."""
-    from grpo_zoo.core import algorithm as algorithms
-    from grpo_zoo.core import objective as objectives
-    from grpo_zoo.training.preflight import sampling_tables
-
-    table, _ = sampling_tables(cfg.sampling)
-    alg = algorithms.build(cfg.algorithm)
-    obj = objectives.get(alg.objective)(cfg.algorithm, cfg.optim, cfg.sampling, table)  # priced, not run
-    return cfg.optim.micro_batch * obj.passes_per_item() * obj.cfg_mult
-
-
-def phase_bytes(cfg, world: int) -> dict[str, float]:
-    """Transient peak of each phase of an iteration, per GPU (the algorithm matters only
-    through the update's rows per micro-batch: variants of a sweep mostly share one count)."""
-    m, d = cfg.model, cfg.data
-    key = (
-        repr(m),
-        cfg_multiplier(cfg.sampling.guidance),
-        d.prompts_per_step // world,
-        d.group_size,
-        update_rows(cfg),
-        cfg.engine.precision,
-    )
-    if key not in _PHASES:
-        _PHASES[key] = _phase_bytes(cfg, world)
-    return dict(_PHASES[key])
-
-
-_PHASES: dict[tuple, dict[str, float]] = {}
-
-
-def _phase_bytes(cfg, world: int) -> dict[str, float]:
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-
-    from grpo_zoo.cost.flops import model_shapes
-    from grpo_zoo.models.lora import apply_lora
-    from grpo_zoo.models.wan import DECODE_BATCH
-
-    tconf, vconf, _ = _configs(cfg.model)
-    _, latent, text_dim = model_shapes(cfg.model)
-    dtype = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float32
-    cfg_mult = cfg_multiplier(cfg.sampling.guidance)
-    local = cfg.data.prompts_per_step // world * cfg.data.group_size
-    tokens = cfg.model.max_tokens
-
-    def transformer():
-        net = WanTransformer3DModel.from_config(tconf)
-        if cfg.model.gradient_checkpointing:
-            net.enable_gradient_checkpointing()
-        return (apply_lora(net, cfg.model).to(dtype),)
-
-    def inputs(rows):
-        x = torch.zeros(rows, *latent, dtype=dtype)
-        return x, torch.ones(rows) * 500.0, torch.zeros(rows, tokens, text_dim, dtype=dtype)
-
-    def rollout(net):
-        net.eval()
-        with torch.no_grad():
-            net(*inputs(local * cfg_mult), return_dict=False)
-
-    def update(net):
-        net.train()
-        out = net(*inputs(update_rows(cfg)), return_dict=False)[0]
-        out.float().square().mean().backward()
-
-    def decode_build():
-        return (AutoencoderKLWan.from_config(vconf),)
-
-    def decode(vae):  # as WanPolicy.decode: DECODE_BATCH videos at a time, the group's videos kept
-        with torch.no_grad():
-            z = torch.zeros(cfg.data.group_size, *latent)
-            torch.cat(
-                [vae.decode(z[i : i + DECODE_BATCH], return_dict=False)[0] for i in range(0, len(z), DECODE_BATCH)]
-            )
-
-    state = 4 * local * torch.Size(latent).numel()  # x, v, noise, x_next of the rollout (float32)
-    with torch.device("meta"):
-        n_base = _count(WanTransformer3DModel.from_config(tconf))
-    return {
-        "rollout forward": _tracked_peak(transformer, rollout) + 4 * state,
-        "update (forward + backward)": _tracked_peak(transformer, update),
-        "VAE decode": _tracked_peak(decode_build, decode),
-        "loading (float32 before the cast)": 4.0 * n_base - (2.0 * n_base if dtype == torch.bfloat16 else 4.0 * n_base),
+        "ZeRO gradient bucket": bucket if z >= 1 else 0.0,
+        "VAE": dtype_bytes(cfg.model.vae_dtype) * vae,
     }
 
 
-def estimate_memory(cfg, world: int) -> Memory:
-    return Memory(held_bytes(cfg, world), phase_bytes(cfg, world))
+def auto_micro_batch(cfg, world: int, limit: float, held: dict[str, float] | None = None) -> int:
+    """The largest number of trajectories per rollout forward whose rollout phase fits `limit`
+    bytes beside what is held (at least 1). The forward's activations grow linearly with its
+    rows: priced at 1 and 2, extrapolated, then checked at the answer."""
+    local = local_samples(cfg, world)
+    room = limit - sum((held if held is not None else held_bytes(cfg, world)).values())
+    if local == 1 or rollout_bytes(cfg, world, local) <= room:
+        return local
+    one, two = rollout_bytes(cfg, world, 1), rollout_bytes(cfg, world, 2)
+    m = max(1, min(local, 1 + int((room - one) // max(two - one, 1.0))))
+    while m > 1 and rollout_bytes(cfg, world, m) > room:
+        m -= 1
+    return m
+
+
+def micro_batch(cfg, world: int, limit: float | None, held: dict[str, float] | None = None) -> int:
+    """sampling.rollout_micro_batch, else the auto choice for a card of `limit` usable bytes
+    (None: no card, the whole batch)."""
+    if cfg.sampling.rollout_micro_batch is not None:
+        return min(cfg.sampling.rollout_micro_batch, local_samples(cfg, world))
+    if limit is None:
+        return local_samples(cfg, world)
+    return auto_micro_batch(cfg, world, limit, held)
+
+
+def estimate_memory(cfg, world: int, limit: float | None = None) -> Memory:
+    """Held and phases per GPU; the rollout at the micro-batch a card of `limit` usable bytes takes."""
+    held = held_bytes(cfg, world)
+    m = micro_batch(cfg, world, limit, held)
+    return Memory(held, phase_bytes(cfg, world, m), m)
 
 
 # -- what would make it fit --------------------------------------------------------------------
@@ -293,7 +145,7 @@ def fixes(cfg, world: int, gpu: str, mem: Memory) -> list[str]:
     limit = usable_gb(gpu) * GB
     out = []
     if not cfg.model.gradient_checkpointing:
-        m = estimate_memory(_with(cfg, model__gradient_checkpointing=True), world)
+        m = estimate_memory(_with(cfg, model__gradient_checkpointing=True), world, limit)
         out.append(("model.gradient_checkpointing=true", m.peak))
     if cfg.engine.zero_stage < 3:
         m = Memory({**mem.held}, mem.phases)
@@ -308,10 +160,15 @@ def fixes(cfg, world: int, gpu: str, mem: Memory) -> list[str]:
     out.append(("optimizer states offloaded to CPU (DeepSpeed offload_optimizer; not an engine option yet)", offload))
     for frames in (65, 49, 33, 17):
         if frames < cfg.model.frames:
-            m = estimate_memory(_with(cfg, model__frames=frames), world)
+            m = estimate_memory(_with(cfg, model__frames=frames), world, limit)
             if m.peak <= limit:
                 out.append((f"model.frames={frames} (the largest of 65/49/33/17 that fits)", m.peak))
                 break
+    if mem.peak_phase == UPDATE:  # the sequence split over the node's GPUs shares the activations
+        rest = max(v for k, v in mem.phases.items() if k != UPDATE)
+        cp = sum(mem.held.values()) + max(rest, mem.phases[UPDATE] / world)
+        what = f"the update's sequence split over the {world} GPUs (context parallelism; not an engine option yet)"
+        out.append((what, cp))
     sharded = mem.held["optimizer states"] + (mem.held["transformer weights"] if cfg.engine.zero_stage == 3 else 0)
     fixed = mem.peak - sharded
     if fixed < limit and sharded > 0:
@@ -323,13 +180,15 @@ def fixes(cfg, world: int, gpu: str, mem: Memory) -> list[str]:
 
 def report(cfg, world: int, gpu: str) -> dict:
     """The memory estimate as a row: GB per component and phase, the peak and the verdict."""
-    mem = estimate_memory(cfg, world)
     limit = usable_gb(gpu)
+    mem = estimate_memory(cfg, world, limit * GB)
     fits = mem.peak / GB <= limit
     return {
         "memory_gb": {k: v / GB for k, v in {**mem.held, **mem.phases}.items()},
         "peak_gb": mem.peak / GB,
         "peak_phase": mem.peak_phase,
+        "rollout_micro_batch": mem.micro_batch,
+        "rollout_trajectories": local_samples(cfg, world),
         "usable_gb": limit,
         "fits": fits,
         "fixes": [] if fits else fixes(cfg, world, gpu, mem),

@@ -5,7 +5,8 @@
 - backward: per-sample transformer backward passes (a CFG backward counts twice).
 - FLOPs: measured with torch.utils.flop_counter once per input shape, for one sample's
   forward and its backward, on the module as it trains (LoRA included), then multiplied.
-- device-seconds: wall time x devices (on GPUs, device-hours are GPU-hours).
+- device-seconds: wall time x devices (on GPUs, device-hours are GPU-hours), iterations and
+  evaluations alike (a GPU-hour budget is what the cluster bills); checkpoint writing is not.
 
 Counters are global (summed over ranks) and saved in checkpoints, so a resumed run goes
 on counting where it stopped.
@@ -102,7 +103,7 @@ class Meter:
         self.total.device_seconds += dt * self.world_size
 
     def pause(self) -> None:
-        """Do not count the time until the next tick (checkpoint writing, evaluation)."""
+        """Do not count the time until the next tick (checkpoint writing)."""
         self._last = time.perf_counter()
 
     def state_dict(self) -> dict:

@@ -47,6 +47,11 @@ class Policy(torch.nn.Module):
         """Videos [B, 3, F, H, W] in [-1, 1] from latents."""
         raise NotImplementedError
 
+    def fix_prompts(self, prompts: list[str]) -> None:
+        """The run's whole prompt set, known at its start. A backend whose text encoder is large
+        encodes them once here and frees the encoder (`encode` then reads the cache); the toy's
+        is a few kilobytes and keeps encoding."""
+
     # -- shared --------------------------------------------------------------------------
     def _model(self) -> torch.nn.Module:
         return self._frozen_ref if (self._use_ref and self._frozen_ref is not None) else self.net

@@ -18,16 +18,21 @@ from grpo_zoo.models.base import Policy
 from grpo_zoo.models.lora import apply_lora
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer")
-DECODE_BATCH = 1
-"""Videos the VAE decodes at once."""
+ENCODE_BATCH = 8
+"""Prompts the text encoder encodes at once (once per run: `fix_prompts`)."""
 
 
 class WanPolicy(Policy):
     def __init__(
-        self, transformer, vae, text_encoder, tokenizer, frames: int, height: int, width: int, max_tokens: int
-    ):
+        self, transformer, vae, text_encoder, tokenizer, frames: int, height: int, width: int, max_tokens: int,
+        vae_dtype: str = "fp32", vae_batch: int = 1,
+    ):  # fmt: skip
         super().__init__(transformer)
-        self.vae = vae.requires_grad_(False).eval()
+        # torch.nn.Module.to: diffusers warns on any cast, though the Wan VAE keeps no module in fp32
+        self.vae = torch.nn.Module.to(vae, torch.bfloat16 if vae_dtype == "bf16" else torch.float32)
+        self.vae.requires_grad_(False).eval()
+        self.vae_batch = vae_batch
+        self._prompt_cache: dict[str, torch.Tensor] | None = None
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
@@ -58,10 +63,32 @@ class WanPolicy(Policy):
             root / "text_encoder", dtype="auto"
         )  # as stored (bf16 in the release)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-        return cls(transformer, vae, text_encoder, tokenizer, cfg.frames, cfg.height, cfg.width, cfg.max_tokens)
+        return cls(
+            transformer, vae, text_encoder, tokenizer, cfg.frames, cfg.height, cfg.width, cfg.max_tokens,
+            cfg.vae_dtype, cfg.vae_batch,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def fix_prompts(self, prompts: list[str]) -> None:
+        """Encode the run's prompts once (ENCODE_BATCH at a time, where the encoder is) into a host
+        cache and free the text encoder: UMT5-XXL's 11.4 GB leave the GPU for the rest of the run."""
+        unique = list(dict.fromkeys(prompts))
+        cache = {}
+        for i in range(0, len(unique), ENCODE_BATCH):
+            chunk = unique[i : i + ENCODE_BATCH]
+            cache.update(zip(chunk, self.encode(chunk).cpu(), strict=True))
+        self._prompt_cache, self.text_encoder = cache, None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
+        if self._prompt_cache is not None:  # the run's prompts, encoded once (fix_prompts)
+            missing = [p for p in prompts if p not in self._prompt_cache]
+            if missing:
+                raise KeyError(f"prompt {missing[0]!r} is not among the run's prompts (fix_prompts)")
+            device = next(self.net.parameters()).device
+            return torch.stack([self._prompt_cache[p] for p in prompts]).to(device)
         tok = self.tokenizer(
             [p.strip() for p in prompts],
             padding="max_length",
@@ -77,15 +104,15 @@ class WanPolicy(Policy):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """One video at a time (DECODE_BATCH): the VAE's activations at full resolution grow with
-        the batch (about 8 GB per 81-frame 480x832 video), the videos themselves are small."""
+        """vae_batch videos at a time in the VAE's dtype (model.vae_batch, model.vae_dtype): its
+        activations at full resolution grow with the batch, the videos themselves are small."""
         c = self.vae.config
         mean = torch.tensor(c.latents_mean).view(1, c.z_dim, 1, 1, 1).to(latents.device)
         std = torch.tensor(c.latents_std).view(1, c.z_dim, 1, 1, 1).to(latents.device)
         x = latents.float() * std + mean
         dtype = next(self.vae.parameters()).dtype
         videos = [
-            self.vae.decode(x[i : i + DECODE_BATCH].to(dtype), return_dict=False)[0].float().clamp(-1, 1)
-            for i in range(0, len(x), DECODE_BATCH)
+            self.vae.decode(x[i : i + self.vae_batch].to(dtype), return_dict=False)[0].float().clamp(-1, 1)
+            for i in range(0, len(x), self.vae_batch)
         ]
         return torch.cat(videos)

@@ -89,6 +89,17 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+REDUCE_BUCKET = 500_000_000
+"""DeepSpeed's default reduce_bucket_size (elements): ZeRO allocates a gradient buffer this big."""
+
+
+def reduce_bucket_elements(trainable: int) -> int:
+    """ZeRO's reduce bucket, sized to the trainable parameters: a LoRA of 12-52M parameters needs
+    no 5e8-element (1 GB in bf16) buffer. Never below the largest parameter, which the whole
+    trainable count bounds; at most DeepSpeed's default."""
+    return int(min(REDUCE_BUCKET, max(trainable, 1)))
+
+
 class Engine:
     """DeepSpeed around the trainable module, plus the collectives the trainer needs."""
 
@@ -111,7 +122,10 @@ class Engine:
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
             "gradient_clipping": optim.max_grad_norm,
-            "zero_optimization": {"stage": cfg.zero_stage},
+            "zero_optimization": {
+                "stage": cfg.zero_stage,
+                "reduce_bucket_size": reduce_bucket_elements(sum(p.numel() for p in params)),
+            },
             "zero_allow_untested_optimizer": True,
             "bf16": {"enabled": cfg.precision == "bf16"},
             "steps_per_print": 10**9,
@@ -121,6 +135,7 @@ class Engine:
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
         self.zero_stage = cfg.zero_stage
+        self.frozen_base = any(not p.requires_grad for p in module.parameters())  # LoRA: the base never changes
 
     @property
     def module(self) -> torch.nn.Module:
@@ -192,8 +207,12 @@ class Engine:
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        """Model and optimizer states (every rank writes its shard) under `directory`."""
-        self.ds.save_checkpoint(str(directory), tag="engine", save_latest=False)
+        """Model and optimizer states (every rank writes its shard) under `directory`. With a frozen
+        base (LoRA) only the trainable weights: the base is the model directory's, loaded again at
+        resume (0.1 GB per checkpoint instead of 28.6 GB at 14B)."""
+        self.ds.save_checkpoint(
+            str(directory), tag="engine", save_latest=False, exclude_frozen_parameters=self.frozen_base
+        )
 
     def load(self, directory: Path) -> None:
         path, _ = self.ds.load_checkpoint(str(directory), tag="engine", load_module_strict=False)

@@ -28,6 +28,7 @@ def evaluate(trainer) -> dict:
             index_offset=trainer.rank * local,
             dtype=trainer.dtype,
             device=trainer.device,
+            micro_batch=trainer.micro_batch,
         )
     scores = trainer.reward_fn(videos, mine)
     scores.update(rewards.eval_metrics(videos, mine))

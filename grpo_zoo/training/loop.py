@@ -41,6 +41,7 @@ class RunLoop:
 
     def evaluate_and_log(self) -> dict:
         row = self.evaluate()
+        self.meter.tick()  # evaluation holds the devices too: a device-hour budget counts it
         self._log(row)
         if not math.isfinite(row["eval/reward"]):
             raise NonFiniteError(f"non-finite eval reward at step {self.step}")
@@ -94,7 +95,7 @@ class RunLoop:
                     hook.after_iteration(self)
                 if self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
-                self.meter.pause()  # evaluation and checkpoint writing are not training time
+                self.meter.pause()  # checkpoint writing and hooks are not counted (evaluation is)
         except StopRun as stop:  # a hook ended the run: keep its last evaluation
             status, reason = stop.status, stop.reason
         bar.close()

@@ -52,6 +52,7 @@ def rollout(
     device: torch.device | str = "cpu",
     keep_velocity: bool = False,
     solver: str = "euler",
+    micro_batch: int | None = None,
 ) -> RolloutResult:
     """Sample the plan's trajectories for prompt embeddings `emb` [B, L, D] (row b = p * G + g).
 
@@ -59,7 +60,8 @@ def rollout(
     its branch step and the parent's transitions before it: each shared forward runs once.
     ODE steps use `solver` (grpo_zoo/flow/multistep.py: `euler`, or `dpm2`, the
     second-order multistep DPM-Solver++); a row holds its data prediction at the steps its
-    strided tail skips (`plan.skips()`). SDE steps always use the model's own velocity."""
+    strided tail skips (`plan.skips()`). SDE steps always use the model's own velocity.
+    `micro_batch` rows go through the transformer at once (None: all of them)."""
     if solver not in ODE_SOLVERS:
         raise ValueError(f"unknown ODE solver {solver!r} (choose one of {', '.join(ODE_SOLVERS)})")
     b, t = plan.sde.shape
@@ -89,7 +91,9 @@ def rollout(
         if len(rows):
             x_in = x if every else x[rows]
             sigma = table.sigma[j].float().to(device).expand(len(rows))
-            v[rows] = policy.velocity(x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance).float()
+            v[rows] = velocity(
+                policy, x_in.to(dtype), sigma, emb if every else emb[rows], null_emb, guidance, micro_batch
+            )
             nfe += len(rows) * cfg_mult
         if not every:  # rows of a shared prefix take the velocity of the row that computed it
             v = v[src_v[:, j].to(v.device)]
@@ -136,6 +140,17 @@ def rollout(
         order = torch.argsort(tr.traj * t + tr.step)
         tr = tr.select(order)
     return RolloutResult(latents=x, transitions=tr, nfe=nfe, logp=logp_all)
+
+
+def velocity(policy, x, sigma, emb, null_emb, guidance, micro_batch: int | None = None) -> torch.Tensor:
+    """policy.velocity (float32) over `micro_batch` rows at a time: the rows are independent, so the
+    result is the whole batch's (to the kernels' float rounding), at a micro-batch's activations."""
+    m = len(x) if micro_batch is None else micro_batch
+    parts = [
+        policy.velocity(x[i : i + m], sigma[i : i + m], emb[i : i + m], null_emb, guidance).float()
+        for i in range(0, len(x), m)
+    ]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _next_nodes(skip: torch.Tensor) -> torch.Tensor:
@@ -185,11 +200,13 @@ def generate_ode(
     index_offset: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    micro_batch: int | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Deterministic ODE sampling (evaluation): videos [B, 3, F, H, W] and the NFE spent.
 
     Sample i starts from noise seeded by (seed, index_offset + i), so results do not
-    depend on batching or on how samples are split over ranks.
+    depend on batching or on how samples are split over ranks. `micro_batch`: samples per
+    transformer forward (None: `batch_size`).
     """
     null = policy.encode([""]) if cfg_multiplier(guidance) > 1 else None
     videos, nfe = [], 0
@@ -207,7 +224,7 @@ def generate_ode(
         emb = policy.encode(chunk)
         for j in range(table.num_steps):
             sigma = table.sigma[j].float().to(device).expand(len(x))
-            v = policy.velocity(x.to(dtype), sigma, emb, null, guidance).float()
+            v = velocity(policy, x.to(dtype), sigma, emb, null, guidance, micro_batch)
             x = ode_step(x, v, table.sigma[j].float(), table.sigma_next[j].float())
             nfe += len(x) * cfg_multiplier(guidance, null)
         videos.append(policy.decode(x).cpu())

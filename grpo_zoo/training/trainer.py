@@ -28,6 +28,7 @@ from grpo_zoo.core.contract import AdvantageContext, PlanContext, Planned, Prepa
 from grpo_zoo.core.ema import EMA
 from grpo_zoo.cost.flops import policy_flops
 from grpo_zoo.cost.meter import Meter
+from grpo_zoo.cost.micro_batch import rollout_micro_batch
 from grpo_zoo.errors import NonFiniteError
 from grpo_zoo.models.base import cfg_multiplier
 from grpo_zoo.runs import RunDir, RunLock
@@ -70,6 +71,9 @@ class Trainer(RunLoop):
         self.policy.to(self.engine.device)
         self.rank, self.world = self.engine.rank, self.engine.world_size
         self.device, self.dtype = self.engine.device, self.engine.dtype
+        # the prompt set is fixed: a backend with a large text encoder encodes it once and frees it
+        self.policy.fix_prompts([*self.train_prompts, *self.eval_prompts, ""])
+        self.micro_batch = rollout_micro_batch(cfg, self.world, self.device)
         self.meter = Meter(self.world, flops)
         self.ema = EMA(self._trainable, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         guided = cfg_multiplier(cfg.sampling.guidance) > 1
@@ -127,6 +131,7 @@ class Trainer(RunLoop):
                 self.policy, p.emb, self.null_emb, p.plan, self.table, cfg.sampling.guidance,
                 generator(cfg.seed, self.step, self.rank, "rollout"), dtype=self.dtype, device=self.device,
                 keep_velocity=self.objective.needs_sampling_velocity, solver=cfg.sampling.ode_solver,
+                micro_batch=self.micro_batch,
             )  # fmt: skip
 
     def score_step(self, p: Planned, ro: RolloutResult) -> AdvantageContext:
