@@ -9,12 +9,12 @@ Two kinds of memory make the peak:
   copy of the trainable weights, the frozen reference for the KL when training fully, the
   text encoder and the VAE (in the dtype they load in);
 - **transient**, the largest of the phases of an iteration, each run once at the config's
-  real shapes on fake tensors (torch's FakeTensorMode: shapes and dtypes, no data, no
-  compute) under torch's MemTracker, which follows every tensor allocation and release:
+  real shapes on the meta device (shapes and dtypes, no data, no compute) under a dispatch
+  mode that follows every storage's allocation and release:
   the rollout forward (P/world x G rows, doubled by CFG, no graph), the update (micro_batch
   rows, doubled by CFG, forward and backward, with or without gradient checkpointing),
-  the VAE decode of one group of latents with the decoded videos, and loading (the
-  transformer arrives in float32 before DeepSpeed casts it to bf16).
+  the VAE decode of one group of latents with the decoded videos. Loading adds nothing: the
+  transformer's weights are read straight into the training dtype (grpo_zoo/models/wan.py).
 
 The attention is counted as a GPU runs it (fused kernels, memory linear in the sequence).
 What is not counted: the CUDA context, NCCL buffers and the caching allocator's
@@ -133,8 +133,8 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
         "trainable weights": w * train / shard_w,
         "optimizer states": states + grads,
         "EMA": w * train if cfg.optim.ema_decay > 0 else 0.0,
-        # full fine-tuning with a KL keeps a frozen float32 copy (made before DeepSpeed casts)
-        "reference model": 4 * train if (cfg.model.lora_rank == 0 and cfg.optim.beta > 0) else 0.0,
+        # full fine-tuning with a KL keeps a frozen copy, in the dtype the transformer loads in
+        "reference model": w * train if (cfg.model.lora_rank == 0 and cfg.optim.beta > 0) else 0.0,
         # DeepSpeed's contiguous gradient bucket (reduce_bucket_size elements, allocated whole)
         "ZeRO gradient bucket": REDUCE_BUCKET * (2 if (z >= 2 and bf16) else 4) if z >= 1 else 0.0,
         "text encoder": _dtype_bytes(econf.get("torch_dtype")) * enc,
@@ -143,7 +143,7 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
     return held
 
 
-# -- the phases, on fake tensors ------------------------------------------------------------------
+# -- the phases, on the meta device ---------------------------------------------------------------
 class _PeakTracker(TorchDispatchMode):
     """Live bytes of the storages that operators create (a storage counts until it is freed)."""
 
@@ -171,19 +171,16 @@ class _PeakTracker(TorchDispatchMode):
 
 
 def _tracked_peak(build, run) -> float:
-    """Peak bytes that run(*objs) allocates above what it starts with, objs = build() made
-    on fake tensors (no data, no compute)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+    """Peak bytes that run(*objs) allocates above what it starts with, objs = build(), all on the
+    meta device (shapes and dtypes, no data, no compute; the same storages as fake CPU tensors
+    give, without their per-operator bookkeeping)."""
     from grpo_zoo.cost.flops import fused_attention
 
     with torch.device("meta"):
         objs = build()
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        objs = [o.to_empty(device="cpu") for o in objs]
-        tracker = _PeakTracker()
-        with fused_attention(), tracker:
-            run(*objs)
+    tracker = _PeakTracker()
+    with fused_attention(), torch.device("meta"), tracker:
+        run(*objs)
     return float(tracker.peak)
 
 
@@ -218,14 +215,45 @@ def phase_bytes(cfg, world: int) -> dict[str, float]:
 
 
 _PHASES: dict[tuple, dict[str, float]] = {}
+_DECODES: dict[tuple, float] = {}
+"""The VAE decode's peak by (VAE config, latent shape, group size): the transformer plays no part in it."""
+
+
+def decode_bytes(vconf: dict, latent: tuple[int, ...], group: int) -> float:
+    """Peak of WanPolicy.decode on one group's latents: DECODE_BATCH videos at a time, the
+    decoded videos kept. The chunks are identical decodes (the VAE clears its frame cache before
+    and after each), so the peak is that of the last one, with the earlier chunks' outputs held:
+    two decodes are tracked, the first's output standing for every earlier one."""
+    from diffusers import AutoencoderKLWan
+
+    from grpo_zoo.models.wan import DECODE_BATCH
+
+    key = (json.dumps(vconf, sort_keys=True), tuple(latent), group)
+    if key in _DECODES:
+        return _DECODES[key]
+
+    def decode(vae):
+        with torch.no_grad():
+            z = torch.zeros(group, *latent)  # the group's latents, held while it decodes
+            starts = range(0, group, DECODE_BATCH)
+            if group % DECODE_BATCH:  # unequal chunks: each one decoded
+                torch.cat([vae.decode(z[i : i + DECODE_BATCH], return_dict=False)[0] for i in starts])
+                return
+            first = vae.decode(z[:DECODE_BATCH], return_dict=False)[0]
+            kept = [first] + [torch.empty_like(first) for _ in starts[1:-1]]
+            if len(starts) > 1:
+                kept.append(vae.decode(z[starts[-1] :], return_dict=False)[0])
+            torch.cat(kept)
+
+    _DECODES[key] = _tracked_peak(lambda: (AutoencoderKLWan.from_config(vconf),), decode)
+    return _DECODES[key]
 
 
 def _phase_bytes(cfg, world: int) -> dict[str, float]:
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from diffusers import WanTransformer3DModel
 
     from grpo_zoo.cost.flops import model_shapes
     from grpo_zoo.models.lora import apply_lora
-    from grpo_zoo.models.wan import DECODE_BATCH
 
     tconf, vconf, _ = _configs(cfg.model)
     _, latent, text_dim = model_shapes(cfg.model)
@@ -254,24 +282,11 @@ def _phase_bytes(cfg, world: int) -> dict[str, float]:
         out = net(*inputs(update_rows(cfg)), return_dict=False)[0]
         out.float().square().mean().backward()
 
-    def decode_build():
-        return (AutoencoderKLWan.from_config(vconf),)
-
-    def decode(vae):  # as WanPolicy.decode: DECODE_BATCH videos at a time, the group's videos kept
-        with torch.no_grad():
-            z = torch.zeros(cfg.data.group_size, *latent)
-            torch.cat(
-                [vae.decode(z[i : i + DECODE_BATCH], return_dict=False)[0] for i in range(0, len(z), DECODE_BATCH)]
-            )
-
     state = 4 * local * torch.Size(latent).numel()  # x, v, noise, x_next of the rollout (float32)
-    with torch.device("meta"):
-        n_base = _count(WanTransformer3DModel.from_config(tconf))
     return {
         "rollout forward": _tracked_peak(transformer, rollout) + 4 * state,
         "update (forward + backward)": _tracked_peak(transformer, update),
-        "VAE decode": _tracked_peak(decode_build, decode),
-        "loading (float32 before the cast)": 4.0 * n_base - (2.0 * n_base if dtype == torch.bfloat16 else 4.0 * n_base),
+        "VAE decode": decode_bytes(vconf, latent, cfg.data.group_size),
     }
 
 
