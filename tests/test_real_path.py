@@ -99,9 +99,7 @@ def test_estimate_equals_the_meter_on_a_tiny_wan(tiny_wan, tmp_path, train):
 def test_estimate_cli_on_the_paper_configs():
     out = run_module(
         "grpo_zoo.estimate",
-        *(str(p) for p in sorted(WAN.glob("paper_*b.yaml"))),
-        "--gpus",
-        "8",
+        *(str(p) for p in sorted(WAN.glob("paper_*b.yaml"))),  # no --gpus: both declare resources.gpus 8
         "--format",
         "json",
         "--no-memory",  # memory has its own test (tests/test_real_scale.py)

@@ -104,22 +104,35 @@ def _dtype_bytes(name: str | None) -> int:
     return {"bfloat16": 2, "float16": 2}.get(str(name), 4)
 
 
-def held_bytes(cfg, world: int) -> dict[str, float]:
-    """Memory held for the whole run, per GPU."""
+_PARAMS: dict[tuple, tuple[int, int, int, int]] = {}
+"""Parameter numbers by the configs and LoRA settings: counted once per process."""
+
+
+def param_counts(model) -> tuple[int, int, int, int]:
+    """(frozen transformer, trainable transformer, VAE, text encoder) parameters, on the meta device."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
     from grpo_zoo.models.lora import apply_lora
 
-    tconf, vconf, econf = _configs(cfg.model)
-    with torch.device("meta"):
-        net = apply_lora(WanTransformer3DModel.from_config(tconf), cfg.model)
-        base, train = _count(net, False), _count(net, True)
-        if cfg.model.lora_rank == 0:
-            base = 0
-        vae = _count(AutoencoderKLWan.from_config(vconf))
-        enc_conf = UMT5Config(**{k: v for k, v in econf.items() if k != "torch_dtype"})
-        enc = _count(UMT5EncoderModel(enc_conf))
+    tconf, vconf, econf = _configs(model)
+    key = (json.dumps([tconf, vconf, econf], sort_keys=True), model.lora_rank, tuple(model.lora_targets))
+    if key not in _PARAMS:
+        with torch.device("meta"):
+            net = apply_lora(WanTransformer3DModel.from_config(tconf), model)
+            base, train = _count(net, False), _count(net, True)
+            vae = _count(AutoencoderKLWan.from_config(vconf))
+            enc_conf = UMT5Config(**{k: v for k, v in econf.items() if k != "torch_dtype"})
+            _PARAMS[key] = (base, train, vae, _count(UMT5EncoderModel(enc_conf)))
+    return _PARAMS[key]
+
+
+def held_bytes(cfg, world: int) -> dict[str, float]:
+    """Memory held for the whole run, per GPU."""
+    _, _, econf = _configs(cfg.model)
+    base, train, vae, enc = param_counts(cfg.model)
+    if cfg.model.lora_rank == 0:
+        base = 0
     z, bf16 = cfg.engine.zero_stage, cfg.engine.precision == "bf16"
     w = 2 if bf16 else 4
     shard_w = world if z == 3 else 1
@@ -321,8 +334,10 @@ def fixes(cfg, world: int, gpu: str, mem: Memory) -> list[str]:
         out.append((what, m.peak))
     offload = mem.peak - mem.held["optimizer states"]
     out.append(("optimizer states offloaded to CPU (DeepSpeed offload_optimizer; not an engine option yet)", offload))
-    for frames in (65, 49, 33, 17):
-        if frames < cfg.model.frames:
+    shorter = [f for f in (65, 49, 33, 17) if f < cfg.model.frames]
+    # memory grows with the frames: when the fewest do not fit, none do (the longer ones are not priced)
+    if shorter and estimate_memory(_with(cfg, model__frames=shorter[-1]), world).peak <= limit:
+        for frames in shorter:
             m = estimate_memory(_with(cfg, model__frames=frames), world)
             if m.peak <= limit:
                 out.append((f"model.frames={frames} (the largest of 65/49/33/17 that fits)", m.peak))
