@@ -1,8 +1,9 @@
 """What every benchmark shares: a real Trainer on the toy world, timers, peak memory.
 
 Benchmarks run the library's own code paths (the trainer's iteration, the rollout sampler)
-on the embedded toy model, in one process, one configuration after another, so the ratios
-they print are taken on the same machine in the same run.
+on the embedded toy model, in one process, the configurations they compare interleaved
+iteration by iteration, so the ratios they print are taken on the same machine in the same
+moments (a ratio is the median of per-iteration pairs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import platform
 import statistics
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -142,30 +143,46 @@ def iteration_costs(trainer, iterations: int, warmup: int = 1) -> dict:
     """Cost of `iterations` training iterations after `warmup` (median device-s; mean NFE, FLOPs,
     backward passes, the split between model and everything else), and the peak memory of
     one more iteration."""
-    for _ in range(warmup):
-        trainer.iteration()
-        trainer.step += 1
-    before = dict(trainer.meter.total.as_metrics())
-    times = []
-    with model_timer(trainer) as acc:
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            trainer.iteration()
-            times.append(time.perf_counter() - t0)
-            trainer.step += 1
-    seconds = sum(times)
+    return interleaved_costs({"one": trainer}, iterations, warmup)["one"]
+
+
+def interleaved_costs(trainers: dict, iterations: int, warmup: int = 1) -> dict[str, dict]:
+    """iteration_costs of several trainers at once, their iterations interleaved: round i runs
+    one iteration of each, in an order that rotates every round, so a slow spell of the machine
+    (other tenants, frequency changes) lands on every configuration alike. Each cost keeps its
+    per-iteration seconds (`times`): the i-th of two configurations form a pair."""
+    names = list(trainers)
+    for name in names:
+        for _ in range(warmup):
+            trainers[name].iteration()
+            trainers[name].step += 1
+    before = {k: dict(t.meter.total.as_metrics()) for k, t in trainers.items()}
+    times: dict[str, list[float]] = {k: [] for k in names}
+    with ExitStack() as stack:
+        accs = {k: stack.enter_context(model_timer(t)) for k, t in trainers.items()}
+        for i in range(iterations):
+            for name in names[i % len(names) :] + names[: i % len(names)]:
+                t0 = time.perf_counter()
+                trainers[name].iteration()
+                times[name].append(time.perf_counter() - t0)
+                trainers[name].step += 1
+    return {k: _cost(trainers[k], before[k], times[k], accs[k]) for k in names}
+
+
+def _cost(trainer, before: dict, times: list[float], acc: dict) -> dict:
     after = trainer.meter.total.as_metrics()
     peak = peak_memory_mb(trainer)  # one more iteration, profiled (not timed)
-    n = iterations
+    n = len(times)
     model = acc["forward"] + acc["backward"]
     return {
         "device_s": statistics.median(times),  # robust to one disturbed iteration
         "device_s_min": min(times),
         "device_s_max": max(times),
+        "times": times,
         "nfe": (after["compute/nfe"] - before["compute/nfe"]) / n,
         "backward": (after["compute/backward"] - before["compute/backward"]) / n,
         "flops": (after["compute/flops"] - before["compute/flops"]) / n,
         "peak_mem_mb": peak,
         "model_s": model / n,
-        "outside_model_share": max(0.0, 1 - model / seconds),  # over all the timed iterations
+        "outside_model_share": max(0.0, 1 - model / sum(times)),  # over all the timed iterations
     }

@@ -1,10 +1,11 @@
-"""What a run will cost before it runs: `python -m grpo_zoo.estimate CONFIG... --gpus N [--gpu h100]`.
+"""What a run will cost before it runs: `python -m grpo_zoo.estimate CONFIG... [--gpus N] [--gpu h100]`.
 
 CONFIG is a run config (python -m grpo_zoo.train ...) or an experiment file (each of its
-variants, first seed). For each:
+variants, first seed; --gpus defaults to its resources.gpus). For each:
 1. FLOPs per NFE: one transformer forward and its backward, counted by torch's FlopCounterMode
    on the meta device (no weights, no memory) for the configured model (LoRA, gradient
-   checkpointing and shapes as trained) - the same count the meter makes in a real run;
+   checkpointing and shapes as trained), once per distinct shape - the count the meter of a
+   real run multiplies by (grpo_zoo/cost/flops.py);
 2. NFE per iteration from the algorithm's own plans (rollout forwards, with shared-noise
    prefixes computed once; update forwards and backward passes; the KL reference forward),
    averaged over the plans of the first --plans iterations;
@@ -31,6 +32,12 @@ from grpo_zoo.errors import AT_LEAST_ONE, POSITIVE, ArgParser, ConfigError, Rang
 
 
 def load_configs(path: str) -> list[tuple[str, object]]:
+    """(name, RunConfig) of a run config, or of each variant of an experiment (first seed)."""
+    return [(name, cfg) for name, cfg, _ in load_sized(path)]
+
+
+def load_sized(path: str) -> list[tuple[str, object, int | None]]:
+    """(name, RunConfig, the GPUs its experiment declares or None) for each config in `path`."""
     from grpo_zoo.config.run import RunConfig
     from grpo_zoo.config.schema import build, load_config_file, load_yaml
 
@@ -45,14 +52,20 @@ def load_configs(path: str) -> list[tuple[str, object]]:
         first = {}
         for r in exp.runs:
             first.setdefault(r.variant, r)
-        return [(f"{exp.name}/{v}", build(RunConfig, r.config)) for v, r in first.items()]
-    return [(p.stem, build(RunConfig, load_config_file(p)))]
+        gpus = exp.resources.gpus or None
+        return [(f"{exp.name}/{v}", build(RunConfig, r.config), gpus) for v, r in first.items()]
+    return [(p.stem, build(RunConfig, load_config_file(p)), None)]
 
 
 def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.estimate", description=__doc__.split("\n")[0])
     p.add_argument("configs", nargs="+", metavar="CONFIG", help="run config or experiment YAML")
-    p.add_argument("--gpus", type=number(int, AT_LEAST_ONE), required=True, help="GPUs the run uses")
+    p.add_argument(
+        "--gpus",
+        type=number(int, AT_LEAST_ONE),
+        default=None,
+        help="GPUs the run uses (default: what an experiment file's resources.gpus declares)",
+    )
     p.add_argument("--gpu", default="h100", choices=sorted(GPUS))
     p.add_argument(
         "--mfu",
@@ -74,9 +87,19 @@ def parser() -> ArgParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.gpus < 1 or not 0 < args.mfu <= 1 or args.plans < 1:
+    if (args.gpus is not None and args.gpus < 1) or not 0 < args.mfu <= 1 or args.plans < 1:
         raise ConfigError("--gpus >= 1, 0 < --mfu <= 1 and --plans >= 1, please")
-    configs = [c for path in args.configs for c in load_configs(path)]
+    sized = [c for path in args.configs for c in load_sized(path)]
+    if args.gpus is None:
+        counts = {gpus for _, _, gpus in sized}
+        if None in counts or len(counts) > 1:
+            raise ConfigError(
+                "--gpus: required (a run config declares no GPUs)"
+                if None in counts
+                else f"--gpus: required (the experiments declare {', '.join(map(str, sorted(counts)))} GPUs)"
+            )
+        args.gpus = counts.pop()
+    configs = [(name, cfg) for name, cfg, _ in sized]
     for name, cfg in configs:
         if cfg.data.prompts_per_step % args.gpus:
             raise ConfigError(

@@ -99,9 +99,7 @@ def test_estimate_equals_the_meter_on_a_tiny_wan(tiny_wan, tmp_path, train):
 def test_estimate_cli_on_the_paper_configs():
     out = run_module(
         "grpo_zoo.estimate",
-        *(str(p) for p in sorted(WAN.glob("paper_*b.yaml"))),
-        "--gpus",
-        "8",
+        *(str(p) for p in sorted(WAN.glob("paper_*b.yaml"))),  # no --gpus: both declare resources.gpus 8
         "--format",
         "json",
         "--no-memory",  # memory has its own test (tests/test_real_scale.py)
@@ -158,3 +156,114 @@ def test_vbench_export_and_ingest_reach_table1(tmp_path, train):
     assert t.loc[0, "Aesthetic Quality (VBench)"].startswith("0.620")  # the mean of 0.61 and 0.63
     assert "Object Class" in t.columns and "Device hours" in t.columns
     assert yaml.safe_load((runs / "flash_grpo_seed0" / "config.yaml").read_text())["save_eval_videos"] is True
+
+
+# -- FLOPs from shapes: counted once per shape, never by a real pass ---------------------------------
+def _model(path, **extra):
+    from grpo_zoo.config.run import ModelConfig
+
+    shape = {"height": 16, "width": 16, "frames": 9, "max_tokens": 8, "lora_rank": 4, "gradient_checkpointing": True}
+    return ModelConfig(backend="wan", path=str(path), **{**shape, **extra})
+
+
+def test_flops_from_shapes_equal_torchs_count_of_a_real_pass(tiny_wan, tmp_path):
+    """The meta-device count equals torch's FlopCounterMode on a real forward and backward of the
+    loaded policy (LoRA and gradient checkpointing as trained); a deeper model's count, extended
+    from one and two blocks, equals its direct count."""
+    from grpo_zoo.cost.flops import meta_flops_per_nfe, policy_flops
+    from grpo_zoo.models import load_policy
+
+    for extra in ({}, {"lora_rank": 0, "gradient_checkpointing": False}):
+        model = _model(tiny_wan, **extra)
+        assert flops_per_nfe(model) == policy_flops(load_policy(model), "a red circle moving left")
+    deep = tmp_path / "deep"  # six blocks: a count from shapes reads only the configs
+    for part in ("transformer", "vae"):
+        conf = json.loads((tiny_wan / part / "config.json").read_text())
+        conf["num_layers"] = 6 if part == "transformer" else conf.get("num_layers")
+        (deep / part).mkdir(parents=True)
+        (deep / part / "config.json").write_text(json.dumps(conf))
+    assert meta_flops_per_nfe(_model(deep)) == meta_flops_per_nfe(_model(deep), layers=6)
+    assert meta_flops_per_nfe(_model(deep))[1] > flops_per_nfe(_model(tiny_wan))[1]
+
+
+def test_flops_are_counted_once_per_distinct_shape(tmp_path):
+    """A sweep's variants share one count; what changes the count changes the key."""
+    from dataclasses import replace
+
+    from grpo_zoo.cost.flops import shape_key
+
+    for path in ("paper_1.3b.yaml", "paper_14b.yaml"):
+        models = [build(RunConfig, r.config).model for r in load_experiment(WAN / path, tmp_path).runs]
+        assert len({shape_key(m) for m in models}) == 1
+        m = models[0]
+        changed = [
+            replace(m, frames=49),
+            replace(m, max_tokens=256),
+            replace(m, lora_rank=32),
+            replace(m, lora_targets=["to_q"]),
+            replace(m, gradient_checkpointing=False),
+        ]
+        assert len({shape_key(c) for c in [m, *changed]}) == 6
+        assert shape_key(replace(m, lora_alpha=1.0)) == shape_key(m)  # a scale: no matmul
+        assert flops_per_nfe(m) is flops_per_nfe(models[-1])  # counted once, then shared
+
+
+def _transformer_calls():
+    """A global forward hook recording the device of each Wan transformer call's latents."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    devices = []
+
+    def seen(module, args):
+        if isinstance(module, WanTransformer3DModel):
+            devices.append(args[0].device.type if args else "called by keyword")
+
+    return devices, torch.nn.modules.module.register_module_forward_pre_hook(seen)
+
+
+def test_the_trainers_flop_count_at_the_14b_paper_shape_touches_only_meta_tensors(tmp_path):
+    """What the trainer multiplies its passes by, at Wan2.1-14B, 81 x 480 x 832 (no weights here):
+    the transformer runs only on the meta device, and the count is the estimate's."""
+    from grpo_zoo.cost import flops
+    from grpo_zoo.cost.flops import run_flops
+
+    cfg = build(RunConfig, load_experiment(WAN / "paper_14b.yaml", tmp_path).runs[0].config)
+    flops._COUNTED.pop(flops.shape_key(cfg.model), None)  # counted afresh here, not from an earlier test's cache
+    devices, hook = _transformer_calls()
+    try:
+        fwd, bwd = run_flops(cfg.model, None, "a prompt")  # the policy is not needed for a wan model
+    finally:
+        hook.remove()
+    assert devices and set(devices) == {"meta"}
+    assert (fwd, bwd) == flops_per_nfe(cfg.model) and 1e15 < fwd < bwd  # ~1.7 PFLOP per 81-frame sample
+
+
+def test_a_wan_trainer_runs_no_transformer_pass_before_its_first_rollout(tiny_wan, tmp_path):
+    """Building a Trainer (bf16, LoRA, checkpointing, CFG, as the paper trains) loads the transformer
+    in bf16 and calls it on no real tensor (on meta tensors at most, counting FLOPs); the first
+    iteration's rollout is its first real pass, and the meter multiplies by the count from shapes."""
+    import torch
+
+    from grpo_zoo.config.schema import apply_overrides, load_config_file
+    from grpo_zoo.models.wan import WanPolicy
+    from grpo_zoo.training.trainer import Trainer
+
+    over = [*TINY_WAN_ARGS, f"model.path={tiny_wan}", "model.gradient_checkpointing=true", "engine.precision=bf16"]
+    over += ["sampling.guidance=4.5", "algorithm.name=flash_grpo", f"run_dir={tmp_path / 'run'}", "budget.steps=1"]
+    cfg = build(RunConfig, apply_overrides(load_config_file(ROOT / "experiments/toy/base.yaml"), over))
+    loaded = WanPolicy.load(cfg.model, torch.bfloat16)
+    keep = tuple(loaded.net.base_model.model._keep_in_fp32_modules)  # diffusers keeps these in float32
+    dtypes = {p.dtype for n, p in loaded.net.named_parameters() if "lora_" not in n and not any(k in n for k in keep)}
+    assert dtypes == {torch.bfloat16}  # read straight into bf16: no float32 copy of the weights
+    devices, hook = _transformer_calls()
+    try:
+        trainer = Trainer(cfg, progress=False)
+        built = list(devices)
+        trainer.iteration()
+    finally:
+        hook.remove()
+    trainer.engine.close = lambda: None  # the module's other trainers reuse the process group
+    assert set(built) <= {"meta"}  # at most the count from shapes (cached if an earlier test made it)
+    assert devices[len(built) :] and set(devices[len(built) :]) == {"cpu"}  # the rollout's real passes
+    assert (trainer.meter.fwd_flops, trainer.meter.bwd_flops) == flops_per_nfe(cfg.model)

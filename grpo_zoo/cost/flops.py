@@ -58,18 +58,51 @@ def fused_attention():
         F.scaled_dot_product_attention = original
 
 
+def shape_key(model) -> tuple:
+    """What a wan model's FLOPs per NFE depend on: the transformer's config, the latent and
+    prompt shapes, the LoRA adapters (rank and targets: alpha and dropout add no matmul) and
+    gradient checkpointing (its backward recomputes the forward)."""
+    tconf, latent, _ = model_shapes(model)
+    conf = json.dumps({k: v for k, v in tconf.items() if not k.startswith("_")}, sort_keys=True)
+    lora = (model.lora_rank, tuple(model.lora_targets)) if model.lora_rank > 0 else (0, ())
+    return conf, latent, model.max_tokens, lora, bool(model.gradient_checkpointing)
+
+
+_COUNTED: dict[tuple, tuple[float, float]] = {}
+"""FLOPs per NFE by shape_key (wan) or by the whole model config (toy): counted once per process."""
+
+
 def flops_per_nfe(model) -> tuple[float, float]:
-    """(forward, backward) FLOPs of one sample through the transformer, counted on the meta device."""
+    """(forward, backward) FLOPs of one sample through the transformer, counted once per
+    distinct shape: on the meta device for wan models (no weights, no compute)."""
+    key = shape_key(model) if model.backend == "wan" else ("toy", repr(model))
+    if key not in _COUNTED:
+        _COUNTED[key] = meta_flops_per_nfe(model) if model.backend == "wan" else toy_flops_per_nfe(model)
+    return _COUNTED[key]
+
+
+def meta_flops_per_nfe(model, layers: int | None = None) -> tuple[float, float]:
+    """(forward, backward) FLOPs of one sample through a wan transformer, counted on the meta device.
+
+    The transformer's blocks are identical in shape, so the count is exactly linear in their
+    number: it is counted at one and two blocks and extended to the model's (`layers` given:
+    counted at that many blocks as they are)."""
+    if layers is None:
+        tconf, _, _ = model_shapes(model)
+        n = tconf["num_layers"]
+        if n > 2:
+            one, two = meta_flops_per_nfe(model, 1), meta_flops_per_nfe(model, 2)
+            return tuple(a + (n - 1) * (b - a) for a, b in zip(one, two, strict=True))
+        layers = n
     from diffusers import WanTransformer3DModel
 
     from grpo_zoo.cost.meter import measure_flops
     from grpo_zoo.models.lora import apply_lora
 
-    if model.backend != "wan":
-        return toy_flops_per_nfe(model)
     tconf, latent, text_dim = model_shapes(model)
+    conf = {k: v for k, v in tconf.items() if not k.startswith("_")} | {"num_layers": layers}
     with torch.device("meta"):
-        net = WanTransformer3DModel.from_config({k: v for k, v in tconf.items() if not k.startswith("_")})
+        net = WanTransformer3DModel.from_config(conf)
         if model.gradient_checkpointing:
             net.enable_gradient_checkpointing()
         net = apply_lora(net, model)
@@ -80,6 +113,15 @@ def flops_per_nfe(model) -> tuple[float, float]:
     with fused_attention():
         fwd, bwd = measure_flops(lambda: net(x, t, emb, return_dict=False)[0], backward=True)
     return float(fwd), float(bwd)
+
+
+def run_flops(model, policy, prompt: str) -> tuple[float, float]:
+    """What a run's meter multiplies its passes by: a wan model's count from shapes (the same
+    number `estimate` prices; no real pass, whatever the model's size), the toy's tiny
+    transformer counted through the loaded policy, as it trains."""
+    if model.backend == "wan":
+        return flops_per_nfe(model)
+    return policy_flops(policy, prompt)
 
 
 def policy_flops(policy, prompt: str) -> tuple[float, float]:

@@ -22,6 +22,7 @@ the card).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, replace
 
 import torch
@@ -63,6 +64,10 @@ def usable_gb(gpu: str) -> float:
 
 
 # -- the components ---------------------------------------------------------------------------
+_PARAMS: dict[tuple, tuple[int, int, int]] = {}
+"""(frozen, trainable, VAE) parameter numbers by the model's configs and LoRA settings."""
+
+
 def held_bytes(cfg, world: int) -> dict[str, float]:
     """Memory held for the whole run, per GPU."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -71,12 +76,14 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
     from grpo_zoo.training.engine import reduce_bucket_elements
 
     tconf, vconf, _ = configs(cfg.model)
-    with torch.device("meta"):
-        net = apply_lora(WanTransformer3DModel.from_config(tconf), cfg.model)
-        base, train = count(net, False), count(net, True)
-        if cfg.model.lora_rank == 0:
-            base = 0
-        vae = count(AutoencoderKLWan.from_config(vconf))
+    key = (json.dumps([tconf, vconf], sort_keys=True), cfg.model.lora_rank, tuple(cfg.model.lora_targets))
+    if key not in _PARAMS:  # counted once per process (the estimate prices many variants of one model)
+        with torch.device("meta"):
+            net = apply_lora(WanTransformer3DModel.from_config(tconf), cfg.model)
+            _PARAMS[key] = count(net, False), count(net, True), count(AutoencoderKLWan.from_config(vconf))
+    base, train, vae = _PARAMS[key]
+    if cfg.model.lora_rank == 0:
+        base = 0
     z, bf16 = cfg.engine.zero_stage, cfg.engine.precision == "bf16"
     w = 2 if bf16 else 4
     shard_w = world if z == 3 else 1
@@ -91,8 +98,8 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
         "trainable weights": w * train / shard_w,
         "optimizer states": states + grads,
         "EMA": w * train if cfg.optim.ema_decay > 0 else 0.0,
-        # full fine-tuning with a KL keeps a frozen float32 copy (made before DeepSpeed casts)
-        "reference model": 4 * train if (cfg.model.lora_rank == 0 and cfg.optim.beta > 0) else 0.0,
+        # full fine-tuning with a KL keeps a frozen copy, in the dtype the transformer loads in
+        "reference model": w * train if (cfg.model.lora_rank == 0 and cfg.optim.beta > 0) else 0.0,
         # DeepSpeed's contiguous gradient bucket (reduce_bucket_size elements, allocated whole)
         "ZeRO gradient bucket": bucket if z >= 1 else 0.0,
         "VAE": dtype_bytes(cfg.model.vae_dtype) * vae,
@@ -158,8 +165,10 @@ def fixes(cfg, world: int, gpu: str, mem: Memory) -> list[str]:
         out.append((what, m.peak))
     offload = mem.peak - mem.held["optimizer states"]
     out.append(("optimizer states offloaded to CPU (DeepSpeed offload_optimizer; not an engine option yet)", offload))
-    for frames in (65, 49, 33, 17):
-        if frames < cfg.model.frames:
+    shorter = [f for f in (65, 49, 33, 17) if f < cfg.model.frames]
+    # memory grows with the frames: when the fewest do not fit, none do (the longer ones are not priced)
+    if shorter and estimate_memory(_with(cfg, model__frames=shorter[-1]), world, limit).peak <= limit:
+        for frames in shorter:
             m = estimate_memory(_with(cfg, model__frames=frames), world, limit)
             if m.peak <= limit:
                 out.append((f"model.frames={frames} (the largest of 65/49/33/17 that fits)", m.peak))

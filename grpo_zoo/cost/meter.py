@@ -4,7 +4,9 @@
   training forwards, reference forwards and evaluation alike.
 - backward: per-sample transformer backward passes (a CFG backward counts twice).
 - FLOPs: measured with torch.utils.flop_counter once per input shape, for one sample's
-  forward and its backward, on the module as it trains (LoRA included), then multiplied.
+  forward and its backward, on the module as it trains (LoRA included), then multiplied: a
+  wan model on the meta device from its shapes (grpo_zoo/cost/flops.py), the toy's tiny
+  transformer through the loaded policy.
 - device-seconds: wall time x devices (on GPUs, device-hours are GPU-hours), iterations and
   evaluations alike (a GPU-hour budget is what the cluster bills); checkpoint writing is not.
 

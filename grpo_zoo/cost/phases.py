@@ -1,6 +1,6 @@
-"""The transient phases of an iteration, each run once at the config's real shapes on fake
-tensors (torch's FakeTensorMode: shapes and dtypes, no data, no compute) under a dispatch mode
-that follows every storage allocated and freed (grpo_zoo/cost/memory.py adds what is held):
+"""The transient phases of an iteration, each run once at the config's real shapes on the meta
+device (shapes and dtypes, no data, no compute) under a dispatch mode that follows every
+storage allocated and freed (grpo_zoo/cost/memory.py adds what is held):
 
 - the rollout forward: `micro` trajectories' rows (doubled by CFG) per forward, no graph, plus
   the rollout's float32 state of all the rank's trajectories;
@@ -9,8 +9,9 @@ that follows every storage allocated and freed (grpo_zoo/cost/memory.py adds wha
 - the VAE decode of one group of latents, model.vae_batch videos at a time in model.vae_dtype,
   the group's videos kept;
 - the prompt encoding, once at the start: the text encoder's weights and a forward of a batch
-  of prompts (then the encoder is freed and the embeddings live on the host);
-- loading (the transformer arrives in float32 before DeepSpeed casts it to bf16).
+  of prompts (then the encoder is freed and the embeddings live on the host).
+Loading adds no phase: the weights are read straight into the training dtype on their device
+(grpo_zoo/models/wan.py).
 The attention is counted as a GPU runs it (fused kernels, memory linear in the sequence).
 """
 
@@ -29,7 +30,6 @@ ROLLOUT = "rollout forward"
 UPDATE = "update (forward + backward)"
 DECODE = "VAE decode"
 ENCODE = "prompt encoding (once, at the start)"
-LOADING = "loading (float32 before the cast)"
 STATE_TENSORS = 7
 
 
@@ -60,22 +60,19 @@ class _PeakTracker(TorchDispatchMode):
 
 
 def tracked_peak(build, run) -> float:
-    """Peak bytes that run(*objs) allocates above what it starts with, objs = build() made
-    on fake tensors (no data, no compute)."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
+    """Peak bytes that run(*objs) allocates above what it starts with, objs = build(), all on
+    the meta device (no data, no compute; the same storages fake CPU tensors give, without their
+    per-operator bookkeeping)."""
     from grpo_zoo.cost.flops import fused_attention
 
     with torch.device("meta"):
         objs = build()
-    with FakeTensorMode(allow_non_fake_inputs=True):
-        objs = [o.to_empty(device="cpu") for o in objs]
-        tracker = _PeakTracker()
-        for o in objs:  # the weights exist before the phase: a view of one (a linear's w.t()) is no allocation
-            for t in [*o.parameters(), *o.buffers()]:
-                tracker.refs[t.untyped_storage()._cdata] = None
-        with fused_attention(), tracker:
-            run(*objs)
+    tracker = _PeakTracker()
+    for o in objs:  # the weights exist before the phase: a view of one (a linear's w.t()) is no allocation
+        for t in [*o.parameters(), *o.buffers()]:
+            tracker.refs[t.untyped_storage()._cdata] = None
+    with fused_attention(), torch.device("meta"), tracker:
+        run(*objs)
     return float(tracker.peak)
 
 
@@ -208,17 +205,6 @@ def encode_bytes(cfg) -> float:
     return _cached(key, lambda: weights() + tracked_peak(lambda: (text_encoder(econf),), encode))
 
 
-def loading_bytes(cfg) -> float:
-    """The transformer arrives in float32 before DeepSpeed casts it (bf16: the float32 copy
-    beyond the bf16 weights held)."""
-    from diffusers import WanTransformer3DModel
-
-    tconf, _, _ = configs(cfg.model)
-    with torch.device("meta"):
-        n_base = count(WanTransformer3DModel.from_config(tconf))
-    return 4.0 * n_base - (2.0 * n_base if _dtype(cfg) == torch.bfloat16 else 4.0 * n_base)
-
-
 def phase_bytes(cfg, world: int, micro: int) -> dict[str, float]:
     """Transient peak of each phase, per GPU, with `micro` trajectories per rollout forward."""
     return {
@@ -226,5 +212,4 @@ def phase_bytes(cfg, world: int, micro: int) -> dict[str, float]:
         UPDATE: update_bytes(cfg),
         DECODE: decode_bytes(cfg),
         ENCODE: encode_bytes(cfg),
-        LOADING: loading_bytes(cfg),
     }

@@ -8,8 +8,9 @@ from grpo_zoo.models.base import Policy
 BACKENDS = ("toy", "wan")
 
 
-def load_policy(cfg) -> Policy:
-    """A Policy from a ModelConfig (`backend`, `path`, ...)."""
+def load_policy(cfg, dtype=None, device=None) -> Policy:
+    """A Policy from a ModelConfig (`backend`, `path`, ...). A wan transformer loads in `dtype`
+    (None: as stored) straight onto `device` (None: the host); the toy's loads as it is shipped."""
     if cfg.backend == "toy":
         from grpo_zoo.models.toy import ToyPolicy
 
@@ -17,7 +18,7 @@ def load_policy(cfg) -> Policy:
     if cfg.backend == "wan":
         from grpo_zoo.models.wan import WanPolicy
 
-        return WanPolicy.load(cfg)
+        return WanPolicy.load(cfg, dtype, device)
     raise ConfigError(f"model.backend: unknown backend {cfg.backend!r} (choose one of {', '.join(BACKENDS)})")
 
 

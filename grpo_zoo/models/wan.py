@@ -22,6 +22,20 @@ ENCODE_BATCH = 8
 """Prompts the text encoder encodes at once (once per run: `fix_prompts`)."""
 
 
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The dtype of a diffusers model folder's weights as stored (its first floating tensor)."""
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        with safe_open(files[0], "pt") as f:
+            for name in f.keys():  # noqa: SIM118 (a safetensors file is not iterable)
+                dtype = f.get_slice(name).get_dtype()
+                if dtype in ("BF16", "F16", "F32"):
+                    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[dtype]
+    return torch.float32
+
+
 class WanPolicy(Policy):
     def __init__(
         self, transformer, vae, text_encoder, tokenizer, frames: int, height: int, width: int, max_tokens: int,
@@ -46,7 +60,10 @@ class WanPolicy(Policy):
         self.latent_shape = (vae.config.z_dim, (frames - 1) // t_scale + 1, height // s_scale, width // s_scale)
 
     @classmethod
-    def load(cls, cfg) -> WanPolicy:
+    def load(cls, cfg, dtype: torch.dtype | None = None, device: torch.device | None = None) -> WanPolicy:
+        """The components from cfg.path. The transformer loads in `dtype` (the training precision:
+        what DeepSpeed would cast it to; None: as stored), each weight read straight into that
+        dtype and, on a GPU, onto `device`: no float32 copy of a bf16 checkpoint on the host."""
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         from transformers import AutoTokenizer, UMT5EncoderModel
 
@@ -54,13 +71,16 @@ class WanPolicy(Policy):
         missing = [s for s in SUBFOLDERS if not (root / s).is_dir()]
         if missing:
             raise ConfigError(f"model.path: {root} lacks {', '.join(missing)}/ (a diffusers Wan2.1 directory)")
-        transformer = WanTransformer3DModel.from_pretrained(root / "transformer")
+        place = {"device_map": {"": device}} if device is not None and device.type != "cpu" else {}
+        transformer = WanTransformer3DModel.from_pretrained(
+            root / "transformer", torch_dtype=dtype or stored_dtype(root / "transformer"), **place
+        )
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer = apply_lora(transformer, cfg)
-        vae = AutoencoderKLWan.from_pretrained(root / "vae")
+        vae = AutoencoderKLWan.from_pretrained(root / "vae", **place)  # float32, as WanPipeline decodes
         text_encoder = UMT5EncoderModel.from_pretrained(
-            root / "text_encoder", dtype="auto"
+            root / "text_encoder", dtype="auto", **place
         )  # as stored (bf16 in the release)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         return cls(

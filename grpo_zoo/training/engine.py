@@ -56,12 +56,28 @@ def setup_rendezvous() -> list[str]:
     return [k for k in RENDEZVOUS_KEYS if k in env and k not in before]
 
 
-def pick_device(cfg: EngineConfig) -> torch.device:
+def local_rank() -> int:
+    """This process's rank on its node, as setup_rendezvous sets LOCAL_RANK (it need not have run)."""
+    env = os.environ
+    if "LOCAL_RANK" in env:
+        return int(env["LOCAL_RANK"])
+    if "RANK" not in env and "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env.get("SLURM_LOCALID", "0"))
+    return 0
+
+
+def local_device(cfg: EngineConfig) -> torch.device:
+    """The device this process trains on; known before its Engine exists, so weights load straight onto it."""
     if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()):
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return torch.device("cuda", local)
+        return torch.device("cuda", local_rank())
     return torch.device("cpu")
+
+
+def pick_device(cfg: EngineConfig) -> torch.device:
+    device = local_device(cfg)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def skip_shm_op() -> None:

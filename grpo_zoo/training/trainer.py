@@ -26,7 +26,7 @@ from grpo_zoo.core import objective as objectives
 from grpo_zoo.core.advantages import zero_std_ratio
 from grpo_zoo.core.contract import AdvantageContext, PlanContext, Planned, Prepared, RolloutResult
 from grpo_zoo.core.ema import EMA
-from grpo_zoo.cost.flops import policy_flops
+from grpo_zoo.cost.flops import run_flops
 from grpo_zoo.cost.meter import Meter
 from grpo_zoo.cost.micro_batch import rollout_micro_batch
 from grpo_zoo.errors import NonFiniteError
@@ -58,14 +58,15 @@ class Trainer(RunLoop):
         self.lock = RunLock(cfg.run_dir).acquire() if rank_from_env() == 0 else None  # rank 0 writes
 
         from grpo_zoo.models import load_policy
-        from grpo_zoo.training.engine import Engine
+        from grpo_zoo.training.engine import Engine, local_device
 
         torch.manual_seed(cfg.seed)
-        self.policy = load_policy(cfg.model)
+        precision = torch.bfloat16 if cfg.engine.precision == "bf16" else torch.float32  # what DeepSpeed casts to
+        self.policy = load_policy(cfg.model, precision, local_device(cfg.engine))
         objective_cls = objectives.get(self.algorithm.objective)
         if cfg.model.lora_rank == 0 and objective_cls.needs_reference(cfg):
             self.policy.freeze_reference()
-        flops = policy_flops(self.policy, self.train_prompts[0])
+        flops = run_flops(cfg.model, self.policy, self.train_prompts[0])  # from shapes for wan: no real pass
         self.engine = Engine(self.policy.net, cfg.engine, cfg.optim)
         self.policy.net = self.engine.ds
         self.policy.to(self.engine.device)
