@@ -39,6 +39,13 @@ class ModelConfig:
     """wan: number of frames."""
     max_tokens: int = num(512, ge=1)
     """wan: prompt length the text encoder pads to (WanPipeline's max_sequence_length)."""
+    attention_backend: Literal["native", "cudnn", "flash_3_hub"] = "native"
+    """wan: attention kernel through diffusers' attention dispatch: native (torch SDPA picks it), cudnn
+    (cuDNN attention; CUDA, bf16) or flash_3_hub (FlashAttention 3 from the Hub; sm90, bf16, `kernels`).
+    grpo_zoo/models/accel.py; measure them with python -m benchmarks.gpu."""
+    compile_blocks: bool = False
+    """wan: torch.compile each transformer block (diffusers' compile_repeated_blocks; compiles at the first
+    forward of each shape)."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from grpo_zoo.core import objective as objectives
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.flow.sde import StepTable
+from grpo_zoo.models import accel
 from grpo_zoo.training.prompts import load_prompts
 from grpo_zoo.training.seeding import world_size_from_env
 
@@ -69,6 +70,7 @@ def preflight(cfg: RunConfig) -> Preflight:
             raise ConfigError(f"model.path: no toy checkpoint at {cfg.model.path!r} (use toy-base or a directory)")
     elif not Path(cfg.model.path).is_dir():
         raise ConfigError(f"model.path: no Wan model directory at {cfg.model.path!r}")
+    accel.check(cfg.model, cfg.engine)
     train_prompts = load_prompts(cfg.data.prompts, "data.prompts")
     eval_prompts = load_prompts(cfg.data.eval_prompts, "data.eval_prompts")
     if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
