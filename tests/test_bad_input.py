@@ -518,6 +518,7 @@ BENCHMARKS = [
 
 def _mains():
     from benchmarks.__main__ import main as benchmarks
+    from benchmarks.gpu import main as gpu_check
     from benchmarks.ode_solver import main as ode_solver
     from grpo_zoo.estimate import main as estimate
     from grpo_zoo.launch.sweep import main as sweep
@@ -539,6 +540,7 @@ def _mains():
         "toy.pretrain": pretrain,
         "benchmarks": benchmarks,
         "benchmarks.ode_solver": ode_solver,
+        "benchmarks.gpu": gpu_check,
     }
 
 
@@ -553,6 +555,19 @@ TABLE = {
     "toy.pretrain": PRETRAIN,
     "benchmarks": BENCHMARKS,
     "benchmarks.ode_solver": [["--n", "1"], ["--n", "0"], ["--n", "-3"], ["--n", "two"], ["--bogus"], ["extra"]],
+    "benchmarks.gpu": [
+        ["--out", "{dir}"],
+        ["--out", "{file}/x.json"],
+        ["--out", "{ro}/x.json"],
+        ["--workdir", "{file}"],
+        ["--frames", "10"],
+        ["--steps", "5"],
+        ["--group", "1"],
+        ["--iterations", "0"],
+        ["--reps", "0"],
+        ["--algorithms", "ppo"],
+        ["--width", "huge"],
+    ],
 }
 CASES = [(cli, argv) for cli, rows in TABLE.items() for argv in rows]
 
