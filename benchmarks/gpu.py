@@ -14,23 +14,24 @@ with CFG 4.5: 16 rows per rollout forward; micro-batch 1 with CFG: 2 rows per up
    largest and mean |difference| of the decoded pixels (in [-1, 1]);
 3. whole iterations through the library's own Trainer and DeepSpeed engine (bf16, ZeRO-2,
    the paper's settings from experiments/wan2.1/base.yaml) for each of --algorithms: one warm-up
-   iteration, then --iterations timed ones: seconds (rollout, decode + reward, update), MFU,
+   iteration, then --iterations timed ones (median): seconds (rollout, decode + reward, update), MFU,
    peak memory, seconds against grpo_zoo.estimate's at MFU 0.4, and whether the bf16 rollout
    and update log-probs agree (the first, on-policy minibatch's largest |ratio - 1| under the
    clip range);
 4. memory: each measured phase (rollout forward, update, VAE decode) and the iteration's peak
    against grpo_zoo/cost/memory.py's prediction for the same config.
 
-FLOPs are grpo_zoo/cost/flops.py's flops_per_nfe (counted on the meta device) times the NFE and
+FLOPs are grpo_zoo/cost/flops.py's flops_per_nfe (counted on the meta device; the backward
+includes gradient checkpointing's recompute, as grpo_zoo.estimate counts it) times the NFE and
 backward passes of the step; MFU is against the GPU's dense bf16 datasheet peak (flops.GPUS),
 or, where there is none (a CPU, an unlisted GPU), against a bf16 matmul measured here (labelled).
 The reward is a pixel statistic registered here (`gpu_check_contrast`): HPSv3's cost is not
 what this checks. Prints ONE JSON object on the last line of stdout (and writes it to --out).
 
---width full (default): 480x832, 33 frames, 20 steps; estimated 5-8 minutes on one H100/H200
-(not yet run on one). --frames 81 is the paper's length; with --algorithms none it runs parts
-1, 2 and 4 at that shape. --width tiny: a two-layer model of the same structure at 64x64 and 9
-frames, for a CPU (what the tests run; under a minute).
+--width full (default): 480x832, 33 frames, 20 steps, flash_grpo; estimated at 6-8 minutes on one
+H100/H200 from its FLOPs at MFU 0.3-0.5 (not yet run on one: BENCHMARKS.md). --frames 81 is the
+paper's length: `--frames 81 --algorithms` (no names) runs parts 1, 2 and 4 at that shape. --width
+tiny: a two-layer model of the same structure at 64x64 and 9 frames, for a CPU (what the tests run).
 """
 
 from __future__ import annotations
@@ -405,17 +406,24 @@ def iterations(cfg, count: int, peak: float) -> dict:
     if cuda:  # the peak from the trainer's start to its last iteration, held weights included
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     else:  # the profiler slows a CPU down: the peak from the trainer's start to the warm-up's end
         from torch.profiler import ProfilerActivity, profile
 
         prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         prof.__enter__()
-    trainer = Trainer(cfg, progress=False)
+    fwd, bwd = flops_per_nfe(cfg.model)
+    original_update, original_flops = trainer_module.update, trainer_module.policy_flops
+    # the trainer's meter counts FLOPs with a real forward and backward on the CPU before the policy
+    # moves to its GPU (minutes at this width): the same count from the meta device instead
+    trainer_module.policy_flops = lambda policy, prompt: (fwd, bwd)
+    try:
+        trainer = Trainer(cfg, progress=False)
+    finally:
+        trainer_module.policy_flops = original_flops
     update, decode = _Clock(), _Clock()
-    original_update = trainer_module.update
     trainer_module.update = update.wrap(original_update)
     trainer.policy.decode = decode.wrap(trainer.policy.decode)
-    fwd, bwd = flops_per_nfe(cfg.model)
     try:
         sync()
         t0 = time.perf_counter()
@@ -449,7 +457,7 @@ def iterations(cfg, count: int, peak: float) -> dict:
                 }
             )
         if cuda:
-            peak_bytes = float(torch.cuda.max_memory_allocated())
+            peak_bytes = float(torch.cuda.max_memory_allocated() - base)
     finally:
         trainer_module.update = original_update
         release(trainer)
@@ -542,7 +550,7 @@ def parser() -> ArgParser:
         default=["flash_grpo"],
         help="whole iterations of these (default flash_grpo; none: microbenchmarks, VAE and memory only)",
     )
-    p.add_argument("--iterations", type=int, default=2, help="timed iterations after the warm-up (default 2)")
+    p.add_argument("--iterations", type=int, default=1, help="timed iterations after the warm-up (default 1)")
     p.add_argument("--reps", type=int, default=3, help="timed calls per microbenchmark after its warm-up (default 3)")
     p.add_argument("--compile", action="store_true", help="also time native attention with compiled blocks")
     p.add_argument("--out", default=None, help="also write the JSON here")
