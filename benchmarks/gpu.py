@@ -1,25 +1,37 @@
-"""The prepared GPU check: `python -m benchmarks.gpu [--width full|tiny] [--frames F] [--steps T] [--group G]`.
+"""The prepared GPU check: `python -m benchmarks.gpu [--width full|tiny] [--out FILE.json] ...`.
 
-Builds Wan2.1-T2V-1.3B's transformer architecture with random weights (no download; a tiny
-UMT5 text encoder of the same output width and a tiny VAE with Wan's 16 latent channels and
-4x/8x compression), saves it as a diffusers directory, and runs, through the library's own
-Trainer and DeepSpeed engine, one iteration (rollout, reward, update) of each of flow_grpo,
-flow_grpo_fast (window 1) and flash_grpo with the paper's settings (experiments/wan2.1/
-base.yaml: bf16, ZeRO-2, LoRA r16, gradient checkpointing, CFG 4.5, wan_linear noise, k in
-steps 0..9) on one prompt group, over nccl on a GPU (gloo on CPU). The reward is a pixel
-statistic registered here (`gpu_check_contrast`: each video's pixel standard deviation), for
-any video size: HPSv3 needs its service and weights, and its cost is not what this checks.
+Builds Wan2.1-T2V-1.3B's architecture with random weights on the device, in bf16 (no download:
+the 1.3B transformer, Wan2.1's VAE architecture, a tiny UMT5 of the same output width), saves it
+as a diffusers directory and measures, at the paper's rows per GPU (one prompt group of G = 8
+with CFG 4.5: 16 rows per rollout forward; micro-batch 1 with CFG: 2 rows per update step):
 
-Prints ONE JSON object: the device's name; per algorithm the MFU of the rollout forwards
-and of the update (model FLOPs counted as the estimate counts them, over the measured time,
-against the GPU's dense bf16 peak; null on CPU), the measured peak memory against
-grpo_zoo.cost.memory's prediction, seconds per iteration against grpo_zoo.estimate's (at its
-assumed MFU of 0.4), and whether the bf16 rollout and update log-probs agree (the largest
-|ratio - 1| of the first minibatch, which is on-policy, against the clip range).
+1. microbenchmarks, for each attention backend this machine has (native SDPA, cuDNN, FlashAttention
+   3 local and from the Hub; grpo_zoo/models/accel.py), with LoRA r16 and gradient checkpointing
+   as the run trains: the transformer forward at 4 and 16 rows (no graph, as the rollout runs it)
+   and one update step at 2 rows (forward and backward); with --compile also native attention
+   with compiled blocks. Seconds per call (median after a warm-up call), MFU, transient memory;
+2. the VAE decode of one video in fp32 (as the run decodes) against bf16: seconds, and the
+   largest and mean |difference| of the decoded pixels (in [-1, 1]);
+3. whole iterations through the library's own Trainer and DeepSpeed engine (bf16, ZeRO-2,
+   the paper's settings from experiments/wan2.1/base.yaml) for each of --algorithms: one warm-up
+   iteration, then --iterations timed ones (median): seconds (rollout, decode + reward, update), MFU,
+   peak memory, seconds against grpo_zoo.estimate's at MFU 0.4, and whether the bf16 rollout
+   and update log-probs agree (the first, on-policy minibatch's largest |ratio - 1| under the
+   clip range);
+4. memory: each measured phase (rollout forward, update, VAE decode) and the iteration's peak
+   against grpo_zoo/cost/memory.py's prediction for the same config.
 
---width full (default) is the real 1.3B architecture at 480x832 and 33 frames (one 80 GB GPU,
-a few minutes); --width tiny is a two-layer model of the same structure at 64x64 and 9
-frames, for a CPU (what the tests run).
+FLOPs are grpo_zoo/cost/flops.py's flops_per_nfe (counted on the meta device; the backward
+includes gradient checkpointing's recompute, as grpo_zoo.estimate counts it) times the NFE and
+backward passes of the step; MFU is against the GPU's dense bf16 datasheet peak (flops.GPUS),
+or, where there is none (a CPU, an unlisted GPU), against a bf16 matmul measured here (labelled).
+The reward is a pixel statistic registered here (`gpu_check_contrast`): HPSv3's cost is not
+what this checks. Prints ONE JSON object on the last line of stdout (and writes it to --out).
+
+--width full (default): 480x832, 33 frames, 20 steps, flash_grpo; estimated at 6-8 minutes on one
+H100/H200 from its FLOPs at MFU 0.3-0.5 (not yet run on one: BENCHMARKS.md). --frames 81 is the
+paper's length: `--frames 81 --algorithms` (no names) runs parts 1, 2 and 4 at that shape. --width
+tiny: a two-layer model of the same structure at 64x64 and 9 frames, for a CPU (what the tests run).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from grpo_zoo.errors import ArgParser, ConfigError, cli
+from grpo_zoo.errors import ArgParser, ConfigError, cli, writable_file
 
 ROOT = Path(__file__).resolve().parents[1]
 ALGORITHMS = {
@@ -44,6 +57,17 @@ ALGORITHMS = {
 }
 TINY_TRANSFORMER = {"num_attention_heads": 2, "attention_head_dim": 32, "ffn_dim": 128, "num_layers": 2, "text_dim": 64}
 SHAPES = {"full": {"height": 480, "width": 832, "frames": 33}, "tiny": {"height": 64, "width": 64, "frames": 9}}
+ATTENTION = {"native": "native", "cudnn": "_native_cudnn", "flash_3": "_flash_3", "flash_3_hub": "_flash_3_hub"}
+"""Backends measured: label -> diffusers' AttentionBackendName value."""
+FORWARD_ROWS = (4, 16)
+GB = 1e9
+
+
+def rollout_rows(cfg) -> int:
+    """Rows of one rollout forward on one GPU: its samples, twice under CFG."""
+    from grpo_zoo.models.base import cfg_multiplier
+
+    return cfg.data.prompts_per_step * cfg.data.group_size * cfg_multiplier(cfg.sampling.guidance)
 
 
 def _contrast(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -60,7 +84,8 @@ def register_reward() -> None:
 def write_model(
     out: Path, width: str, device: torch.device, transformer: dict | None = None, vae_dim: int = 16
 ) -> Path:
-    """A diffusers Wan2.1 directory: the 1.3B transformer (or its tiny twin) with random weights."""
+    """A diffusers Wan2.1 directory: the 1.3B transformer (or its tiny twin) with random weights,
+    built on `device`; full width takes Wan2.1's VAE architecture, tiny a VAE `vae_dim` wide."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -81,12 +106,24 @@ def write_model(
         UMT5Config(vocab_size=64, d_model=conf["text_dim"], d_kv=16, d_ff=64, num_layers=1, num_heads=4)
     )
     enc.save_pretrained(out / "text_encoder")
-    vae = AutoencoderKLWan(base_dim=vae_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
+    if width == "full":
+        vae = AutoencoderKLWan()  # diffusers' defaults are Wan2.1's VAE (base_dim 96, z_dim 16)
+    else:
+        vae = AutoencoderKLWan(base_dim=vae_dim, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1)
     vae.save_pretrained(out / "vae")
     return out
 
 
-def run_config(model_dir: Path, algorithm: dict, width: str, frames: int | None, steps: int, group: int, run_dir: Path):
+def run_config(
+    model_dir: Path,
+    algorithm: dict,
+    width: str,
+    frames: int | None,
+    steps: int,
+    group: int,
+    run_dir: Path,
+    iterations: int = 1,
+):
     from grpo_zoo.config.run import RunConfig
     from grpo_zoo.config.schema import apply_overrides, build, load_config_file
 
@@ -105,7 +142,7 @@ def run_config(model_dir: Path, algorithm: dict, width: str, frames: int | None,
         "data.prompts_per_step": 1,
         "data.group_size": group,
         "data.eval_samples": 1,
-        "budget.steps": 1,
+        "budget.steps": iterations,
         "budget.device_hours": None,
         "run_dir": str(run_dir),
         "save_eval_videos": False,
@@ -119,6 +156,225 @@ def gpu_key(name: str) -> str | None:
     return next((k for k in GPUS if k in name.lower()), None)
 
 
+# -- measuring on either device ------------------------------------------------------------------
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def seconds_per_call(fn, reps: int) -> tuple[float, float]:
+    """(first call, median of `reps` further calls) in seconds: CUDA events on a GPU, the wall
+    clock on a CPU. The first call is the warm-up (kernel choice, compilation)."""
+    times = []
+    for _ in range(reps + 1):
+        if torch.cuda.is_available():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return times[0], statistics.median(times[1:])
+
+
+def transient_peak(fn) -> float:
+    """Bytes allocated by fn above what was allocated when it started, at their largest: the
+    caching allocator's counters on a GPU; on a CPU the allocation and free events torch's
+    profiler records (the live total over time)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync()
+        return float(torch.cuda.max_memory_allocated() - base)
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return _profiled_peak(prof)
+
+
+def _profiled_peak(prof) -> float:
+    """The largest live total of the allocations a finished torch profiler recorded."""
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return float(peak)
+
+
+def peak_flops(device: torch.device, name: str) -> tuple[float, str]:
+    """The device's dense bf16 peak: the datasheet's (flops.GPUS), else a bf16 matmul measured here."""
+    from grpo_zoo.cost.flops import GPUS
+
+    key = gpu_key(name) if device.type == "cuda" else None
+    if key:
+        return GPUS[key], f"datasheet ({key})"
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    _, sec = seconds_per_call(lambda: a @ b, 5)
+    return 2 * n**3 / sec, f"measured bf16 matmul {n}x{n}"
+
+
+# -- 1. the transformer, per attention backend -------------------------------------------------------
+def backend_missing(label: str, device: torch.device) -> str | None:
+    """Why `label` cannot run here, or None."""
+    from diffusers.models import attention_dispatch as ad
+
+    if label == "native":
+        return None
+    if device.type != "cuda":
+        return "needs CUDA"
+    if label == "cudnn" and (torch.backends.cudnn.version() or 0) < 90000:
+        return "needs cuDNN >= 9"
+    if label.startswith("flash_3") and torch.cuda.get_device_capability() < (9, 0):
+        return "FlashAttention 3 needs sm90"
+    if label == "flash_3" and not ad._CAN_USE_FLASH_ATTN_3:
+        return "flash_attn_interface (FlashAttention 3 built from source) is not importable"
+    try:
+        ad._check_attention_backend_requirements(ad.AttentionBackendName(ATTENTION[label]))
+        ad._maybe_download_kernel_for_backend(ad.AttentionBackendName(ATTENTION[label]))  # the Hub kernel
+    except Exception as err:
+        return str(err).splitlines()[0][:200]
+    return None
+
+
+def microbenchmarks(cfg, device, peak: float, reps: int, compile_blocks: bool) -> tuple[dict, dict]:
+    """Forward at 4 and 16 rows and one update step per backend; and the measured phase bytes."""
+    from diffusers import WanTransformer3DModel
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    from grpo_zoo.cost.flops import flops_per_nfe, model_shapes
+    from grpo_zoo.cost.memory import update_rows
+    from grpo_zoo.models.lora import apply_lora
+
+    fwd_flops, bwd_flops = flops_per_nfe(cfg.model)
+    _, latent, text_dim = model_shapes(cfg.model)
+    net = WanTransformer3DModel.from_pretrained(Path(cfg.model.path) / "transformer", torch_dtype=torch.bfloat16)
+    net.enable_gradient_checkpointing()
+    net = apply_lora(net, cfg.model).to(device=device, dtype=torch.bfloat16)
+    base = net.get_base_model()
+    up_rows = update_rows(cfg)
+
+    def inputs(rows: int):
+        g = torch.Generator(device).manual_seed(rows)
+        x = torch.randn(rows, *latent, device=device, dtype=torch.bfloat16, generator=g)
+        emb = torch.randn(rows, cfg.model.max_tokens, text_dim, device=device, dtype=torch.bfloat16, generator=g)
+        return x, torch.full((rows,), 500.0, device=device), emb
+
+    def forward(rows: int):
+        args = inputs(rows)
+
+        def run():
+            with torch.no_grad():
+                net(*args, return_dict=False)
+
+        return run
+
+    def update():
+        args = inputs(up_rows)
+
+        def run():
+            net(*args, return_dict=False)[0].float().square().mean().backward()
+            net.zero_grad(set_to_none=True)
+
+        return run
+
+    variants = [(label, label, False) for label in ATTENTION]
+    if compile_blocks:
+        variants.append(("native+compile", "native", True))
+    out, phases = {}, {}
+    for name, label, compiled in variants:
+        why = backend_missing(label, device)
+        if why:
+            out[name] = {"available": False, "why": why}
+            continue
+        default = _AttentionBackendRegistry._active_backend
+        if label == "native":
+            base.reset_attention_backend()
+        else:
+            base.set_attention_backend(ATTENTION[label])
+            _AttentionBackendRegistry.set_active_backend(default)
+        if compiled:
+            base.compile_repeated_blocks()
+        row = {"available": True, "forward": {}}
+        net.eval()
+        for rows in FORWARD_ROWS:
+            first, sec = seconds_per_call(forward(rows), reps)
+            row["forward"][str(rows)] = {
+                "first_call_seconds": first,
+                "seconds": sec,
+                "mfu": rows * fwd_flops / sec / peak,
+            }
+        if label == "flash_3":  # diffusers 0.42 calls it through a custom op with no autograd formula
+            row["update"] = {"available": False, "why": "no backward in diffusers' _flash_3"}
+        else:
+            net.train()
+            first, sec = seconds_per_call(update(), reps)
+            mfu = up_rows * (fwd_flops + bwd_flops) / sec / peak
+            row["update"] = {"rows": up_rows, "first_call_seconds": first, "seconds": sec, "mfu": mfu}
+        if name == "native":  # the memory model counts attention as the fused kernels of native SDPA run it
+            net.eval()  # inputs made inside the measured call, as the memory model's phases make them
+            phases["rollout forward"] = transient_peak(lambda: forward(rollout_rows(cfg))())
+            net.train()
+            phases["update (forward + backward)"] = transient_peak(lambda: update()())
+        if compiled:
+            for m in base.modules():
+                m._compiled_call_impl = None
+        out[name] = row
+    return out, phases
+
+
+# -- 2. the VAE decode ---------------------------------------------------------------------------------
+def vae_decode(cfg, device, reps: int) -> tuple[dict, float]:
+    """One video decoded by the fp32 VAE (as WanPolicy decodes) and by its bf16 copy; and the
+    measured bytes of the decode phase as the memory model counts it (the group's videos in fp32)."""
+    from diffusers import AutoencoderKLWan
+
+    from grpo_zoo.cost.flops import model_shapes
+    from grpo_zoo.models.wan import DECODE_BATCH
+
+    _, latent, _ = model_shapes(cfg.model)
+    vae = AutoencoderKLWan.from_pretrained(Path(cfg.model.path) / "vae").to(device).eval()
+    c = vae.config  # a sampler's latents, brought to the VAE's scale as WanPolicy.decode does
+    z = torch.randn(cfg.data.group_size, *latent, device=device, generator=torch.Generator(device).manual_seed(0))
+    z = z * torch.tensor(c.latents_std, device=device).view(1, -1, 1, 1, 1)
+    z = z + torch.tensor(c.latents_mean, device=device).view(1, -1, 1, 1, 1)
+
+    def decode(model, dtype, count: int = 1) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    model.decode(z[i : i + DECODE_BATCH].to(dtype), return_dict=False)[0].float().clamp(-1, 1)
+                    for i in range(0, count, DECODE_BATCH)
+                ]
+            )
+
+    first32, sec32 = seconds_per_call(lambda: decode(vae, torch.float32), reps)
+    ref = decode(vae, torch.float32)
+    phase = transient_peak(lambda: decode(vae, torch.float32, cfg.data.group_size))
+    vae16 = AutoencoderKLWan.from_pretrained(Path(cfg.model.path) / "vae", torch_dtype=torch.bfloat16).to(device)
+    first16, sec16 = seconds_per_call(lambda: decode(vae16.eval(), torch.bfloat16), reps)
+    diff = (decode(vae16, torch.bfloat16) - ref).abs()
+    row = {
+        "videos": 1,
+        "fp32": {"first_call_seconds": first32, "seconds": sec32},
+        "bf16": {"first_call_seconds": first16, "seconds": sec16},
+        "bf16_speedup": sec32 / sec16,
+        "bf16_max_abs_error": float(diff.max()),
+        "bf16_mean_abs_error": float(diff.mean()),
+    }
+    return row, phase
+
+
+# -- 3. whole iterations through the Trainer -------------------------------------------------------------
 class _Clock:
     """Wall seconds of the calls it wraps, after the device finishes."""
 
@@ -137,13 +393,9 @@ class _Clock:
         return timed
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def measure(cfg) -> dict:
-    """One iteration through the library's Trainer: times, FLOPs, peak memory, log-prob agreement."""
+def iterations(cfg, count: int, peak: float) -> dict:
+    """One warm-up iteration, then `count` timed ones, through the library's Trainer."""
+    import grpo_zoo.training.trainer as trainer_module
     from benchmarks.common import release
     from grpo_zoo.cost.counts import iteration_counts
     from grpo_zoo.cost.flops import flops_per_nfe
@@ -151,100 +403,136 @@ def measure(cfg) -> dict:
 
     gc.collect()
     cuda = torch.cuda.is_available()
-    if cuda:
+    if cuda:  # the peak from the trainer's start to its last iteration, held weights included
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        trainer = Trainer(cfg, progress=False)
-        peak_cpu = None
-    else:
+        base = torch.cuda.memory_allocated()
+    else:  # the profiler slows a CPU down: the peak from the trainer's start to the warm-up's end
         from torch.profiler import ProfilerActivity, profile
 
         prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         prof.__enter__()
-        trainer = Trainer(cfg, progress=False)
-    update, decode = _Clock(), _Clock()
-    import grpo_zoo.training.trainer as trainer_module
-
-    trainer_module.update = update.wrap(trainer_module.update)
-    trainer.policy.decode = decode.wrap(trainer.policy.decode)
-    sync()
-    t0 = time.perf_counter()
-    row = trainer.iteration()
-    sync()
-    seconds = time.perf_counter() - t0
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        prof.__exit__(None, None, None)
-        events = sorted(
-            (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-        )
-        live = peak_cpu = 0
-        for _, nbytes in events:
-            live += nbytes
-            peak_cpu = max(peak_cpu, live)
-        peak = peak_cpu
-    release(trainer)
     fwd, bwd = flops_per_nfe(cfg.model)
-    c = iteration_counts(cfg, 0)
+    original_update, original_flops = trainer_module.update, trainer_module.policy_flops
+    # the trainer's meter counts FLOPs with a real forward and backward on the CPU before the policy
+    # moves to its GPU (minutes at this width): the same count from the meta device instead
+    trainer_module.policy_flops = lambda policy, prompt: (fwd, bwd)
+    try:
+        trainer = Trainer(cfg, progress=False)
+    finally:
+        trainer_module.policy_flops = original_flops
+    update, decode = _Clock(), _Clock()
+    trainer_module.update = update.wrap(original_update)
+    trainer.policy.decode = decode.wrap(trainer.policy.decode)
+    try:
+        sync()
+        t0 = time.perf_counter()
+        trainer.iteration()
+        sync()
+        warmup = time.perf_counter() - t0
+        if not cuda:
+            prof.__exit__(None, None, None)
+            peak_bytes = _profiled_peak(prof)
+        trainer.step += 1
+        rows = []
+        for _ in range(count):
+            update.seconds = decode.seconds = 0.0
+            sync()
+            t0 = time.perf_counter()
+            row = trainer.iteration()
+            sync()
+            seconds = time.perf_counter() - t0
+            c = iteration_counts(cfg, trainer.step)
+            trainer.step += 1
+            rollout = seconds - update.seconds - decode.seconds
+            rows.append(
+                {
+                    "seconds": seconds,
+                    "rollout_seconds": rollout,
+                    "decode_reward_seconds": decode.seconds,
+                    "update_seconds": update.seconds,
+                    "rollout_mfu": c["rollout_nfe"] * fwd / rollout / peak,
+                    "update_mfu": (c["update_nfe"] * fwd + c["backward"] * bwd) / update.seconds / peak,
+                    "ratio_dev": row["stats/ratio_dev_first_minibatch"],
+                }
+            )
+        if cuda:
+            peak_bytes = float(torch.cuda.max_memory_allocated() - base)
+    finally:
+        trainer_module.update = original_update
+        release(trainer)
+    median = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "ratio_dev"}
+    dev = max(r["ratio_dev"] for r in rows)
     return {
-        "seconds": seconds,
-        "rollout_seconds": seconds - update.seconds - decode.seconds,
-        "decode_reward_seconds": decode.seconds,
-        "update_seconds": update.seconds,
-        "rollout_flops": c["rollout_nfe"] * fwd,
-        "update_flops": c["update_nfe"] * fwd + c["backward"] * bwd,
-        "peak_bytes": float(peak),
-        "ratio_dev": row["stats/ratio_dev_first_minibatch"],
+        "warmup_seconds": warmup,
+        "timed_iterations": count,
+        **{("seconds_per_iteration" if k == "seconds" else k): v for k, v in median.items()},
+        "peak_memory_gb": peak_bytes / GB,
+        "first_minibatch_ratio_max_dev": dev,
+        "logprobs_agree": dev < cfg.optim.clip_range,
     }
 
 
-def check(width: str, frames: int | None, steps: int, group: int, out: Path) -> dict:
+# -- the check -----------------------------------------------------------------------------------------------
+def check(args, work: Path) -> dict:
     from grpo_zoo.cost.counts import estimate
-    from grpo_zoo.cost.flops import GPUS
-    from grpo_zoo.cost.memory import report
+    from grpo_zoo.cost.memory import report, update_rows
 
+    started = time.perf_counter()
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     name = torch.cuda.get_device_name(0) if cuda else "cpu"
     key = gpu_key(name) if cuda else None
-    started = time.perf_counter()
+    parts, mark = {}, [started]
+
+    def lap(part: str) -> None:  # wall seconds of each part of the check
+        now = time.perf_counter()
+        parts[part], mark[0] = now - mark[0], now
+
     register_reward()
-    model_dir = write_model(out / "model", width, device)
+    model_dir = write_model(work / "model", args.width, device)
+    peak, source = peak_flops(device, name)
+    lap("build")
+    first = next(iter(args.algorithms), "flash_grpo")
+    n_iter = args.iterations + 1  # the warm-up and the timed ones
+    cfg = run_config(model_dir, ALGORITHMS[first], args.width, args.frames, args.steps, args.group, work / "r", n_iter)
     result = {
         "device": name,
         "backend": "nccl" if cuda else "gloo",
-        "width": width,
+        "width": args.width,
         "torch": torch.__version__,
-        "algorithms": {},
+        "peak_flops": peak,
+        "peak_flops_source": source,
+        "shape": {k: getattr(cfg.model, k) for k in ("height", "width", "frames")}
+        | {"steps": args.steps, "group_size": args.group, "cfg": cfg.sampling.guidance}
+        | {"rollout_rows": rollout_rows(cfg), "update_rows": update_rows(cfg)},
     }
-    for label, alg in ALGORITHMS.items():
-        cfg = run_config(model_dir, alg, width, frames, steps, group, out / "runs" / label)
-        m = measure(cfg)
-        predicted_mem = report(cfg, 1, key or "h100")["peak_gb"]
-        peak_flops = GPUS[key] if key else None
-        predicted_s = estimate(cfg, 1, key, 0.4, 350.0, 1)["wall_minutes_per_iteration"] * 60 if key else None
-        result["shape"] = {k: getattr(cfg.model, k) for k in ("height", "width", "frames")} | {
-            "steps": steps,
-            "group_size": group,
-            "cfg": cfg.sampling.guidance,
-        }
-        result["algorithms"][label] = {
-            "rollout_mfu": m["rollout_flops"] / m["rollout_seconds"] / peak_flops if peak_flops else None,
-            "update_mfu": m["update_flops"] / m["update_seconds"] / peak_flops if peak_flops else None,
-            "peak_memory_gb": m["peak_bytes"] / 1e9,
-            "predicted_peak_memory_gb": predicted_mem,
-            "seconds_per_iteration": m["seconds"],
-            "predicted_seconds_per_iteration": predicted_s,
-            "rollout_seconds": m["rollout_seconds"],
-            "update_seconds": m["update_seconds"],
-            "decode_reward_seconds": m["decode_reward_seconds"],
-            "first_minibatch_ratio_max_dev": m["ratio_dev"],
-            "logprobs_agree": m["ratio_dev"] < cfg.optim.clip_range,
-        }
+    result["microbenchmarks"], measured = microbenchmarks(cfg, device, peak, args.reps, args.compile)
+    lap("microbenchmarks")
+    result["vae_decode"], measured["VAE decode"] = vae_decode(cfg, device, args.reps)
+    lap("vae_decode")
+    mem = report(cfg, 1, key or "h100")
+    lap("memory_model")
+    result["memory"] = {
+        "predicted_gb": {**mem["memory_gb"], "peak": mem["peak_gb"]},
+        "measured_gb": {k: v / GB for k, v in measured.items()},
+        "measured_over_predicted": {k: v / GB / mem["memory_gb"][k] for k, v in measured.items()},
+    }
+    result["algorithms"] = {}
+    for label in args.algorithms:
+        cfg = run_config(
+            model_dir, ALGORITHMS[label], args.width, args.frames, args.steps, args.group, work / label, n_iter
+        )
+        row = iterations(cfg, args.iterations, peak)
+        row["predicted_peak_memory_gb"] = report(cfg, 1, key or "h100")["peak_gb"]
+        est = estimate(cfg, 1, key, 0.4, 350.0, 1) if key else None
+        row["predicted_seconds_per_iteration"] = est["wall_minutes_per_iteration"] * 60 if est else None
+        result["algorithms"][label] = row
+        lap(label)
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     result["clip_range"] = cfg.optim.clip_range
+    result["part_seconds"] = parts
     result["total_seconds"] = time.perf_counter() - started
     return result
 
@@ -254,8 +542,19 @@ def parser() -> ArgParser:
     p.add_argument("--width", choices=sorted(SHAPES), default="full", help="full: Wan2.1-1.3B; tiny: for a CPU")
     p.add_argument("--frames", type=int, default=None, help="video frames (4k + 1; default 33 full, 9 tiny)")
     p.add_argument("--steps", type=int, default=20, help="sampling steps T (default 20, the paper's)")
-    p.add_argument("--group", type=int, default=4, help="rollouts of the one prompt group (default 4)")
-    p.add_argument("--out", default=None, help="working directory (default: a temporary one)")
+    p.add_argument("--group", type=int, default=8, help="rollouts of the one prompt group (default 8: 16 rows)")
+    p.add_argument(
+        "--algorithms",
+        nargs="*",
+        choices=sorted(ALGORITHMS),
+        default=["flash_grpo"],
+        help="whole iterations of these (default flash_grpo; none: microbenchmarks, VAE and memory only)",
+    )
+    p.add_argument("--iterations", type=int, default=1, help="timed iterations after the warm-up (default 1)")
+    p.add_argument("--reps", type=int, default=3, help="timed calls per microbenchmark after its warm-up (default 3)")
+    p.add_argument("--compile", action="store_true", help="also time native attention with compiled blocks")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--workdir", default=None, help="where the model and runs go (default: a temporary directory)")
     return p
 
 
@@ -266,11 +565,21 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--frames: 4k + 1 frames for Wan's VAE, got {args.frames}")
     if args.steps < 10 or args.group < 2:
         raise ConfigError("--steps >= 10 (k is drawn from steps 0..9) and --group >= 2, please")
+    if args.iterations < 1 or args.reps < 1:
+        raise ConfigError("--iterations and --reps: at least 1")
+    out = writable_file(args.out, "--out") if args.out else None
+    if args.workdir:
+        from grpo_zoo.errors import writable_dir
+
+        writable_dir(args.workdir, "--workdir")
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="grpo-zoo-gpu-") as tmp:
-        out = Path(args.out) if args.out else Path(tmp)
-        # one JSON object on the last line (libraries may log to stdout before it)
-        print(json.dumps(check(args.width, args.frames, args.steps, args.group, out)))
+        result = check(args, Path(args.workdir) if args.workdir else Path(tmp))
+    text = json.dumps(result)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+    print(text)  # one JSON object on the last line (libraries may log to stdout before it)
     return 0
 
 

@@ -271,6 +271,34 @@ TRAIN = [
     ["{cfg}", "run_dir={run}", "model.lora_alpha=0"],
     ["{cfg}", "run_dir={run}", "model.path={missing}"],
     ["{cfg}", "run_dir={run}", "engine.zero_stage=7"],
+    ["{cfg}", "run_dir={run}", "model.attention_backend=flash"],  # attention kernels: grpo_zoo/models/accel.py
+    ["{cfg}", "run_dir={run}", "model.attention_backend=cudnn"],  # the toy
+    ["{cfg}", "run_dir={run}", "model.compile_blocks=true"],
+    ["{cfg}", "run_dir={run}", "model.compile_blocks=maybe"],
+    [
+        "{cfg}",
+        "run_dir={run}",
+        "model.backend=wan",
+        "model.path={dir}",
+        "model.attention_backend=cudnn",
+        "engine.device=cpu",
+    ],
+    [
+        "{cfg}",
+        "run_dir={run}",
+        "model.backend=wan",
+        "model.path={dir}",
+        "model.attention_backend=flash_3_hub",
+        "engine.device=cpu",
+    ],
+    [
+        "{cfg}",
+        "run_dir={run}",
+        "model.backend=wan",
+        "model.path={dir}",
+        "model.attention_backend=cudnn",
+        "engine.precision=fp32",
+    ],
     ["{cfg}", "run_dir={run}", "reward.options={{url: x}}"],
     ["{cfg}", "run_dir={run}", "reward.name=hps"],
     ["{cfg}", "run_dir={run}", "algorithm.name=ppo"],
@@ -565,6 +593,7 @@ BENCHMARKS = [
 
 def _mains():
     from benchmarks.__main__ import main as benchmarks
+    from benchmarks.gpu import main as gpu_check
     from benchmarks.ode_solver import main as ode_solver
     from grpo_zoo.estimate import main as estimate
     from grpo_zoo.launch.sweep import main as sweep
@@ -586,6 +615,7 @@ def _mains():
         "toy.pretrain": pretrain,
         "benchmarks": benchmarks,
         "benchmarks.ode_solver": ode_solver,
+        "benchmarks.gpu": gpu_check,
     }
 
 
@@ -600,6 +630,19 @@ TABLE = {
     "toy.pretrain": PRETRAIN,
     "benchmarks": BENCHMARKS,
     "benchmarks.ode_solver": [["--n", "1"], ["--n", "0"], ["--n", "-3"], ["--n", "two"], ["--bogus"], ["extra"]],
+    "benchmarks.gpu": [
+        ["--out", "{dir}"],
+        ["--out", "{file}/x.json"],
+        ["--out", "{ro}/x.json"],
+        ["--workdir", "{file}"],
+        ["--frames", "10"],
+        ["--steps", "5"],
+        ["--group", "1"],
+        ["--iterations", "0"],
+        ["--reps", "0"],
+        ["--algorithms", "ppo"],
+        ["--width", "huge"],
+    ],
 }
 CASES = [(cli, argv) for cli, rows in TABLE.items() for argv in rows]
 

@@ -266,27 +266,55 @@ def test_estimate_prints_memory_and_a_verdict(tmp_path):
 
 # -- 4. the prepared GPU check, on a CPU at tiny width -------------------------------------------------
 @pytest.mark.slow
-def test_gpu_check_runs_on_cpu_at_tiny_width():
+def test_gpu_check_runs_on_cpu_at_tiny_width(tmp_path):
+    """benchmarks.gpu end to end on a CPU (about 50 s here): the JSON's parts, and numbers that can
+    be true (MFU in (0, 1], bf16 VAE error finite and small, every memory phase measured)."""
     import json
+    import math
 
     from .helpers import run_module
 
-    out = run_module("benchmarks.gpu", "--width", "tiny", "--steps", "10", "--group", "2")
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])  # one JSON object, on the last line
+    out = tmp_path / "check" / "gpu.json"
+    args = ("--width", "tiny", "--steps", "10", "--iterations", "1", "--reps", "2", "--out", str(out))
+    done = run_module("benchmarks.gpu", *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(done.stdout.strip().splitlines()[-1])  # one JSON object, on the last line ...
+    assert json.loads(out.read_text()) == res  # ... and in --out
     assert (res["device"], res["backend"], res["width"]) == ("cpu", "gloo", "tiny")
-    assert set(res["algorithms"]) == {"flow_grpo", "flow_grpo_fast1", "flash_grpo"}
-    for r in res["algorithms"].values():
-        assert r["rollout_mfu"] is None and r["update_mfu"] is None  # no datasheet peak for a CPU
-        assert r["seconds_per_iteration"] > r["update_seconds"] > 0 and r["rollout_seconds"] > 0
-        assert r["logprobs_agree"] and r["first_minibatch_ratio_max_dev"] < res["clip_range"]
-        # ZeRO-2's 1 GB gradient bucket dominates at this width; the phases are checked above. On a
-        # CPU the measured peak was 1.003 GB in one environment and 2.003 GB in a fresh CI clone (a
-        # second bucket-sized allocation the model does not explain yet): here the prediction must
-        # not exceed the measurement; the 15% agreement is asserted where a GPU runs the check.
-        if res["device"] == "cpu":
-            assert 0 < r["predicted_peak_memory_gb"] <= r["peak_memory_gb"] * 1.15
-        else:
-            assert r["predicted_peak_memory_gb"] == pytest.approx(r["peak_memory_gb"], rel=0.15)
-    bad = run_module("benchmarks.gpu", "--frames", "10")
-    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "--frames" in bad.stderr
+    assert (res["shape"]["rollout_rows"], res["shape"]["update_rows"]) == (16, 2)  # the paper's rows per GPU
+    assert res["peak_flops"] > 0 and res["peak_flops_source"].startswith("measured")  # no datasheet for a CPU
+
+    def mfu(x):
+        return 0 < x <= 1
+
+    micro = res["microbenchmarks"]
+    assert set(micro) == {"native", "cudnn", "flash_3", "flash_3_hub"}
+    assert all(
+        not micro[b]["available"] and micro[b]["why"] == "needs CUDA" for b in ("cudnn", "flash_3", "flash_3_hub")
+    )
+    native = micro["native"]
+    assert set(native["forward"]) == {"4", "16"} and native["update"]["rows"] == 2
+    for row in (*native["forward"].values(), native["update"]):
+        assert row["seconds"] > 0 and row["first_call_seconds"] > 0 and mfu(row["mfu"])
+
+    vae = res["vae_decode"]
+    assert vae["fp32"]["seconds"] > 0 and vae["bf16"]["seconds"] > 0
+    assert 0 < vae["bf16_mean_abs_error"] <= vae["bf16_max_abs_error"] < 0.1  # pixels in [-1, 1]; measured 0.018
+
+    mem = res["memory"]
+    phases = ("rollout forward", "update (forward + backward)", "VAE decode")
+    assert set(mem["measured_gb"]) == set(phases) and all(p in mem["predicted_gb"] for p in (*phases, "peak"))
+    for p in phases:  # a wide band: a CPU's allocations at this width are not a GPU's (0.5, 0.5, 3.1 measured)
+        assert mem["measured_gb"][p] > 0 and 0.1 < mem["measured_over_predicted"][p] < 10, (p, mem)
+
+    (alg,) = res["algorithms"].values()
+    assert alg["timed_iterations"] == 1 and alg["warmup_seconds"] > 0
+    assert alg["seconds_per_iteration"] > alg["update_seconds"] > 0 and alg["rollout_seconds"] > 0
+    assert mfu(alg["rollout_mfu"]) and mfu(alg["update_mfu"])
+    assert alg["logprobs_agree"] and alg["first_minibatch_ratio_max_dev"] < res["clip_range"]
+    # ZeRO-2's 1 GB gradient bucket dominates at this width. On a CPU the measured peak has been 1.0, 2.0
+    # and 3.0 GB (bucket-sized allocations the memory model does not explain yet): the prediction must
+    # not exceed the measurement here; the 15% agreement is for a GPU run of the check.
+    assert 0 < alg["predicted_peak_memory_gb"] <= alg["peak_memory_gb"] * 1.15
+    assert alg["predicted_seconds_per_iteration"] is None  # estimate prices GPUs only
+    assert all(math.isfinite(v) and v >= 0 for v in res["part_seconds"].values())

@@ -45,12 +45,20 @@ class ModelConfig:
     vae_batch: int = num(2, ge=1, le=4096)
     """wan: videos the VAE decodes at once (its activations grow with the batch: about 4 GB per
     81-frame 480x832 video in bf16, grpo_zoo/cost/memory.py)."""
+    attention_backend: Literal["native", "cudnn", "flash_3_hub"] = "native"
+    """wan: attention kernel through diffusers' attention dispatch: native (torch SDPA picks it), cudnn
+    (cuDNN attention; CUDA, bf16) or flash_3_hub (FlashAttention 3 from the Hub; sm90, bf16, `kernels`).
+    grpo_zoo/models/accel.py; measure them with python -m benchmarks.gpu."""
+    compile_blocks: bool = False
+    """wan: torch.compile each transformer block (diffusers' compile_repeated_blocks; compiles at the first
+    forward of each shape)."""
 
     def validate(self) -> None:
-        if self.backend == "wan" and (self.height % 16 or self.width % 16):
+        if self.backend == "wan" and (self.height % 16 or self.width % 16 or (self.frames - 1) % 4):
             raise ConfigError(
-                f"height, width: {self.height} x {self.width} is not a Wan video size; both must be multiples "
-                "of 16 (the VAE downsamples 8x, the transformer's patches are 2x2)"
+                f"frames, height, width: {self.frames} x {self.height} x {self.width} is not a Wan video; frames "
+                "must be 4k + 1 (the VAE's 4x time compression), height and width multiples of 16 (its 8x "
+                "downsampling and the transformer's 2x2 patches)"
             )
 
 

@@ -127,10 +127,12 @@ def run_flops(model, policy, prompt: str) -> tuple[float, float]:
 def policy_flops(policy, prompt: str) -> tuple[float, float]:
     """(forward, backward) FLOPs of one sample's transformer pass through `policy`, as trained."""
     from grpo_zoo.cost.meter import measure_flops
+    from grpo_zoo.models.accel import eager
 
     x = torch.zeros(1, *policy.latent_shape)
     emb = policy.encode([prompt])
-    fwd, bwd = measure_flops(lambda: policy.raw_velocity(x, torch.ones(1), emb), backward=True)
+    with eager(policy):  # the operators as dispatched, on the CPU: native attention, no compiled blocks
+        fwd, bwd = measure_flops(lambda: policy.raw_velocity(x, torch.ones(1), emb), backward=True)
     for p in policy.parameters():
         p.grad = None
     return float(fwd), float(bwd)

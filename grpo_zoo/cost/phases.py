@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from grpo_zoo.cost.components import configs, count, dtype_of, text_encoder
+from grpo_zoo.cost.components import configs, dtype_of, text_encoder
 from grpo_zoo.models.base import cfg_multiplier
 
 ROLLOUT = "rollout forward"

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from grpo_zoo.errors import ConfigError
+from grpo_zoo.models import accel
 from grpo_zoo.models.base import Policy
 from grpo_zoo.models.lora import apply_lora
 
@@ -77,6 +78,7 @@ class WanPolicy(Policy):
         )
         if cfg.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        accel.apply(transformer, cfg)  # attention kernel and compiled blocks (model.attention_backend, compile_blocks)
         transformer = apply_lora(transformer, cfg)
         vae = AutoencoderKLWan.from_pretrained(root / "vae", **place)  # float32, as WanPipeline decodes
         text_encoder = UMT5EncoderModel.from_pretrained(

@@ -12,6 +12,7 @@ from grpo_zoo.core import objective as objectives
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.flow.sde import StepTable
+from grpo_zoo.models import accel
 from grpo_zoo.models.checks import check_model
 from grpo_zoo.training.prompts import load_prompts
 from grpo_zoo.training.seeding import world_size_from_env
@@ -63,6 +64,7 @@ def preflight(cfg: RunConfig) -> Preflight:
     if cfg.optim.ema_decay > 0 and cfg.engine.zero_stage == 3:
         raise ConfigError("optim.ema_decay: EMA needs whole parameters on each rank; use engine.zero_stage <= 2")
     check_model(cfg.model)  # its files, and the LoRA targets on the meta device
+    accel.check(cfg.model, cfg.engine)
     train_prompts = load_prompts(cfg.data.prompts, "data.prompts")
     eval_prompts = load_prompts(cfg.data.eval_prompts, "data.eval_prompts")
     if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
