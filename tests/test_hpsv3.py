@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import torch
 
-from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, png_b64, sample_frames
+from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, encode_frame, pixels, sample_frames
 
 from .helpers import ROOT, SERVICE, VENV, clean_env, free_port, run_module
 
@@ -90,7 +90,7 @@ def test_frame_sampling_and_aggregation():
 
 
 def test_service_scores_batches_and_rejects_malformed(server):
-    frame = png_b64(videos(1)[0, :, 0])
+    frame = encode_frame(pixels(videos(1), [0])[0, 0])
     status, out = post(server.url, {"request_id": "a", "items": [{"prompt": "a red car", "frames": [frame, frame]}]})
     assert status == 200 and out["request_id"] == "a" and len(out["scores"][0]) == 2
     assert out["scores"][0][0] == pytest.approx(out["scores"][0][1], abs=1e-5)  # the same frame, the same score

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.rewards.hpsv3 import HPSv3Reward, ServiceError, png_b64
+from grpo_zoo.rewards.hpsv3 import HPSv3Reward, ServiceError, encode_frame, pixels
 
 from .helpers import ROOT, clean_env
 
@@ -113,7 +113,7 @@ def answers(url: str) -> bool:
 
 def frame(seed=0) -> str:
     g = torch.Generator().manual_seed(seed)
-    return png_b64(torch.rand(3, 16, 16, generator=g) * 2 - 1)
+    return encode_frame(pixels(torch.rand(1, 3, 1, 16, 16, generator=g) * 2 - 1, [0])[0, 0])
 
 
 def body(n_frames=2, rid="r1"):
@@ -179,7 +179,7 @@ def test_client_sends_the_token_from_a_file_and_reports_401_and_413(guarded, tmp
         wrong(v, prompts)
     assert wrong.stats["requests"] == 1  # a refused token is not retried
     monkeypatch.setenv("HPSV3_TOKEN", TOKEN)
-    with pytest.raises(ServiceError, match="413.*batch_size"):
+    with pytest.raises(ServiceError, match="413.*request_frames"):
         HPSv3Reward(url=guarded.url, frames=5, batch_size=2)(v, prompts)  # 10 frames per request, max 8
 
 
