@@ -102,7 +102,12 @@ def encode_rows(frames: int, quality: int = 75, threads: int = 4) -> list[dict]:
 
 def start_service(model_dir: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    cmd = [str(VENV / "bin" / "python"), str(SERVICE / "server.py"), "--checkpoint", str(model_dir / "HPSv3.safetensors")]
+    cmd = [
+        str(VENV / "bin" / "python"),
+        str(SERVICE / "server.py"),
+        "--checkpoint",
+        str(model_dir / "HPSv3.safetensors"),
+    ]
     cmd += ["--base-model", str(model_dir / "base"), "--device", "cpu", "--dtype", "fp32", "--port", str(port)]
     cmd += ["--batch-size", "16"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

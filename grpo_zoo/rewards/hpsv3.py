@@ -95,7 +95,9 @@ def encode_frame(frame: np.ndarray, quality: int = JPEG_QUALITY) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def pack(sizes: list[list[int]], prompts: list[str], max_bytes: int, max_frames: int) -> list[list[tuple[int, int, int]]]:
+def pack(
+    sizes: list[list[int]], prompts: list[str], max_bytes: int, max_frames: int
+) -> list[list[tuple[int, int, int]]]:
     """Split videos' frames into requests of at most `max_bytes` (the JSON body) and `max_frames`.
 
     `sizes[v][f]` is the length of frame f's base64 text. A request is a list of (video, first
@@ -168,7 +170,9 @@ class HPSv3Reward:
             ("encode_threads", encode_threads, 1, 256),
             ("request_frames", request_frames, 1, 2**20),
         ):
-            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high):
+            if value is not None and not (
+                isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+            ):
                 raise ConfigError(f"reward.options.{name}: an integer in [{low}, {high}], got {value!r}")
         if request_mb is not None and not (
             isinstance(request_mb, (int, float)) and not isinstance(request_mb, bool) and 0.1 <= request_mb <= 4096
