@@ -109,7 +109,7 @@ def start_service(model_dir: Path, port: int) -> subprocess.Popen:
         str(model_dir / "HPSv3.safetensors"),
     ]
     cmd += ["--base-model", str(model_dir / "base"), "--device", "cpu", "--dtype", "fp32", "--port", str(port)]
-    cmd += ["--batch-size", "16"]
+    cmd += ["--batch-size", "2"]  # the tiny model's SDPA vision attention is quadratic in the batch on CPU
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while time.time() < deadline:

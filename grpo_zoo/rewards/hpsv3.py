@@ -8,8 +8,8 @@ paper's top 30% of 81 frames is the best 24.
 
 Frames travel as JPEG at PIL's default quality 75, as both references send them (Flash-GRPO
 flow_grpo/rewards.py:127, flow_grpo flow_grpo/rewards.py:141: `img.save(buffer, format="JPEG")`):
-about 14x less than PNG at a 25th of the encoding time on an 81-frame 480x832 video (BENCHMARKS.md,
-"HPSv3 transport"). `submit` returns a future at once: the frames are rounded to uint8 on the
+on an 81-frame 480x832 photo-like video 6.4 MiB of base64 against PNG's 54 MiB (5x less on
+noise) and 1-2 ms a frame to encode against PNG's 50-240 ms (BENCHMARKS.md, "HPSv3 transport"). `submit` returns a future at once: the frames are rounded to uint8 on the
 videos' device, then encoded on `encode_threads` threads (PIL releases the GIL), packed into
 requests under the service's limits and sent from `max_in_flight` threads, chunk by chunk of
 `batch_size` videos, so the trainer decodes the next group while the service scores this one.
