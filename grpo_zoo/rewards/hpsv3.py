@@ -76,14 +76,21 @@ def aggregate(scores: torch.Tensor, how: str, top_fraction: float) -> torch.Tens
     return scores.topk(k, dim=1).values.mean(1)
 
 
-def pixels(videos: torch.Tensor, idx: list[int]) -> np.ndarray:
-    """[B, 3, F, H, W] in [-1, 1] (or uint8 in 0..255) -> frames `idx` as uint8 [B, K, H, W, 3].
+def rounded(videos: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """[B, 3, F, H, W] in [-1, 1] (or uint8 in 0..255) -> frames `idx` as uint8 [B, K, H, W, 3] on the host.
 
-    Rounded on the tensor's own device (a GPU after decoding), so only uint8 crosses to the host."""
+    Rounded on the tensor's own device (a GPU after decoding), so only uint8 crosses to the host;
+    from a CPU tensor it is a view, made contiguous later on the client's threads."""
     v = videos[:, :, idx]
     if v.dtype != torch.uint8:
         v = ((v.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return v.permute(0, 2, 3, 4, 1).contiguous().cpu().numpy()
+    v = v.permute(0, 2, 3, 4, 1)
+    return v if v.device.type == "cpu" else v.contiguous().cpu()
+
+
+def pixels(videos: torch.Tensor, idx: list[int]) -> np.ndarray:
+    """The frames `idx` as the service receives them before JPEG: uint8 [B, K, H, W, 3]."""
+    return rounded(videos, idx).contiguous().numpy()
 
 
 def encode_frame(frame: np.ndarray, quality: int = JPEG_QUALITY) -> str:
@@ -302,9 +309,10 @@ class HPSv3Reward:
                 raise ServiceError(f"HPSv3 service returned {len(s)} frame scores for {len(item['frames'])} frames")
         return scores
 
-    def _score_chunk(self, frames: np.ndarray, prompts: list[str]) -> torch.Tensor:
+    def _score_chunk(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """uint8 [B, K, H, W, 3] -> [B, K] frame scores: JPEG-encoded on the encoder threads, sent in
         requests under the limits, the answers put back in video and frame order."""
+        frames = frames.contiguous().numpy()
         encoded = list(self.encoder.map(lambda f: encode_frame(f, self.quality), frames.reshape(-1, *frames.shape[2:])))
         k = frames.shape[1]
         per_video = [encoded[i * k : (i + 1) * k] for i in range(len(prompts))]
@@ -325,7 +333,7 @@ class HPSv3Reward:
         idx = sample_frames(videos.shape[2], self.frames)
         chunks = [
             self.pool.submit(
-                self._score_chunk, pixels(videos[s : s + self.batch_size], idx), prompts[s : s + self.batch_size]
+                self._score_chunk, rounded(videos[s : s + self.batch_size], idx), prompts[s : s + self.batch_size]
             )
             for s in range(0, len(prompts), self.batch_size)
         ]
