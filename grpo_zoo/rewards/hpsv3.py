@@ -81,7 +81,7 @@ def rounded(videos: torch.Tensor, idx: list[int]) -> torch.Tensor:
 
     Rounded on the tensor's own device (a GPU after decoding), so only uint8 crosses to the host;
     from a CPU tensor it is a view, made contiguous later on the client's threads."""
-    v = videos[:, :, idx]
+    v = videos if idx == list(range(videos.shape[2])) else videos[:, :, idx]  # `frames: all` copies nothing
     if v.dtype != torch.uint8:
         v = ((v.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     v = v.permute(0, 2, 3, 4, 1)
