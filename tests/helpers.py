@@ -2,8 +2,11 @@
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -147,6 +150,56 @@ TINY_WAN_ARGS = [
 VENV = ROOT / ".venv-hpsv3"
 """The HPSv3 service's own environment (grpo_zoo/rewards/hpsv3_service/setup.sh)."""
 SERVICE = ROOT / "grpo_zoo" / "rewards" / "hpsv3_service"
+
+
+STANDIN = r"""
+import importlib.util, os, sys, time
+import numpy as np, torch, uvicorn
+spec = importlib.util.spec_from_file_location("hpsv3_server", sys.argv[1])
+server = sys.modules["hpsv3_server"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(server)
+
+class Model:  # HPSv3RewardInferencer's interface: reward(images, prompts) -> [N, 2] (mu, sigma)
+    def reward(self, images, prompts):
+        time.sleep(float(os.environ.get("STANDIN_DELAY", "0")))
+        return torch.tensor([[float(np.asarray(im).mean()) / 255 + len(p) / 100, 0.0] for im, p in zip(images, prompts)])
+
+limits = dict(zip(("max_body_bytes", "max_frames", "max_pending"), map(int, sys.argv[3:6])))
+app = server.make_app(Model(), 4, "cpu", token=server.read_token(os.environ.get("TOKEN_FILE")), **limits)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+class StandinService:
+    """server.py's own app (make_app: Guard, limits, decoding, batching) served by uvicorn in this
+    environment, in front of STANDIN's model: score = mean pixel / 255 + len(prompt) / 100."""
+
+    def __init__(self, port=None, max_body=1 << 20, max_frames=64, max_pending=4096, env=None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [str(SERVICE / "server.py"), str(self.port), str(max_body), str(max_frames), str(max_pending)]
+        self.env = {**clean_env(), "OMP_NUM_THREADS": "1", **(env or {})}
+        self.proc = None
+
+    def start(self) -> "StandinService":
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", STANDIN, *self.args], env=self.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode()[-3000:])
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return self
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError("the service did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import torch
 
-from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, png_b64, sample_frames
+from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, encode_frame, pixels, sample_frames
 
 from .helpers import ROOT, SERVICE, VENV, clean_env, free_port, run_module
 
@@ -90,7 +90,7 @@ def test_frame_sampling_and_aggregation():
 
 
 def test_service_scores_batches_and_rejects_malformed(server):
-    frame = png_b64(videos(1)[0, :, 0])
+    frame = encode_frame(pixels(videos(1), [0])[0, 0])
     status, out = post(server.url, {"request_id": "a", "items": [{"prompt": "a red car", "frames": [frame, frame]}]})
     assert status == 200 and out["request_id"] == "a" and len(out["scores"][0]) == 2
     assert out["scores"][0][0] == pytest.approx(out["scores"][0][1], abs=1e-5)  # the same frame, the same score
@@ -183,3 +183,47 @@ def test_one_iteration_on_a_tiny_wan_with_hpsv3(algorithm, server, tmp_path):
     assert len(train) == 1 and torch.isfinite(torch.tensor(train[0]["reward/mean"]))
     assert "reward/hpsv3_frame_mean" in train[0] and train[0]["compute/backward"] > 0
     assert RunDir(run).is_complete()
+
+
+INPROCESS = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from server import decode_frame, import_torchvision, inferencer_config
+import_torchvision()
+import torch
+from hpsv3 import HPSv3RewardInferencer
+model = HPSv3RewardInferencer(
+    config_path=inferencer_config(sys.argv[2] + "/base", "fp32"), checkpoint_path=sys.argv[2] + "/HPSv3.safetensors", device="cpu"
+)
+job = json.load(open(sys.argv[3]))
+with torch.no_grad():  # one frame at a time: no batch of the service's
+    scores = [[float(model.reward([decode_frame(f)], [p])[0, 0]) for f in frames] for p, frames in job]
+print(json.dumps(scores))
+"""
+
+
+def test_tiny_hpsv3_at_480x832_scores_as_in_process(server, tiny_hpsv3, tmp_path):
+    """Frames at the paper's size through the client and the service equal the tiny HPSv3 called
+    in process on the same JPEG-decoded frames (to 1e-4: the service batches frames of several
+    prompts, whose padded text changes float sums in the last bits)."""
+    g = torch.Generator().manual_seed(3)
+    v = torch.nn.functional.interpolate(torch.rand(2 * 3, 3, 4, 6, generator=g), size=(480, 832), mode="bilinear")
+    v = (v.view(2, 3, 3, 480, 832).permute(0, 2, 1, 3, 4) * 2 - 1).contiguous()  # [2, 3, 3 frames, 480, 832]
+    prompts = ["a red car", "a cat walking on the blue car"]
+    client = HPSv3Reward(url=server.url, frames="all", batch_size=1, request_frames=2)  # videos span requests
+    client.check()
+    got = client.submit_frames(v, prompts).result(timeout=600)
+    px = pixels(v, [0, 1, 2])
+    job = [[p, [encode_frame(px[i, f]) for f in range(3)]] for i, p in enumerate(prompts)]
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    out = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", INPROCESS, str(SERVICE), str(tiny_hpsv3), str(tmp_path / "job.json")],
+        capture_output=True,
+        text=True,
+        env={**clean_env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    want = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert got.shape == (2, 3) and client.stats["requests"] == 4
+    assert torch.allclose(got, want, atol=1e-4), (got, want)

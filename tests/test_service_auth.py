@@ -10,7 +10,6 @@ service with a tiny HPSv3 (its own environment, slow).
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,71 +20,20 @@ import pytest
 import torch
 
 from grpo_zoo.errors import ConfigError
-from grpo_zoo.rewards.hpsv3 import HPSv3Reward, ServiceError, png_b64
+from grpo_zoo.rewards.hpsv3 import HPSv3Reward, ServiceError, encode_frame, pixels
 
-from .helpers import ROOT, clean_env
+from .helpers import ROOT, StandinService, clean_env, free_port
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
 SERVER = ROOT / "grpo_zoo" / "rewards" / "hpsv3_service" / "server.py"
 TOKEN = "s3cret-token-for-tests"
-STANDIN = r"""
-import importlib.util, os, sys, time
-import numpy as np, torch, uvicorn
-spec = importlib.util.spec_from_file_location("hpsv3_server", sys.argv[1])
-server = sys.modules["hpsv3_server"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(server)
-
-class Model:  # HPSv3RewardInferencer's interface: reward(images, prompts) -> [N, 2] (mu, sigma)
-    def reward(self, images, prompts):
-        time.sleep(float(os.environ.get("STANDIN_DELAY", "0")))
-        return torch.tensor([[float(np.asarray(im).mean()) / 255 + len(p) / 100, 0.0] for im, p in zip(images, prompts)])
-
-limits = dict(zip(("max_body_bytes", "max_frames", "max_pending"), map(int, sys.argv[3:6])))
-app = server.make_app(Model(), 4, "cpu", token=server.read_token(os.environ.get("TOKEN_FILE")), **limits)
-uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    def __init__(self, port=None, max_body=1 << 20, max_frames=64, max_pending=4096, env=None):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.args = [str(SERVER), str(self.port), str(max_body), str(max_frames), str(max_pending)]
-        self.env = {**clean_env(), "OMP_NUM_THREADS": "1", **(env or {})}
-        self.proc = None
-
-    def start(self) -> "Service":
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", STANDIN, *self.args], env=self.env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
-        )
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode()[-3000:])
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return self
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError("the service did not start")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")
 def guarded():
-    srv = Service(max_body=64 * 1024, max_frames=8, env={"HPSV3_TOKEN": TOKEN}).start()
+    srv = StandinService(max_body=64 * 1024, max_frames=8, env={"HPSV3_TOKEN": TOKEN}).start()
     yield srv
     srv.kill()
 
@@ -113,7 +61,7 @@ def answers(url: str) -> bool:
 
 def frame(seed=0) -> str:
     g = torch.Generator().manual_seed(seed)
-    return png_b64(torch.rand(3, 16, 16, generator=g) * 2 - 1)
+    return encode_frame(pixels(torch.rand(1, 3, 1, 16, 16, generator=g) * 2 - 1, [0])[0, 0])
 
 
 def body(n_frames=2, rid="r1"):
@@ -179,7 +127,7 @@ def test_client_sends_the_token_from_a_file_and_reports_401_and_413(guarded, tmp
         wrong(v, prompts)
     assert wrong.stats["requests"] == 1  # a refused token is not retried
     monkeypatch.setenv("HPSV3_TOKEN", TOKEN)
-    with pytest.raises(ServiceError, match="413.*batch_size"):
+    with pytest.raises(ServiceError, match="413.*request_frames"):
         HPSv3Reward(url=guarded.url, frames=5, batch_size=2)(v, prompts)  # 10 frames per request, max 8
 
 
@@ -187,10 +135,10 @@ def test_client_sends_the_token_from_a_file_and_reports_401_and_413(guarded, tmp
 def test_client_retries_a_restarting_service_without_losing_or_duplicating(tmp_path, monkeypatch):
     """Killed mid-scoring and started again on another port (its new address in the url file)."""
     monkeypatch.setenv("HPSV3_TOKEN", TOKEN)
-    first = Service(env={"HPSV3_TOKEN": TOKEN, "STANDIN_DELAY": "0.2"}).start()
+    first = StandinService(env={"HPSV3_TOKEN": TOKEN, "STANDIN_DELAY": "0.2"}).start()
     url_file = tmp_path / "url"
     url_file.write_text(first.url)
-    second = Service(env={"HPSV3_TOKEN": TOKEN})
+    second = StandinService(env={"HPSV3_TOKEN": TOKEN})
     try:
         v, prompts = videos(6, seed=1), [f"prompt {i}" for i in range(6)]
         client = HPSv3Reward(url="http://127.0.0.1:9", url_file=str(url_file), frames=3, batch_size=1, retries=8)
@@ -212,7 +160,7 @@ def test_client_retries_a_restarting_service_without_losing_or_duplicating(tmp_p
 @pytest.mark.slow
 def test_a_busy_service_answers_503_and_the_client_resubmits(monkeypatch):
     monkeypatch.setenv("HPSV3_TOKEN", TOKEN)
-    srv = Service(max_pending=3, env={"HPSV3_TOKEN": TOKEN, "STANDIN_DELAY": "0.3"}).start()
+    srv = StandinService(max_pending=3, env={"HPSV3_TOKEN": TOKEN, "STANDIN_DELAY": "0.3"}).start()
     try:
         v, prompts = videos(6, seed=2), [f"p{i}" for i in range(6)]
         client = HPSv3Reward(url=srv.url, frames=3, batch_size=1, max_in_flight=3, retries=10, backoff=0.1)

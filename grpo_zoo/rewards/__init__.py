@@ -84,7 +84,8 @@ def _hpsv3(**options) -> RewardFn:
 
 def score(reward_fn: RewardFn, decode, latents: torch.Tensor, prompts: list[str], chunk: int) -> dict:
     """Decode latents and score them. A reward with `submit` (a remote service) scores each
-    chunk while the next one decodes; any other is called once on all the videos."""
+    chunk while the next one decodes (its submit returns at once: encoding and sending run on
+    the reward's own threads); any other is called once on all the videos."""
     if not hasattr(reward_fn, "submit"):
         return reward_fn(decode(latents), prompts)
     futures = [

@@ -4,9 +4,19 @@ HPSv3 scores images, so a video is scored frame by frame: every decoded frame (`
 as Flash-GRPO's `video_hpsv3_remote` does) or `frames` frames sampled evenly over its length.
 The frame scores are aggregated per video by `mean` or `top_fraction`: the mean of the best
 floor(top_fraction x frames) of them (at least one), the reference's `int(l * 0.3)`, so the
-paper's top 30% of 81 frames is the best 24. Videos go to the service in requests of
-`batch_size` videos, several in flight at once (`submit` returns a future, so the trainer
-decodes the next chunk while the service scores this one).
+paper's top 30% of 81 frames is the best 24.
+
+Frames travel as JPEG at PIL's default quality 75, as both references send them (Flash-GRPO
+flow_grpo/rewards.py:127, flow_grpo flow_grpo/rewards.py:141: `img.save(buffer, format="JPEG")`):
+on an 81-frame 480x832 photo-like video 6.4 MiB of base64 against PNG's 54 MiB (5x less on
+noise) and 1-2 ms a frame to encode against PNG's 50-240 ms (BENCHMARKS.md, "HPSv3 transport"). `submit` returns a future at once: the frames are rounded to uint8 on the
+videos' device, then encoded on `encode_threads` threads (PIL releases the GIL), packed into
+requests under the service's limits and sent from `max_in_flight` threads, chunk by chunk of
+`batch_size` videos, so the trainer decodes the next group while the service scores this one.
+A request holds at most `request_mb` MiB of JSON and `request_frames` frames (a video may span
+requests: frames are scored one by one, the aggregation is ours); left unset, they are the
+service's own limits (its /health, read by `check()` before any compute), and set above them
+they are refused there in one line.
 
 Every request carries an id; a request that fails (connection refused while the service
 restarts, a timeout, a 5xx) is retried with the same id after an exponential backoff, up to
@@ -21,7 +31,8 @@ service's address, read again at every attempt, so a service restarted elsewhere
 A 401 or 413 is not retried: the token or the request size is wrong, and the error says which.
 
 Options (reward.options): url, url_file, token_file, frames, aggregate, top_fraction,
-batch_size, timeout, retries, backoff, max_in_flight.
+batch_size, timeout, retries, backoff, max_in_flight, jpeg_quality, request_mb, request_frames,
+encode_threads.
 """
 
 from __future__ import annotations
@@ -44,6 +55,10 @@ import torch
 from grpo_zoo.errors import ConfigError
 
 AGGREGATES = ("mean", "top_fraction")
+JPEG_QUALITY = 75  # the references' frames: PIL's JPEG default (Flash-GRPO flow_grpo/rewards.py:127)
+DEFAULT_REQUEST_MB = 64  # the request limits until check() reads the service's (its /health)
+DEFAULT_REQUEST_FRAMES = 4096
+BODY_OVERHEAD, ITEM_OVERHEAD, FRAME_OVERHEAD = 128, 32, 4  # JSON around the frames: id, keys, quotes, commas
 
 
 def sample_frames(num_frames: int, k: int | str) -> list[int]:
@@ -61,14 +76,62 @@ def aggregate(scores: torch.Tensor, how: str, top_fraction: float) -> torch.Tens
     return scores.topk(k, dim=1).values.mean(1)
 
 
-def png_b64(frame: torch.Tensor) -> str:
-    """[3, H, W] in [-1, 1] -> base64 PNG."""
+def rounded(videos: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """[B, 3, F, H, W] in [-1, 1] (or uint8 in 0..255) -> frames `idx` as uint8 [B, K, H, W, 3] on the host.
+
+    Rounded on the tensor's own device (a GPU after decoding), so only uint8 crosses to the host;
+    from a CPU tensor it is a view, made contiguous later on the client's threads."""
+    v = videos if idx == list(range(videos.shape[2])) else videos[:, :, idx]  # `frames: all` copies nothing
+    if v.dtype != torch.uint8:
+        v = ((v.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    v = v.permute(0, 2, 3, 4, 1)
+    return v if v.device.type == "cpu" else v.contiguous().cpu()
+
+
+def pixels(videos: torch.Tensor, idx: list[int]) -> np.ndarray:
+    """The frames `idx` as the service receives them before JPEG: uint8 [B, K, H, W, 3]."""
+    return rounded(videos, idx).contiguous().numpy()
+
+
+def encode_frame(frame: np.ndarray, quality: int = JPEG_QUALITY) -> str:
+    """[H, W, 3] uint8 -> base64 JPEG (PIL releases the GIL while it encodes)."""
     from PIL import Image
 
-    arr = ((frame.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def pack(
+    sizes: list[list[int]], prompts: list[str], max_bytes: int, max_frames: int
+) -> list[list[tuple[int, int, int]]]:
+    """Split videos' frames into requests of at most `max_bytes` (the JSON body) and `max_frames`.
+
+    `sizes[v][f]` is the length of frame f's base64 text. A request is a list of (video, first
+    frame, end frame): a video may span requests (the service scores frames one by one, the
+    aggregation is ours)."""
+    requests, current, used, count = [], [], BODY_OVERHEAD, 0
+    for v, frames in enumerate(sizes):
+        item = len(json.dumps(prompts[v])) + ITEM_OVERHEAD
+        first = 0
+        for f, size in enumerate(frames):
+            if size + FRAME_OVERHEAD + item + BODY_OVERHEAD > max_bytes:
+                raise ServiceError(
+                    f"a frame encodes to {size} bytes, over the request limit of {max_bytes} bytes "
+                    "(reward.options.request_mb, or the service's --max-body-mb)"
+                )
+            extra = size + FRAME_OVERHEAD + (item if f == first else 0)
+            if count and (used + extra > max_bytes or count + 1 > max_frames):
+                if f > first:
+                    current.append((v, first, f))
+                requests.append(current)
+                current, used, count, first = [], BODY_OVERHEAD, 0, f
+                extra = size + FRAME_OVERHEAD + item
+            used, count = used + extra, count + 1
+        current.append((v, first, len(frames)))
+    if current:
+        requests.append(current)
+    return requests
 
 
 class ServiceError(RuntimeError):
@@ -89,6 +152,10 @@ class HPSv3Reward:
         max_in_flight: int = 2,
         url_file: str | None = None,
         token_file: str | None = None,
+        jpeg_quality: int = JPEG_QUALITY,
+        request_mb: float | None = None,
+        request_frames: int | None = None,
+        encode_threads: int = 4,
     ):
         if aggregate not in AGGREGATES:
             raise ConfigError(f"reward.options.aggregate: one of {', '.join(AGGREGATES)}, got {aggregate!r}")
@@ -105,10 +172,28 @@ class HPSv3Reward:
                 "reward.options: need 0 < top_fraction <= 1, frames >= 1 (or 'all'), batch_size >= 1, retries >= 0, "
                 "max_in_flight >= 1"
             )
+        for name, value, low, high in (
+            ("jpeg_quality", jpeg_quality, 1, 95),
+            ("encode_threads", encode_threads, 1, 256),
+            ("request_frames", request_frames, 1, 2**20),
+        ):
+            if value is not None and not (
+                isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+            ):
+                raise ConfigError(f"reward.options.{name}: an integer in [{low}, {high}], got {value!r}")
+        if request_mb is not None and not (
+            isinstance(request_mb, (int, float)) and not isinstance(request_mb, bool) and 0.1 <= request_mb <= 4096
+        ):
+            raise ConfigError(f"reward.options.request_mb: a size in MiB in [0.1, 4096], got {request_mb!r}")
         self.url = url.rstrip("/")
         self.frames, self.how, self.top_fraction = frames, aggregate, top_fraction
         self.batch_size, self.timeout, self.retries, self.backoff = batch_size, timeout, retries, backoff
-        self.pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="hpsv3")
+        self.quality, self.request_mb, self.request_frames = jpeg_quality, request_mb, request_frames
+        # the request limits in force: the options', else the service's (learned by check()), else the defaults
+        self.max_bytes = int((request_mb or DEFAULT_REQUEST_MB) * 2**20)
+        self.max_frames = request_frames or DEFAULT_REQUEST_FRAMES
+        self.pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="hpsv3")  # chunks: encode, send, wait
+        self.encoder = ThreadPoolExecutor(encode_threads, thread_name_prefix="hpsv3-jpeg")  # frames of a chunk
         self.stats = {"requests": 0, "retries": 0}
         self.url_file = url_file or os.environ.get("HPSV3_URL_FILE")
         self.token_file = token_file or os.environ.get("HPSV3_TOKEN_FILE")
@@ -159,9 +244,31 @@ class HPSv3Reward:
             ) from None
         if info.get("status") != "ok":
             raise ConfigError(f"reward.options.url: the HPSv3 service at {url} is not ready: {info}")
+        self.fit_limits(info, url)
+
+    def fit_limits(self, info: dict, url: str) -> None:
+        """Take the service's request limits (its /health) where the options leave them open;
+        an option over the service's limit is refused (ConfigError: every request would get 413)."""
+        body, frames = info.get("max_body_bytes"), info.get("max_frames")
+        if isinstance(body, int):
+            if self.request_mb is not None and self.max_bytes > body:
+                raise ConfigError(
+                    f"reward.options.request_mb: {self.request_mb} MiB requests are over the limit of the HPSv3 "
+                    f"service at {url} ({body / 2**20:g} MiB, its --max-body-mb); lower it or leave it unset"
+                )
+            self.max_bytes = min(self.max_bytes, body) if self.request_mb is not None else body
+        if isinstance(frames, int):
+            if self.request_frames is not None and self.max_frames > frames:
+                raise ConfigError(
+                    f"reward.options.request_frames: {self.request_frames} frames per request are over the limit "
+                    f"of the HPSv3 service at {url} ({frames}, its --max-frames); lower it or leave it unset"
+                )
+            self.max_frames = self.max_frames if self.request_frames is not None else frames
 
     def _post(self, body: dict) -> dict:
         data = json.dumps(body).encode()
+        if len(data) > self.max_bytes:  # pack() keeps every request under the limit; never send one over it
+            raise ServiceError(f"a request of {len(data)} bytes was built over the limit of {self.max_bytes}")
         last = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -181,7 +288,8 @@ class HPSv3Reward:
                 if err.code == 413:
                     raise ServiceError(
                         f"HPSv3 service at {url} refused a request as too large (413: {err.read()[:200]!r}); "
-                        "lower reward.options.batch_size or frames, or raise the service's --max-body-mb/--max-frames"
+                        "lower reward.options.request_mb or request_frames (or leave them unset: the trainer's check "
+                        "reads the service's limits), or raise the service's --max-body-mb/--max-frames"
                     ) from None
                 if 400 <= err.code < 500:  # our request is wrong: retrying cannot help
                     raise ServiceError(f"HPSv3 service rejected the request: {err.code} {err.read()[:300]!r}") from None
@@ -190,25 +298,43 @@ class HPSv3Reward:
                 last = f"{type(err).__name__}: {err}"
         raise ServiceError(f"HPSv3 service at {self.address()} failed {self.retries + 1} times; last: {last}")
 
-    def _score_chunk(self, frames_b64: list[list[str]], prompts: list[str]) -> torch.Tensor:
+    def _send(self, items: list[dict]) -> list[list[float]]:
         rid = uuid.uuid4().hex
-        body = {"request_id": rid, "items": [{"prompt": p, "frames": f} for p, f in zip(prompts, frames_b64)]}
-        out = self._post(body)
+        out = self._post({"request_id": rid, "items": items})
         scores = out.get("scores")
-        if out.get("request_id") != rid or not isinstance(scores, list) or len(scores) != len(prompts):
+        if out.get("request_id") != rid or not isinstance(scores, list) or len(scores) != len(items):
             raise ServiceError(f"HPSv3 service answered another request (id {out.get('request_id')!r}, {rid!r} sent)")
-        for s, f in zip(scores, frames_b64):
-            if len(s) != len(f):
-                raise ServiceError(f"HPSv3 service returned {len(s)} frame scores for {len(f)} frames")
-        return torch.tensor(scores, dtype=torch.float32)
+        for s, item in zip(scores, items):
+            if not isinstance(s, list) or len(s) != len(item["frames"]):
+                raise ServiceError(f"HPSv3 service returned {len(s)} frame scores for {len(item['frames'])} frames")
+        return scores
+
+    def _score_chunk(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """uint8 [B, K, H, W, 3] -> [B, K] frame scores: JPEG-encoded on the encoder threads, sent in
+        requests under the limits, the answers put back in video and frame order."""
+        frames = frames.contiguous().numpy()
+        encoded = list(self.encoder.map(lambda f: encode_frame(f, self.quality), frames.reshape(-1, *frames.shape[2:])))
+        k = frames.shape[1]
+        per_video = [encoded[i * k : (i + 1) * k] for i in range(len(prompts))]
+        sizes = [[len(f) for f in v] for v in per_video]
+        scores = torch.full((len(prompts), k), float("nan"))
+        for request in pack(sizes, prompts, self.max_bytes, self.max_frames):
+            items = [{"prompt": prompts[v], "frames": per_video[v][a:b]} for v, a, b in request]
+            for (v, a, b), s in zip(request, self._send(items)):
+                scores[v, a:b] = torch.tensor(s, dtype=torch.float32)
+        return scores
 
     # -- the reward interface ------------------------------------------------------------
-    def submit(self, videos: torch.Tensor, prompts: list[str]) -> Future:
-        """Start scoring these videos; the future's result is what __call__ returns."""
+    def submit_frames(self, videos: torch.Tensor, prompts: list[str]) -> Future:
+        """Start scoring; the future's result is the [B, K] frame scores of the sampled frames.
+
+        Only the rounding to uint8 happens here (on the videos' device); encoding, sending and
+        waiting run on the client's threads, chunk by chunk, so the caller goes on at once."""
         idx = sample_frames(videos.shape[2], self.frames)
-        frames = [[png_b64(v[:, i]) for i in idx] for v in videos]
         chunks = [
-            self.pool.submit(self._score_chunk, frames[s : s + self.batch_size], prompts[s : s + self.batch_size])
+            self.pool.submit(
+                self._score_chunk, rounded(videos[s : s + self.batch_size], idx), prompts[s : s + self.batch_size]
+            )
             for s in range(0, len(prompts), self.batch_size)
         ]
         done: Future = Future()
@@ -219,18 +345,28 @@ class HPSv3Reward:
                 if not all(c.done() for c in chunks) or done.done():
                     return
                 try:
-                    per_frame = torch.cat([c.result() for c in chunks])
-                    done.set_result(
-                        {
-                            "hpsv3": aggregate(per_frame, self.how, self.top_fraction),
-                            "hpsv3_frame_mean": per_frame.mean(1),
-                        }
-                    )
+                    done.set_result(torch.cat([c.result() for c in chunks]))
                 except Exception as err:
                     done.set_exception(err)
 
         for c in chunks:
             c.add_done_callback(collect)
+        return done
+
+    def submit(self, videos: torch.Tensor, prompts: list[str]) -> Future:
+        """Start scoring these videos; the future's result is what __call__ returns."""
+        done: Future = Future()
+
+        def aggregated(frames: Future) -> None:
+            try:
+                per_frame = frames.result()
+                done.set_result(
+                    {"hpsv3": aggregate(per_frame, self.how, self.top_fraction), "hpsv3_frame_mean": per_frame.mean(1)}
+                )
+            except Exception as err:
+                done.set_exception(err)
+
+        self.submit_frames(videos, prompts).add_done_callback(aggregated)
         return done
 
     def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -9,10 +9,13 @@ from grpo_zoo. Start it with serve.sh, or directly:
         --port 8765 --device cuda --batch-size 16
 
 Endpoints:
-- GET /health: {"status": "ok", "device", "batch_size", "scored"}.
-- POST /score: {"request_id": str, "items": [{"prompt": str, "frames": [base64 PNG, ...]}]}
+- GET /health: {"status": "ok", "device", "batch_size", "scored", "max_body_bytes", "max_frames",
+  "decode_seconds", "forward_seconds"} (the limits are what the client packs its requests under).
+- POST /score: {"request_id": str, "items": [{"prompt": str, "frames": [base64 image, ...]}]}
   -> {"request_id", "scores": [[score per frame], ...]} (HPSv3's mu per frame). Frames of
-  concurrent requests are batched together, up to --batch-size images per forward.
+  concurrent requests are batched together, up to --batch-size images per forward. Frames
+  (JPEG from the client; any format PIL reads) are decoded on --decode-threads threads, off the
+  event loop, so one request's decoding never stalls the others' answers.
   Malformed requests get 400/422 with the reason; a failing batch gets 500; the server
   stays up either way. A repeated request_id (a client retrying a request whose answer it
   lost) is answered from a cache of recent results, not scored twice.
@@ -41,7 +44,9 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvicorn
@@ -119,14 +124,16 @@ class Scorer:
         self.model, self.batch_size, self.wait_s = model, batch_size, wait_s
         self.queue: asyncio.Queue = asyncio.Queue()
         self.lock = threading.Lock()
-        self.scored = 0
+        self.scored, self.forward_seconds = 0, 0.0
         self.pending = 0  # frames queued or being scored
 
     def forward(self, images: list[Image.Image], prompts: list[str]) -> list[float]:
         import torch
 
         with self.lock, torch.no_grad():
+            start = time.perf_counter()
             out = self.model.reward(images, prompts)
+            self.forward_seconds += time.perf_counter() - start
         self.scored += len(images)
         return [float(v) for v in out[:, 0].float().cpu()]
 
@@ -238,10 +245,23 @@ def make_app(
     max_body_bytes: int = 256 * 2**20,
     max_frames: int = 4096,
     max_pending: int = 65536,
+    decode_threads: int = 4,
 ):
     """The service as an ASGI app: the FastAPI routes behind the Guard (token, body size)."""
     scorer = Scorer(model, batch_size)
     done: OrderedDict[str, dict] = OrderedDict()
+    decoder = ThreadPoolExecutor(decode_threads, thread_name_prefix="decode")  # PIL releases the GIL
+    timing = {"decode_seconds": 0.0}
+
+    def decode_all(items: list[Item]) -> list[list[Image.Image]]:
+        start = time.perf_counter()
+        flat = list(decoder.map(decode_frame, [f for item in items for f in item.frames]))
+        timing["decode_seconds"] += time.perf_counter() - start
+        out, at = [], 0
+        for item in items:
+            out.append(flat[at : at + len(item.frames)])
+            at += len(item.frames)
+        return out
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -253,7 +273,17 @@ def make_app(
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "device": device, "batch_size": batch_size, "scored": scorer.scored, "pid": os.getpid()}
+        return {
+            "status": "ok",
+            "device": device,
+            "batch_size": batch_size,
+            "scored": scorer.scored,
+            "pid": os.getpid(),
+            "max_body_bytes": max_body_bytes,  # the client packs its requests under these
+            "max_frames": max_frames,
+            "decode_seconds": timing["decode_seconds"],
+            "forward_seconds": scorer.forward_seconds,
+        }
 
     @app.post("/score")
     async def score(req: ScoreRequest) -> dict:
@@ -264,7 +294,7 @@ def make_app(
             raise HTTPException(413, f"{frames} frames in one request, over the limit of {max_frames}; send fewer")
         if scorer.pending + frames > max_pending:
             raise HTTPException(503, "busy: too many frames waiting; retry", headers={"Retry-After": "1"})
-        decoded = [[decode_frame(f) for f in item.frames] for item in req.items]
+        decoded = await asyncio.get_running_loop().run_in_executor(None, decode_all, req.items)  # off the loop
         try:
             scores = await asyncio.gather(
                 *[
@@ -321,6 +351,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--batch-size", type=int, default=16, help="images per model forward")
+    p.add_argument("--decode-threads", type=int, default=4, help="threads decoding a request's frames")
     args = p.parse_args()
     for name in ("checkpoint", "base_model"):
         if not Path(getattr(args, name)).exists():
@@ -351,6 +382,7 @@ def main() -> None:
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_frames=args.max_frames,
         max_pending=args.max_pending,
+        decode_threads=args.decode_threads,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
