@@ -79,7 +79,8 @@ class Range:
     high_open: bool = False
 
     def describe(self) -> str:
-        lo, hi = _show(self.low), _show(self.high)
+        lo = _show(self.low) if self.low is not None else ""
+        hi = _show(self.high) if self.high is not None else ""
         if self.low is not None and self.high is not None:
             return f"in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
         if self.low is not None:

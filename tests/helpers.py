@@ -361,3 +361,14 @@ def wait_stopped(proc: subprocess.Popen, timeout: float = 900) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("the trainer never reached its stop point")
+
+
+def damaged_checkpoint(dest: Path) -> Path:
+    """A copy of the shipped toy checkpoint whose weights are cut to a third: every file a check
+    before compute reads is whole, so the run fails only when it loads the weights."""
+    import shutil
+
+    shutil.copytree(ROOT / "grpo_zoo" / "toy" / "checkpoints" / "toy-base", dest)
+    for weights in dest.rglob("*.safetensors"):
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    return dest

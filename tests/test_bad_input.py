@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .helpers import ROOT, TINY
+from .helpers import ROOT, TINY, damaged_checkpoint
 
 BASE = str(ROOT / "experiments" / "toy" / "base.yaml")
 NOT_WRITABLE = "/proc/1"  # no one may create files here, root included (chmod does not bind root)
@@ -696,10 +696,7 @@ def place(tmp_path_factory) -> dict:
     (root / "empty-model" / "transformer").mkdir(parents=True)
     for part in ("vae", "text_encoder", "tokenizer"):  # all but a transformer config
         (root / "empty-model" / part).mkdir()
-    truncated = root / "truncated-model"
-    shutil.copytree(ROOT / "grpo_zoo" / "toy" / "checkpoints" / "toy-base", truncated)
-    for weights in truncated.rglob("*.safetensors"):
-        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])
+    truncated = damaged_checkpoint(root / "truncated-model")
     paths = {
         "cfg": str(cfg),
         "run": str(run),

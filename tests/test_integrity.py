@@ -237,7 +237,7 @@ def write_rows(run, rows, tail=""):
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
 
 
-ROWS = [{"step": 0, "kind": "eval"}, {"step": 1, "kind": "train"}, {"step": 2, "kind": "train"}]
+ROWS = [{"step": 0, "kind": "eval", "eval/reward": 0.5}, {"step": 1, "kind": "train"}, {"step": 2, "kind": "train"}]
 
 
 def test_resume_keeps_exactly_the_rows_before_the_checkpoint(tmp_path, capsys):
@@ -266,11 +266,17 @@ def test_resume_keeps_exactly_the_rows_before_the_checkpoint(tmp_path, capsys):
 @pytest.mark.parametrize(
     "content, needle",
     [
-        ('{"step": 0, "kind": "eval"}\n{"step": 1, "ki\n{"step": 2, "kind": "train"}\n', ":2: not JSON"),
-        ('{"step": 0, "kind": "eval"}\n"text"\n', ":2: a str, not a row object"),
-        ('{"step": 0, "kind": "eval"}\n\n', ":2: an empty line"),
-        ('{"step": 0, "kind": "eval"}\n{"kind": "train"}\n', ":2: a row without an integer `step`"),
-        ('{"step": 1, "kind": "train"}\n{"step": 0, "kind": "eval"}\n{"step": 1, "kind": "train"}\n', ":2: step 0"),
+        (
+            '{"step": 0, "kind": "eval", "eval/reward": 0.5}\n{"step": 1, "ki\n{"step": 2, "kind": "train"}\n',
+            ":2: not JSON",
+        ),
+        ('{"step": 0, "kind": "eval", "eval/reward": 0.5}\n"text"\n', ":2: a str, not a row object"),
+        ('{"step": 0, "kind": "eval", "eval/reward": 0.5}\n\n', ":2: an empty line"),
+        ('{"step": 0, "kind": "eval", "eval/reward": 0.5}\n{"kind": "train"}\n', ":2: a row without an integer `step`"),
+        (
+            '{"step": 1, "kind": "train"}\n{"step": 0, "kind": "eval", "eval/reward": 0.5}\n{"step": 1, "kind": "train"}\n',
+            ":2: step 0",
+        ),
         ('{"step": 1, "kind": "train"}\n{"step": 1, "kind": "train"}\n', ":2: a second train row for step 1"),
     ],
 )

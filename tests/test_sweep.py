@@ -15,7 +15,7 @@ from grpo_zoo.config.schema import build, load_config_file, to_dict
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.runs import RunDir
 
-from .helpers import ROOT, TINY, clean_env, run_module, slurm_sweep, write_experiment
+from .helpers import ROOT, TINY, clean_env, damaged_checkpoint, run_module, slurm_sweep, write_experiment
 
 QUICK_TWIN = {
     "flow_grpo": {"algorithm": {"name": "flow_grpo", "timestep_fraction": 0.5}},
@@ -133,7 +133,7 @@ def test_debug_executor_runs_several_jobs_in_one_process_without_a_debugger(tmp_
     the failed run's status says why, and the three others complete."""
     variants = {
         **QUICK_TWIN,
-        "broken": {"algorithm": {"name": "flash_grpo"}, "model": {"lora_targets": ["no_such_module"]}},
+        "broken": {"algorithm": {"name": "flash_grpo"}, "model": {"path": str(damaged_checkpoint(tmp_path / "cut"))}},
     }
     exp = write_experiment(tmp_path, "dbg", variants)
     runs = tmp_path / "runs"
@@ -154,8 +154,7 @@ def test_debug_executor_runs_several_jobs_in_one_process_without_a_debugger(tmp_
 
 @pytest.mark.slow
 def test_slurm_sweep_completes_skips_and_survives_a_failing_run(tmp_path, slurm):
-    broken = tmp_path / "broken-model"
-    (broken / "transformer").mkdir(parents=True)  # passes the path check, fails to load in the job
+    broken = damaged_checkpoint(tmp_path / "broken-model")  # passes every check, fails to load in the job
     variants = {**QUICK_TWIN, "broken": {"algorithm": {"name": "flash_grpo"}, "model": {"path": str(broken)}}}
     exp = write_experiment(tmp_path, "slurm_twin", variants)
     runs = tmp_path / "runs"

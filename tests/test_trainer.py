@@ -13,7 +13,7 @@ import torch
 from grpo_zoo.runs import RunDir
 from tests import golden
 
-from .helpers import ROOT, SMALL
+from .helpers import ROOT, SMALL, merged
 
 # every registered algorithm and its ablation switches, enumerated from the registry ...
 VARIANTS = {name: golden.algorithm_args(fields) for name, fields in golden.variants().items()}
@@ -192,7 +192,7 @@ def comparable(rows):
 
 @pytest.mark.slow
 def test_killed_and_resumed_run_writes_the_same_rows(tmp_path):
-    args = ["experiments/toy/base.yaml", *SMALL, "budget.steps=4", "checkpoint_every=2", "data.eval_every=2"]
+    args = ["experiments/toy/base.yaml", *merged(*SMALL, "budget.steps=4", "checkpoint_every=2", "data.eval_every=2")]
     ref = subprocess.run(
         [sys.executable, "-m", "grpo_zoo.train", *args, f"run_dir={tmp_path / 'ref'}"],
         capture_output=True,

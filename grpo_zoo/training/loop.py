@@ -98,7 +98,8 @@ class RunLoop:
                 self.meter.pause()  # checkpoint writing and hooks are not counted (evaluation is)
         except StopRun as stop:  # a hook ended the run: keep its last evaluation
             status, reason = stop.status, stop.reason
-        bar.close()
+        finally:  # the bar's line ends before any error line is printed
+            bar.close()
         if self.last_eval is None or (status == "completed" and self.last_eval[0] != self.step):
             self.evaluate_and_log()
         write_eval_videos(self)
