@@ -252,7 +252,7 @@ def microbenchmarks(cfg, device, peak: float, reps: int, compile_blocks: bool) -
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
     from grpo_zoo.cost.flops import flops_per_nfe, model_shapes
-    from grpo_zoo.cost.memory import update_rows
+    from grpo_zoo.cost.phases import update_rows
     from grpo_zoo.models.lora import apply_lora
 
     fwd_flops, bwd_flops = flops_per_nfe(cfg.model)
@@ -334,12 +334,12 @@ def microbenchmarks(cfg, device, peak: float, reps: int, compile_blocks: bool) -
 
 # -- 2. the VAE decode ---------------------------------------------------------------------------------
 def vae_decode(cfg, device, reps: int) -> tuple[dict, float]:
-    """One video decoded by the fp32 VAE (as WanPolicy decodes) and by its bf16 copy; and the
-    measured bytes of the decode phase as the memory model counts it (the group's videos in fp32)."""
+    """One video decoded by the fp32 VAE and by its bf16 copy; and the measured bytes of the
+    decode phase as WanPolicy runs it and the memory model counts it (the group's videos,
+    model.vae_batch at a time in model.vae_dtype)."""
     from diffusers import AutoencoderKLWan
 
     from grpo_zoo.cost.flops import model_shapes
-    from grpo_zoo.models.wan import DECODE_BATCH
 
     _, latent, _ = model_shapes(cfg.model)
     vae = AutoencoderKLWan.from_pretrained(Path(cfg.model.path) / "vae").to(device).eval()
@@ -348,19 +348,22 @@ def vae_decode(cfg, device, reps: int) -> tuple[dict, float]:
     z = z * torch.tensor(c.latents_std, device=device).view(1, -1, 1, 1, 1)
     z = z + torch.tensor(c.latents_mean, device=device).view(1, -1, 1, 1, 1)
 
+    batch = cfg.model.vae_batch
+
     def decode(model, dtype, count: int = 1) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat(
                 [
-                    model.decode(z[i : i + DECODE_BATCH].to(dtype), return_dict=False)[0].float().clamp(-1, 1)
-                    for i in range(0, count, DECODE_BATCH)
+                    model.decode(z[i : min(i + batch, count)].to(dtype), return_dict=False)[0].float().clamp(-1, 1)
+                    for i in range(0, count, batch)
                 ]
             )
 
     first32, sec32 = seconds_per_call(lambda: decode(vae, torch.float32), reps)
     ref = decode(vae, torch.float32)
-    phase = transient_peak(lambda: decode(vae, torch.float32, cfg.data.group_size))
     vae16 = AutoencoderKLWan.from_pretrained(Path(cfg.model.path) / "vae", torch_dtype=torch.bfloat16).to(device)
+    model, dtype = (vae16, torch.bfloat16) if cfg.model.vae_dtype == "bf16" else (vae, torch.float32)
+    phase = transient_peak(lambda: decode(model.eval(), dtype, cfg.data.group_size))
     first16, sec16 = seconds_per_call(lambda: decode(vae16.eval(), torch.bfloat16), reps)
     diff = (decode(vae16, torch.bfloat16) - ref).abs()
     row = {
@@ -413,14 +416,8 @@ def iterations(cfg, count: int, peak: float) -> dict:
         prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
         prof.__enter__()
     fwd, bwd = flops_per_nfe(cfg.model)
-    original_update, original_flops = trainer_module.update, trainer_module.policy_flops
-    # the trainer's meter counts FLOPs with a real forward and backward on the CPU before the policy
-    # moves to its GPU (minutes at this width): the same count from the meta device instead
-    trainer_module.policy_flops = lambda policy, prompt: (fwd, bwd)
-    try:
-        trainer = Trainer(cfg, progress=False)
-    finally:
-        trainer_module.policy_flops = original_flops
+    original_update = trainer_module.update
+    trainer = Trainer(cfg, progress=False)  # its meter counts FLOPs from shapes, as flops_per_nfe: no real pass
     update, decode = _Clock(), _Clock()
     trainer_module.update = update.wrap(original_update)
     trainer.policy.decode = decode.wrap(trainer.policy.decode)
@@ -476,7 +473,8 @@ def iterations(cfg, count: int, peak: float) -> dict:
 # -- the check -----------------------------------------------------------------------------------------------
 def check(args, work: Path) -> dict:
     from grpo_zoo.cost.counts import estimate
-    from grpo_zoo.cost.memory import report, update_rows
+    from grpo_zoo.cost.memory import report
+    from grpo_zoo.cost.phases import update_rows
 
     started = time.perf_counter()
     cuda = torch.cuda.is_available()

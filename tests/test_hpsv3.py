@@ -16,7 +16,7 @@ import torch
 
 from grpo_zoo.rewards.hpsv3 import HPSv3Reward, aggregate, encode_frame, pixels, sample_frames
 
-from .helpers import ROOT, SERVICE, VENV, clean_env, free_port, run_module
+from .helpers import ROOT, SERVICE, VENV, clean_env, free_port, merged, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -162,20 +162,22 @@ def test_one_iteration_on_a_tiny_wan_with_hpsv3(algorithm, server, tmp_path):
     out = run_module(
         "grpo_zoo.train",
         str(ROOT / "experiments/wan2.1/base.yaml"),  # 1.3b.yaml fixes Flash-GRPO's k range for 20 steps
-        "model.arch=wan2.1-t2v-1.3b",
-        f"model.path={model}",
-        f"run_dir={run}",
-        f"reward.options.url={server.url}",
-        "reward.options.frames=3",
-        "reward.options.batch_size=4",
-        *TINY_WAN_ARGS,
-        "data.prompts=experiments/wan2.1/prompts/train.txt",
-        "engine.zero_stage=0",
-        "engine.precision=fp32",
-        "sampling.eval_steps=2",
-        "budget.device_hours=null",
-        "budget.steps=1",
-        *algorithm,
+        *merged(
+            "model.arch=wan2.1-t2v-1.3b",
+            f"model.path={model}",
+            f"run_dir={run}",
+            f"reward.options.url={server.url}",
+            "reward.options.frames=3",
+            "reward.options.batch_size=4",
+            *TINY_WAN_ARGS,
+            "data.prompts=experiments/wan2.1/prompts/train.txt",
+            "engine.zero_stage=0",
+            "engine.precision=fp32",
+            "sampling.eval_steps=2",
+            "budget.device_hours=null",
+            "budget.steps=1",
+            *algorithm,
+        ),
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = RunDir(run).rows()

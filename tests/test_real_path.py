@@ -41,7 +41,7 @@ def test_wan21_configs_load_validate_and_fail_early(tmp_path, monkeypatch):
             assert m.gradient_checkpointing and m.lora_targets == ["to_q", "to_k", "to_v", "to_out.0"]
             assert (s.steps, s.eval_steps, s.guidance) == (20, 50, 4.5)
             assert (o.lr, o.clip_range, cfg.data.group_size, o.ema_decay > 0) == (1e-4, 1e-3, 8, True)
-            assert (cfg.engine.precision, cfg.engine.zero_stage) == ("bf16", 2)
+            assert (cfg.engine.precision, cfg.engine.zero_stage) == ("bf16", 3 if "14b" in exp.name else 2)
             assert cfg.reward.name == "hpsv3" and cfg.reward.options["top_fraction"] == 0.3
             rewards.get(cfg.reward.name, **cfg.reward.options)  # every option is one the client knows
             with pytest.raises(ConfigError, match="model.path"):  # no weights here: said before any compute

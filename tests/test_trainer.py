@@ -219,3 +219,22 @@ def test_killed_and_resumed_run_writes_the_same_rows(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert comparable(RunDir(run).rows()) == comparable(RunDir(tmp_path / "ref").rows())
     assert len(json.loads((run / "meta.json").read_text()).get("resumes", [])) == 1
+
+
+@pytest.mark.slow
+def test_zero3_with_lora_and_ema_trains_evaluates_and_extends(train, tmp_path):
+    """The 14B recipe's engine on the toy: the frozen base sharded (ZeRO-3), LoRA, an EMA kept
+    through DeepSpeed's GatheredParameters and evaluated; a raised budget resumes from the
+    LoRA-only checkpoint and goes on."""
+    args = ["experiments/toy/base.yaml", f"run_dir={tmp_path}", *SMALL, "algorithm.name=flash_grpo"]
+    args += ["model.lora_rank=4", "engine.zero_stage=3", "optim.ema_decay=0.5", "checkpoint_every=1"]
+    out = train(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = RunDir(tmp_path).rows()
+    assert [(r["kind"], r["step"]) for r in rows] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 2)]
+    assert all(torch.isfinite(torch.tensor(r["loss/policy"])) for r in rows if r["kind"] == "train")
+    assert rows[-1]["eval/reward"] != rows[0]["eval/reward"]  # the EMA of the trained LoRA was evaluated
+    out = train(*args, "budget.steps=3")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resuming from checkpoint step-2" in out.stderr
+    assert [r["step"] for r in RunDir(tmp_path).rows() if r["kind"] == "train"] == [1, 2, 3]

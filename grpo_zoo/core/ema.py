@@ -8,19 +8,31 @@ from collections.abc import Callable, Iterator
 import torch
 
 
-class EMA:
-    """shadow <- decay * shadow + (1 - decay) * weights, after every optimizer step."""
+def whole(params: list[torch.nn.Parameter], modify: bool = False) -> contextlib.AbstractContextManager:
+    """No-op: the parameters are whole on each rank (ZeRO 0-2)."""
+    return contextlib.nullcontext()
 
-    def __init__(self, trainable: Callable[[], dict[str, torch.nn.Parameter]], decay: float):
-        self.trainable, self.decay = trainable, decay
+
+class EMA:
+    """shadow <- decay * shadow + (1 - decay) * weights, after every optimizer step.
+
+    `gather(params, modify)`: a context in which the parameters are whole on this rank (ZeRO-3
+    partitions them: the engine's `gathered`, DeepSpeed's GatheredParameters); with `modify`,
+    what is written inside goes back into every rank's partition."""
+
+    def __init__(self, trainable: Callable[[], dict[str, torch.nn.Parameter]], decay: float, gather=whole):
+        self.trainable, self.decay, self.gather = trainable, decay, gather
         self.shadow = self.copy()
 
     def copy(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in self.trainable().items()}
+        params = self.trainable()
+        with self.gather(list(params.values())):
+            return {n: p.detach().clone() for n, p in params.items()}
 
     def load(self, values: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for name, p in self.trainable().items():
+        params = self.trainable()
+        with torch.no_grad(), self.gather(list(params.values()), modify=True):
+            for name, p in params.items():
                 p.copy_(values[name])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -32,8 +44,10 @@ class EMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        for name, p in self.trainable().items():
-            self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+        params = self.trainable()
+        with self.gather(list(params.values())):
+            for name, p in params.items():
+                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:

@@ -31,6 +31,8 @@ from grpo_zoo.cost.components import configs, count, dtype_bytes
 from grpo_zoo.cost.phases import UPDATE, local_samples, phase_bytes, rollout_bytes
 
 GB = 1e9
+STAGE3_MAX_LIVE = 1e9
+"""DeepSpeed's default stage3_max_live_parameters (elements whole at once under ZeRO-3)."""
 GPU_MEMORY_GB = {"h100": 80, "h200": 141, "h800": 80, "a100": 80, "a800": 80, "l40s": 48, "b200": 192}
 RESERVE_GB = 2.0
 RESERVE_FRACTION = 0.05
@@ -103,6 +105,9 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
         # DeepSpeed's contiguous gradient bucket (reduce_bucket_size elements, allocated whole)
         "ZeRO gradient bucket": bucket if z >= 1 else 0.0,
         "VAE": dtype_bytes(cfg.model.vae_dtype) * vae,
+        # ZeRO-3 gathers each layer's weights for its forward and backward: at most DeepSpeed's
+        # stage3_max_live_parameters (1e9 elements, its default) are whole at once
+        "ZeRO-3 gathered weights": w * min(STAGE3_MAX_LIVE, base + train) if z == 3 else 0.0,
     }
 
 
@@ -159,10 +164,9 @@ def fixes(cfg, world: int, gpu: str, mem: Memory) -> list[str]:
         shardable = ("transformer weights", "trainable weights", "optimizer states")
         for k in shardable:
             m.held[k] = mem.held[k] if k == "optimizer states" and cfg.engine.zero_stage >= 2 else mem.held[k] / world
-        if cfg.optim.ema_decay > 0:  # the trainer's EMA needs whole parameters on each rank
-            m.held["EMA"] = 0.0
-        what = "engine.zero_stage=3" + (" optim.ema_decay=0 (no EMA under ZeRO-3)" if cfg.optim.ema_decay > 0 else "")
-        out.append((what, m.peak))
+        whole = mem.held["transformer weights"] + mem.held["trainable weights"]
+        m.held["ZeRO-3 gathered weights"] = min(STAGE3_MAX_LIVE * (2 if cfg.engine.precision == "bf16" else 4), whole)
+        out.append(("engine.zero_stage=3 (the frozen base sharded over the GPUs)", m.peak))
     offload = mem.peak - mem.held["optimizer states"]
     out.append(("optimizer states offloaded to CPU (DeepSpeed offload_optimizer; not an engine option yet)", offload))
     shorter = [f for f in (65, 49, 33, 17) if f < cfg.model.frames]

@@ -1,6 +1,6 @@
-"""The transient phases of an iteration, each run once at the config's real shapes on the meta
-device (shapes and dtypes, no data, no compute) under a dispatch mode that follows every
-storage allocated and freed (grpo_zoo/cost/memory.py adds what is held):
+"""The transient phases of an iteration, each run once at the config's real shapes on fake
+tensors (torch's FakeTensorMode: shapes and dtypes, no data, no compute) under a dispatch mode
+that follows every storage allocated and freed (grpo_zoo/cost/memory.py adds what is held):
 
 - the rollout forward: `micro` trajectories' rows (doubled by CFG) per forward, no graph, plus
   the rollout's float32 state of all the rank's trajectories;
@@ -60,19 +60,23 @@ class _PeakTracker(TorchDispatchMode):
 
 
 def tracked_peak(build, run) -> float:
-    """Peak bytes that run(*objs) allocates above what it starts with, objs = build(), all on
-    the meta device (no data, no compute; the same storages fake CPU tensors give, without their
-    per-operator bookkeeping)."""
+    """Peak bytes that run(*objs) allocates above what it starts with, objs = build() made
+    on fake tensors (no data, no compute: torch's FakeTensorMode, which, unlike bare meta
+    tensors, also answers the data-dependent calls some models make, such as .item())."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from grpo_zoo.cost.flops import fused_attention
 
     with torch.device("meta"):
         objs = build()
-    tracker = _PeakTracker()
-    for o in objs:  # the weights exist before the phase: a view of one (a linear's w.t()) is no allocation
-        for t in [*o.parameters(), *o.buffers()]:
-            tracker.refs[t.untyped_storage()._cdata] = None
-    with fused_attention(), torch.device("meta"), tracker:
-        run(*objs)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        objs = [o.to_empty(device="cpu") for o in objs]
+        tracker = _PeakTracker()
+        for o in objs:  # the weights exist before the phase: a view of one (a linear's w.t()) is no allocation
+            for t in [*o.parameters(), *o.buffers()]:
+                tracker.refs[t.untyped_storage()._cdata] = None
+        with fused_attention(), tracker:
+            run(*objs)
     return float(tracker.peak)
 
 

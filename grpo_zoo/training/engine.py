@@ -206,6 +206,18 @@ class Engine:
         if self.world_size > 1:
             dist.barrier()
 
+    def gathered(self, params: list[torch.nn.Parameter], modify: bool = False):
+        """A context in which `params` are whole on this rank: under ZeRO-3 DeepSpeed's own
+        GatheredParameters (with `modify`, rank 0's writes go back into every partition; all
+        ranks write the same values here), else nothing to do."""
+        import contextlib
+
+        import deepspeed
+
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=0 if modify else None)
+
     def param_checksum(self) -> float:
         """A number that differs when any trainable weight differs (to compare ranks)."""
         import contextlib

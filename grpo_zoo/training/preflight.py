@@ -61,8 +61,6 @@ def preflight(cfg: RunConfig) -> Preflight:
         )
     if cfg.data.eval_samples % world:
         raise ConfigError(f"data.eval_samples: {cfg.data.eval_samples} does not split over {world} ranks")
-    if cfg.optim.ema_decay > 0 and cfg.engine.zero_stage == 3:
-        raise ConfigError("optim.ema_decay: EMA needs whole parameters on each rank; use engine.zero_stage <= 2")
     check_model(cfg.model)  # its files, and the LoRA targets on the meta device
     accel.check(cfg.model, cfg.engine)
     train_prompts = load_prompts(cfg.data.prompts, "data.prompts")

@@ -76,7 +76,7 @@ class Trainer(RunLoop):
         self.policy.fix_prompts([*self.train_prompts, *self.eval_prompts, ""])
         self.micro_batch = rollout_micro_batch(cfg, self.world, self.device)
         self.meter = Meter(self.world, flops)
-        self.ema = EMA(self._trainable, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.ema = EMA(self._trainable, cfg.optim.ema_decay, self.engine.gathered) if cfg.optim.ema_decay > 0 else None
         guided = cfg_multiplier(cfg.sampling.guidance) > 1
         self.null_emb = self.policy.encode([""]).to(self.device) if guided else None
         runtime = objectives.Runtime(self.policy, self.null_emb, self.dtype, self.device)
