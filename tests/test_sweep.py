@@ -272,3 +272,31 @@ def test_one_same_run_rule_for_sweep_and_train(tmp_path, status, finished, budge
             run.check_config(shorter)
     else:
         run.check_config(shorter)  # an unfinished run stops at the new budget
+
+
+@pytest.mark.parametrize(
+    ("status", "marker", "expected"),
+    [
+        ("completed", False, "done"),  # the job is gone and COMPLETED not seen yet: status.json decides
+        ("completed", True, "done"),
+        ("pruned", False, "done"),
+        ("diverged", False, "diverged"),
+        ("failed", False, "failed"),
+        ("running", False, "ended"),  # gone while its status still says running: ended unfinished
+    ],
+)
+def test_the_monitor_decides_from_the_runs_status_not_from_a_missing_job(tmp_path, status, marker, expected):
+    from grpo_zoo.launch.sweep import ended
+
+    exp = load_experiment(write_experiment(tmp_path, "mon", {"flash": {"algorithm": {"name": "flash_grpo"}}}), tmp_path)
+    spec = exp.runs[0]
+    run = RunDir(spec.config["run_dir"])
+    run.start(spec.config, world_size=1, device="cpu", resume=False)
+    run.log({"step": 0, "kind": "eval", "eval/reward": 0.4})
+    run.set_status(status, step=2, reason="steps budget 2 reached" if status == "completed" else status)
+    if marker:
+        (run.path / "COMPLETED").write_text(json.dumps({"step": 2}))
+    state, why = ended(spec, "123", None, grace=0.2)
+    assert state == expected, (state, why)
+    if expected == "ended":
+        assert "job 123 ended (no longer listed by the scheduler) with the run running" in why
