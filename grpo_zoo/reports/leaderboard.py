@@ -156,7 +156,7 @@ def section(root: Path, out: Path, assets: Path) -> list[str]:
         "",
         "### Each method's published claim against the toy world",
         "",
-        "Claims as ../shared/REFERENCES.md lists them (experiments/zoo/claims.yaml); the toy's speed-up is the "
+        "Claims as the methods' papers state them (experiments/zoo/claims.yaml, each with its source); the toy's speed-up is the "
         "baseline's compute over the method's, with its 95% bootstrap CI over seeds. " + VERDICTS,
         "",
         render(pd.DataFrame(checks), "md"),
