@@ -17,6 +17,7 @@ from grpo_zoo.analysis import load_runs
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.launch.tuning.space import parse_tune
 from grpo_zoo.launch.tuning.study import normalize_storage, open_storage
+from grpo_zoo.runs import RunDir
 
 from .helpers import ROOT, clean_env, run_module
 
@@ -124,6 +125,10 @@ def test_two_workers_complete_the_study_prune_and_replay(tmp_path):
     tuned = load_experiment(str(root / "tuned.yaml"), str(runs))
     assert tuned.name == "tiny-tuned" and not tuned.tune
     assert tuned.runs[0].config["optim"]["lr"] == best.params["optim.lr"]
+    # at exactly the trials' budget (the experiment's own config says steps: 2), and movable
+    trial_budget = RunDir(best.user_attrs["run_dir"]).config()["budget"]
+    assert tuned.runs[0].config["budget"] == trial_budget == {"steps": None, "device_hours": None, "flops": 3.0e10}
+    assert not Path(yaml.safe_load((root / "tuned.yaml").read_text())["base"]).is_absolute()
     out = tune(exp, runs, "--replay", f"flash_grpo:{best.number}")
     assert out.returncode == 0, out.stderr[-3000:]
     value = float(re.search(r"objective ([0-9.]+)\n", out.stdout).group(1))

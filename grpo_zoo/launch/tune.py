@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tuning report: {write_tuning_report(root, studies)}")
     from grpo_zoo.launch.tuning.report import write_tuned_experiment
 
-    print(f"tuned experiment: {write_tuned_experiment(root, exp, studies)}")
+    print(f"tuned experiment: {write_tuned_experiment(root, exp, studies, spec.budget)}")
     print(f"trials: {root}  (python -m grpo_zoo.report {root})")
     return 0
 

@@ -105,17 +105,27 @@ def write_tuning_report(root: Path, studies: dict) -> Path:
     return path
 
 
-def tuned_experiment(exp, studies: dict) -> dict:
-    """The experiment with each variant's settings replaced by its study's best trial (the
-    same budget, seeds and report; no tune section): what `python -m grpo_zoo.sweep` runs to
-    compare the methods tuned. Variants without a completed trial keep their settings."""
+def tuned_experiment(exp, studies: dict, budget: dict | None = None, dest: Path | None = None) -> dict:
+    """The experiment with each variant's settings replaced by its study's best trial, run at the
+    trials' `budget` (the tune section's: every trial's, so a tuned run spends what a trial
+    spent), with its seeds and report and no tune section: what `python -m grpo_zoo.sweep` runs to
+    compare the methods tuned. `base:` is written relative to the folder of `dest` (the file's
+    own place), so the file moves with a checkout. Variants without a completed trial keep
+    their settings."""
     import copy
+    import os
+
+    from grpo_zoo.config.schema import deep_merge
 
     raw = copy.deepcopy(exp.raw)
     raw.pop("tune", None)
     raw["name"] = f"{exp.name}-tuned"
     if raw.get("base"):
-        raw["base"] = str((Path(exp.path).parent / raw["base"]).resolve())
+        base = (Path(exp.path).parent / raw["base"]).resolve()
+        raw["base"] = os.path.relpath(base, Path(dest).parent.resolve()) if dest is not None else str(base)
+    if budget:  # as trial_config sets it: the units it names, the others off
+        whole = {"steps": None, "device_hours": None, "flops": None, **budget}
+        raw["config"] = deep_merge(raw.get("config") or {}, {"budget": whole})
     variants = raw.get("variants") or {}
     for v, study in studies.items():
         done = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
@@ -133,7 +143,7 @@ def tuned_experiment(exp, studies: dict) -> dict:
     return raw
 
 
-def write_tuned_experiment(root: Path, exp, studies: dict) -> Path:
+def write_tuned_experiment(root: Path, exp, studies: dict, budget: dict | None = None) -> Path:
     import yaml
 
     path = root / "tuned.yaml"
@@ -142,5 +152,5 @@ def write_tuned_experiment(root: Path, exp, studies: dict) -> Path:
         f"# {exp.name} with each variant at its best trial of `python -m grpo_zoo.tune {exp.path}`\n"
         "# (written by the tuner; the budget per run is the experiment's, as every trial's was).\n"
     )
-    atomic_write(path, header + yaml.safe_dump(tuned_experiment(exp, studies), sort_keys=False))
+    atomic_write(path, header + yaml.safe_dump(tuned_experiment(exp, studies, budget, path), sort_keys=False))
     return path
