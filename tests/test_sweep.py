@@ -74,6 +74,10 @@ def test_dry_run_lists_runs_and_submits_nothing(tmp_path):
     out = sweep(str(exp), "--runs-dir", str(tmp_path / "runs"), "--dry-run")
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("new") == 3 and not (tmp_path / "runs" / "twin").exists()
+    assert "twin: 3 runs, 3 to submit (local); nothing was submitted" in out.stdout
+    # a SLURM sweep is listed without a scheduler at hand (no sbatch on this PATH)
+    out = sweep(str(exp), "--runs-dir", str(tmp_path / "runs"), "--executor", "slurm", "--dry-run", env={"PATH": ""})
+    assert out.returncode == 0 and "3 to submit (slurm)" in out.stdout, out.stderr[-2000:]
 
 
 def test_bad_experiment_is_one_line_exit_2(tmp_path):

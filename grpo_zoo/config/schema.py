@@ -398,7 +398,8 @@ def load_config_file(path: str | Path, _seen: tuple = ()) -> dict:
 
 def describe(cls: type, prefix: str = "", obj: Any = None) -> list[str]:
     """One line per field, dotted, with its type, default and docstring (for --help)."""
-    lines: list[str] = []
+    scalars: list[str] = []
+    sections: list[str] = []
     obj = obj if obj is not None else _default_instance(cls)
     docs = field_docs(type(obj) if obj is not None else cls)
     hints = _type_hints(type(obj) if obj is not None else cls)
@@ -406,13 +407,14 @@ def describe(cls: type, prefix: str = "", obj: Any = None) -> list[str]:
         name = f"{prefix}{f.name}"
         value = getattr(obj, f.name, None) if obj is not None else None
         if dataclasses.is_dataclass(value):
-            lines.append(f"{name}:  {docs.get(f.name, '')}".rstrip())
-            lines.extend(describe(type(value), prefix=f"{name}.", obj=value))
+            sections.append(f"{name}:  {docs.get(f.name, '')}".rstrip())
+            sections.extend(describe(type(value), prefix=f"{name}.", obj=value))
             continue
         rng = f.metadata.get("range")
         valid = f", {rng.describe()}" if rng else ""
-        lines.append(f"  {name} ({_type_name(hints[f.name])}{valid}, default {value!r}): {docs.get(f.name, '')}")
-    return lines
+        scalars.append(f"  {name} ({_type_name(hints[f.name])}{valid}, default {value!r}): {docs.get(f.name, '')}")
+    # a level's own fields first, then its sections: no field reads as part of the section above it
+    return scalars + sections
 
 
 def _default_instance(cls: type) -> Any:

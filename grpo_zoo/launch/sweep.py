@@ -324,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     writable_dir(args.runs_dir, "--runs-dir")
     exp = load_experiment(args.experiment, args.runs_dir)
     cluster = load_cluster(args.cluster)
-    if args.executor == "slurm" and shutil.which("sbatch") is None:
+    looking = args.status or args.dry_run  # neither submits: no scheduler needed
+    if args.executor == "slurm" and not looking and shutil.which("sbatch") is None:
         raise ConfigError(
             "--executor slurm: no sbatch on PATH (start slurm/test-cluster/start.sh or use --executor local)"
         )
@@ -336,8 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     check_runs(exp)
     if args.dry_run:
         read_record(root), read_experiment(root)  # the sweep's own state, damaged: one line
+        states = {spec.name: run_state(spec) for spec in exp.runs}
         for spec in exp.runs:
-            print(f"{run_state(spec):<9} {spec.config['run_dir']}  {json.dumps(spec.overrides)}")
+            print(f"{states[spec.name]:<9} {spec.config['run_dir']}  {json.dumps(spec.overrides)}")
+        todo = sum(1 for state in states.values() if state not in ("done", "diverged"))
+        print(f"{exp.name}: {len(exp.runs)} runs, {todo} to submit ({args.executor}); nothing was submitted")
         return 0
     start = time.time()
     result = sweep(exp, args.executor, cluster, args.max_parallel, not args.no_wait, args.threads)
