@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from benchmarks.gpu import transient_peak
 from grpo_zoo import rewards
 from grpo_zoo.config.experiment import load_experiment
 from grpo_zoo.config.run import ModelConfig, RunConfig
@@ -162,20 +163,6 @@ def gpu_check_model(tmp_path_factory):
     return write_model(tmp_path_factory.mktemp("gpu") / "model", "tiny", torch.device("cpu"))
 
 
-def _profiled_peak(fn) -> float:
-    """The largest live total of the allocations torch's profiler records while fn runs."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    live = peak = 0
-    for _, nbytes in events:
-        live += nbytes
-        peak = max(peak, live)
-    return float(peak)
-
-
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_memory_of_the_update_matches_the_profiled_peak(gpu_check_model, tmp_path, checkpointing):
     """The update phase as the memory model counts it on fake tensors, against torch's profiler
@@ -206,7 +193,7 @@ def test_memory_of_the_update_matches_the_profiled_peak(gpu_check_model, tmp_pat
         out = net(x, torch.ones(rows) * 500.0, emb, return_dict=False)[0]
         out.float().square().mean().backward()
 
-    measured = _profiled_peak(update)
+    measured = transient_peak(update)  # the GPU check's own measure (the profiler's live total on a CPU)
     assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
 
 
@@ -236,7 +223,7 @@ def test_memory_of_the_rollout_matches_the_profiled_peak(gpu_check_model, tmp_pa
         g = torch.Generator().manual_seed(0)
         rollout(policy, emb, null, plan, table, cfg.sampling.guidance, g, dtype=torch.bfloat16, micro_batch=micro)
 
-    measured = _profiled_peak(run)
+    measured = transient_peak(run)
     assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
 
 
