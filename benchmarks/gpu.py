@@ -3,7 +3,8 @@
 Builds Wan2.1-T2V-1.3B's architecture with random weights on the device, in bf16 (no download:
 the 1.3B transformer, Wan2.1's VAE architecture, a tiny UMT5 of the same output width), saves it
 as a diffusers directory and measures, at the paper's rows per GPU (one prompt group of G = 8
-with CFG 4.5: 16 rows per rollout forward; micro-batch 1 with CFG: 2 rows per update step):
+with CFG 4.5, 16 rows, sampled in experiments/wan2.1/base.yaml's 4 chunks: 4 rows per rollout
+forward; micro-batch 1 with CFG: 2 rows per update step):
 
 1. microbenchmarks, for each attention backend this machine has (native SDPA, cuDNN, FlashAttention
    3 local and from the Hub; grpo_zoo/models/accel.py), with LoRA r16 and gradient checkpointing
@@ -64,10 +65,11 @@ GB = 1e9
 
 
 def rollout_rows(cfg) -> int:
-    """Rows of one rollout forward on one GPU: its samples, twice under CFG."""
+    """Rows of one rollout forward on one GPU: a chunk's samples (sampling.rollout_chunks), twice under CFG."""
+    from grpo_zoo.cost.phases import chunk_samples
     from grpo_zoo.models.base import cfg_multiplier
 
-    return cfg.data.prompts_per_step * cfg.data.group_size * cfg_multiplier(cfg.sampling.guidance)
+    return chunk_samples(cfg, 1) * cfg_multiplier(cfg.sampling.guidance)
 
 
 def _contrast(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:

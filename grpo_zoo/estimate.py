@@ -153,7 +153,9 @@ def print_memory(rows: list[dict], gpu: str) -> None:
         print(
             f"{r['config']}: {m['peak_gb']:.1f} GB at the {m['peak_phase']} {verdict} in {m['usable_gb']:.0f} GB usable"
         )
-        print(f"  rollout: {m['rollout_micro_batch']} of {m['rollout_trajectories']} trajectories per forward")
+        n, chunks = m["rollout_trajectories"], m["rollout_chunks"]
+        where = f"a chunk's {n // chunks} ({chunks} chunks of the rank's {n})" if chunks > 1 else n
+        print(f"  rollout: {m['rollout_micro_batch']} of {where} trajectories per forward")
         for fix in m["fixes"]:
             print(f"  would fit with {fix}")
         if not m["fits"] and not m["fixes"]:

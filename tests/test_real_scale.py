@@ -197,10 +197,11 @@ def test_memory_of_the_update_matches_the_profiled_peak(gpu_check_model, tmp_pat
     assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)
 
 
-@pytest.mark.parametrize("micro", [1, 2, 4])
-def test_memory_of_the_rollout_matches_the_profiled_peak(gpu_check_model, tmp_path, micro):
+@pytest.mark.parametrize("micro, chunks", [(1, 1), (2, 1), (4, 1), (4, 2), (1, 4)])
+def test_memory_of_the_rollout_matches_the_profiled_peak(gpu_check_model, tmp_path, micro, chunks):
     """The rollout phase at a micro-batch as the memory model counts it, against torch's profiler
-    on the real rollout (bf16 transformer, CFG, every step of a Flash-GRPO plan)."""
+    on the real rollout (bf16 transformer, CFG, every step of a Flash-GRPO plan), sampled in
+    `chunks` chunks as the trainer samples them."""
     from benchmarks.gpu import ALGORITHMS, run_config
     from grpo_zoo.core import algorithm as algorithms
     from grpo_zoo.cost.memory import estimate_memory
@@ -211,6 +212,7 @@ def test_memory_of_the_rollout_matches_the_profiled_peak(gpu_check_model, tmp_pa
     cfg = run_config(gpu_check_model, ALGORITHMS["flash_grpo"], "tiny", 17, 10, 4, tmp_path / "run")
     cfg.model.height = cfg.model.width = 128
     cfg.sampling.rollout_micro_batch = micro
+    cfg.sampling.rollout_chunks = chunks
     predicted = estimate_memory(cfg, 1).phases["rollout forward"]
 
     policy = WanPolicy.load(cfg.model)
@@ -220,8 +222,21 @@ def test_memory_of_the_rollout_matches_the_profiled_peak(gpu_check_model, tmp_pa
     emb, null = policy.encode(["a red circle"]).repeat_interleave(4, 0), policy.encode([""])
 
     def run():
-        g = torch.Generator().manual_seed(0)
-        rollout(policy, emb, null, plan, table, cfg.sampling.guidance, g, dtype=torch.bfloat16, micro_batch=micro)
+        size = 4 // chunks
+        for lo in range(0, 4, size):
+            g = torch.Generator().manual_seed(lo)
+            part = plan.rows(lo, lo + size)
+            rollout(
+                policy,
+                emb[lo : lo + size],
+                null,
+                part,
+                table,
+                cfg.sampling.guidance,
+                g,
+                torch.bfloat16,
+                micro_batch=micro,
+            )
 
     measured = transient_peak(run)
     assert predicted == pytest.approx(measured, rel=0.15), (predicted, measured)

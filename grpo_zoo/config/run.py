@@ -88,6 +88,12 @@ class SamplingConfig:
     """Trajectories per transformer forward in a rollout and an evaluation (CFG doubles the rows); the
     same samples whatever it is. null: the whole batch, except a wan run on a GPU, which takes the
     largest that fits the card by the memory model (grpo_zoo/cost/memory.py)."""
+    rollout_chunks: int = num(1, ge=1, le=65536)
+    """A rank's trajectories roll out in this many consecutive chunks, and a remote reward (hpsv3)
+    scores each chunk while the next one samples, as both references score each sampling batch on
+    a thread pool. It must divide the rank's trajectories (prompts_per_step / world x group_size)
+    and keep every shared prefix in one chunk. Each chunk draws from its own seed, so the number is
+    part of what a run samples (1: one rollout, what every earlier run drew)."""
 
 
 @dataclass

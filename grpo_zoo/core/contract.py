@@ -157,6 +157,29 @@ class Plan:
         src_v, _ = self.sources()
         return (src_v == torch.arange(len(src_v))[:, None]) & ~self.skips()
 
+    def rows(self, lo: int, hi: int) -> Plan:
+        """The plan of rows lo .. hi - 1 alone (a chunk of a rollout), as a plan of its own:
+        rows renumbered from 0. Every row's parent must lie in the range (a shared prefix is
+        never split), and the range must hold whole groups or a divisor of one."""
+        b = self.sde.shape[0]
+        if not 0 <= lo < hi <= b:
+            raise ValueError(f"plan rows {lo}..{hi - 1} are outside its {b} rows")
+        parent = self.parent[lo:hi]
+        if bool((parent < lo).any()):
+            row = lo + int((parent < lo).nonzero()[0])
+            raise ValueError(
+                f"row {row} shares its prefix with row {int(self.parent[row])}, outside rows {lo}..{hi - 1}"
+            )
+        size = hi - lo
+        g = self.group_size if size % self.group_size == 0 else size
+        if self.group_size % g or lo % g:
+            raise ValueError(f"rows {lo}..{hi - 1} split the plan's groups of {self.group_size} unevenly")
+        cut = {f.name: getattr(self, f.name) for f in fields(self)}
+        cut = {k: v[lo:hi] if torch.is_tensor(v) else v for k, v in cut.items()}
+        cut["parent"] = parent - lo
+        cut["group_size"] = g
+        return type(self)(**cut)
+
     def check(self, table: StepTable) -> None:
         """Invariants every plan satisfies, whatever the algorithm."""
         b, t = self.sde.shape
@@ -258,6 +281,28 @@ class RolloutResult:
     """Transformer forward passes run (a CFG forward counts twice)."""
     logp: torch.Tensor | None = None
     """[B, T] log-prob of each row's transition at each SDE step (0 at ODE steps)."""
+    scoring: object | None = None
+    """The rewards of these videos as they are being computed (grpo_zoo.rewards.Scoring: a remote
+    reward scores a chunk of the rollout while the next one samples); None: score after it."""
+
+    @staticmethod
+    def cat(parts: list[RolloutResult], rows: list[int]) -> RolloutResult:
+        """One result of consecutive chunks of a rollout, chunk i holding `rows[i]` rows."""
+        if len(parts) == 1:
+            return parts[0]
+        offsets = torch.tensor([0, *rows]).cumsum(0)[:-1].tolist()
+        trs = [p.transitions for p in parts]
+        merged = {}
+        for f in fields(Transitions):
+            values = [getattr(t, f.name) for t in trs]
+            if f.name == "traj":
+                values = [v + off for v, off in zip(values, offsets)]
+            merged[f.name] = None if values[0] is None else torch.cat(values)
+        logp = None if parts[0].logp is None else torch.cat([p.logp for p in parts])
+        return RolloutResult(
+            latents=torch.cat([p.latents for p in parts]), transitions=Transitions(**merged),
+            nfe=sum(p.nfe for p in parts), logp=logp,
+        )  # fmt: skip
 
 
 @dataclass

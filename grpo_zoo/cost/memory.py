@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from grpo_zoo.cost.components import configs, count, dtype_bytes
-from grpo_zoo.cost.phases import UPDATE, local_samples, phase_bytes, rollout_bytes
+from grpo_zoo.cost.phases import UPDATE, chunk_samples, local_samples, phase_bytes, rollout_bytes
 
 GB = 1e9
 STAGE3_MAX_LIVE = 1e9
@@ -114,8 +114,8 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
 def auto_micro_batch(cfg, world: int, limit: float, held: dict[str, float] | None = None) -> int:
     """The largest number of trajectories per rollout forward whose rollout phase fits `limit`
     bytes beside what is held (at least 1). The forward's activations grow linearly with its
-    rows: priced at 1 and 2, extrapolated, then checked at the answer."""
-    local = local_samples(cfg, world)
+    rows: priced at 1 and 2, extrapolated, then checked at the answer. At most a chunk's rows."""
+    local = chunk_samples(cfg, world)
     room = limit - sum((held if held is not None else held_bytes(cfg, world)).values())
     if local == 1 or rollout_bytes(cfg, world, local) <= room:
         return local
@@ -130,9 +130,9 @@ def micro_batch(cfg, world: int, limit: float | None, held: dict[str, float] | N
     """sampling.rollout_micro_batch, else the auto choice for a card of `limit` usable bytes
     (None: no card, the whole batch)."""
     if cfg.sampling.rollout_micro_batch is not None:
-        return min(cfg.sampling.rollout_micro_batch, local_samples(cfg, world))
+        return min(cfg.sampling.rollout_micro_batch, chunk_samples(cfg, world))
     if limit is None:
-        return local_samples(cfg, world)
+        return chunk_samples(cfg, world)
     return auto_micro_batch(cfg, world, limit, held)
 
 
@@ -202,6 +202,7 @@ def report(cfg, world: int, gpu: str) -> dict:
         "peak_phase": mem.peak_phase,
         "rollout_micro_batch": mem.micro_batch,
         "rollout_trajectories": local_samples(cfg, world),
+        "rollout_chunks": cfg.sampling.rollout_chunks,
         "usable_gb": limit,
         "fits": fits,
         "fixes": [] if fits else fixes(cfg, world, gpu, mem),

@@ -98,6 +98,11 @@ def local_samples(cfg, world: int) -> int:
     return cfg.data.prompts_per_step // world * cfg.data.group_size
 
 
+def chunk_samples(cfg, world: int) -> int:
+    """Trajectories a rank samples at once: a chunk of its rollout (sampling.rollout_chunks)."""
+    return max(1, local_samples(cfg, world) // cfg.sampling.rollout_chunks)
+
+
 _CACHE: dict[tuple, float] = {}
 
 
@@ -147,13 +152,13 @@ def rollout_bytes(cfg, world: int, micro: int) -> float:
     from grpo_zoo.cost.flops import model_shapes
 
     _, latent, _ = model_shapes(cfg.model)
-    local = local_samples(cfg, world)
+    local = chunk_samples(cfg, world)  # one chunk's trajectories are on the GPU at a time
     rows = min(micro, local) * cfg_multiplier(cfg.sampling.guidance)
     key = ("rollout", repr(cfg.model), cfg.engine.precision, rows)
     forward = _cached(key, lambda: _transformer_run(cfg, rows, train=False))
     # float32 latents of every trajectory live beside the forward: x, v, the step's noise, x_next,
     # the SDE mean's temporaries, the initial noise and the recorded transitions (measured on the
-    # tiny Wan: about 7; tests/test_real_scale.py). 67 MB each at 14B's 8 trajectories a rank.
+    # tiny Wan: about 7; tests/test_real_scale.py). 17 MB each at 14B's 2 trajectories a chunk.
     state = 4 * local * torch.Size(latent).numel()
     return forward + STATE_TENSORS * state
 

@@ -82,17 +82,45 @@ def _hpsv3(**options) -> RewardFn:
     return HPSv3Reward(**options)
 
 
+class Scoring:
+    """The rewards of a rollout's videos, chunk by chunk as the rollout makes them.
+
+    `add(latents, prompts)` takes the next rows. A reward with `submit` (a remote service)
+    gets each `piece` rows decoded and sent at once (its submit returns at once: encoding and
+    sending run on the reward's own threads), so it scores them while the trainer decodes the
+    next piece and samples the next chunk, as both references score each sampling batch on a
+    thread pool (Flash-GRPO scripts/train_wanx2_1_flash.py:615 and :752). Any other reward is
+    called once, by `result()`, on all the videos."""
+
+    def __init__(self, reward_fn: RewardFn, decode, piece: int):
+        self.reward_fn, self.decode, self.piece = reward_fn, decode, piece
+        self.remote = hasattr(reward_fn, "submit")
+        self.futures: list = []
+        self.latents: list[torch.Tensor] = []
+        self.prompts: list[str] = []
+
+    def add(self, latents: torch.Tensor, prompts: list[str]) -> None:
+        if not self.remote:
+            self.latents.append(latents)
+            self.prompts.extend(prompts)
+            return
+        for s in range(0, len(latents), self.piece):
+            videos = self.decode(latents[s : s + self.piece])
+            self.futures.append(self.reward_fn.submit(videos, prompts[s : s + self.piece]))
+
+    def result(self) -> dict[str, torch.Tensor]:
+        """Every entry for every video added, in order (waits for a remote reward's answers)."""
+        if not self.remote:
+            return self.reward_fn(self.decode(torch.cat(self.latents)), self.prompts)
+        parts = [f.result() for f in self.futures]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 def score(reward_fn: RewardFn, decode, latents: torch.Tensor, prompts: list[str], chunk: int) -> dict:
-    """Decode latents and score them. A reward with `submit` (a remote service) scores each
-    chunk while the next one decodes (its submit returns at once: encoding and sending run on
-    the reward's own threads); any other is called once on all the videos."""
-    if not hasattr(reward_fn, "submit"):
-        return reward_fn(decode(latents), prompts)
-    futures = [
-        reward_fn.submit(decode(latents[s : s + chunk]), prompts[s : s + chunk]) for s in range(0, len(latents), chunk)
-    ]
-    parts = [f.result() for f in futures]
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    """Decode latents and score them (a remote reward `chunk` videos at a time, see Scoring)."""
+    scoring = Scoring(reward_fn, decode, chunk)
+    scoring.add(latents, prompts)
+    return scoring.result()
 
 
 def eval_metrics(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:

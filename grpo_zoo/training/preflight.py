@@ -59,6 +59,7 @@ def preflight(cfg: RunConfig) -> Preflight:
             f"data.prompts_per_step: {cfg.data.prompts_per_step} prompt groups do not split over {world} ranks; "
             f"use a multiple of {world}"
         )
+    check_chunks(cfg, table, world)
     if cfg.data.eval_samples % world:
         raise ConfigError(f"data.eval_samples: {cfg.data.eval_samples} does not split over {world} ranks")
     check_model(cfg.model)  # its files, and the LoRA targets on the meta device
@@ -68,6 +69,34 @@ def preflight(cfg: RunConfig) -> Preflight:
     if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
         reward.check()
     return Preflight(alg, table, eval_table, reward, train_prompts, eval_prompts)
+
+
+def check_chunks(cfg: RunConfig, table: StepTable, world: int) -> None:
+    """sampling.rollout_chunks splits every rank's rows evenly and never a shared prefix (the
+    algorithm's plan of iteration 0, made by an instance of its own: plans are cheap)."""
+    from grpo_zoo.core.contract import PlanContext
+    from grpo_zoo.training.seeding import generator
+
+    chunks, g = cfg.sampling.rollout_chunks, cfg.data.group_size
+    rows = cfg.data.prompts_per_step // world * g
+    if chunks == 1:
+        return
+    if rows % chunks:
+        raise ConfigError(
+            f"sampling.rollout_chunks: {chunks} chunks do not split a rank's {rows} trajectories "
+            f"(prompts_per_step / world x group_size) evenly"
+        )
+    gen = generator(cfg.seed, 0, "chunk check")
+    ctx = PlanContext.of(rows // g, g, table, gen, world=world, ode_stride=cfg.sampling.ode_stride)
+    plan = algorithms.build(cfg.algorithm).plan(ctx)
+    size = rows // chunks
+    for lo in range(0, rows, size):
+        try:
+            plan.rows(lo, lo + size)
+        except ValueError as err:
+            raise ConfigError(
+                f"sampling.rollout_chunks: {chunks} chunks of {size} trajectories split {cfg.algorithm.name}'s plan: {err}"
+            ) from None
 
 
 def check(cfg: RunConfig) -> None:

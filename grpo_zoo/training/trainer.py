@@ -125,20 +125,38 @@ class Trainer(RunLoop):
         return Planned(prompts, emb, ctx, plan)
 
     def rollout_step(self, p: Planned) -> RolloutResult:
-        cfg = self.cfg
+        """The plan sampled in `sampling.rollout_chunks` consecutive chunks; each chunk's videos go
+        to the reward as soon as it is sampled (a remote one scores them during the next chunk)."""
+        cfg, g = self.cfg, self.cfg.data.group_size
+        chunks = cfg.sampling.rollout_chunks
+        plan, rows = p.plan, len(p.plan.parent)
+        size = rows // chunks
+        texts = [q for q in p.prompts for _ in range(g)]
+        scoring = rewards.Scoring(self.reward_fn, self.policy.decode, min(g, size))
+        parts = []
         self.policy.eval()
         with self.objective.sampling_weights():  # the policy's own weights, or the objective's old policy
-            return rollout(
-                self.policy, p.emb, self.null_emb, p.plan, self.table, cfg.sampling.guidance,
-                generator(cfg.seed, self.step, self.rank, "rollout"), dtype=self.dtype, device=self.device,
-                keep_velocity=self.objective.needs_sampling_velocity, solver=cfg.sampling.ode_solver,
-                micro_batch=self.micro_batch,
-            )  # fmt: skip
+            for c, lo in enumerate(range(0, rows, size)):
+                seed = (cfg.seed, self.step, self.rank, "rollout") + ((c,) if chunks > 1 else ())
+                part = rollout(
+                    self.policy, p.emb[lo : lo + size], self.null_emb, plan if chunks == 1 else plan.rows(lo, lo + size), self.table,
+                    cfg.sampling.guidance, generator(*seed), dtype=self.dtype, device=self.device,
+                    keep_velocity=self.objective.needs_sampling_velocity, solver=cfg.sampling.ode_solver,
+                    micro_batch=self.micro_batch,
+                )  # fmt: skip
+                scoring.add(part.latents, texts[lo : lo + size])
+                parts.append(part)
+        ro = RolloutResult.cat(parts, [size] * chunks)
+        ro.scoring = scoring
+        return ro
 
     def score_step(self, p: Planned, ro: RolloutResult) -> AdvantageContext:
         cfg, g, name = self.cfg, self.cfg.data.group_size, self.cfg.reward.name
         texts = [q for q in p.prompts for _ in range(g)]
-        scores = rewards.score(self.reward_fn, self.policy.decode, ro.latents, texts, g)
+        if ro.scoring is not None:
+            scores = ro.scoring.result()
+        else:
+            scores = rewards.score(self.reward_fn, self.policy.decode, ro.latents, texts, g)
         checked = [name, *self.algorithm.reward_entries()]  # rewards the advantages read must be finite
         for entry in checked:
             if entry in scores and not torch.isfinite(scores[entry].float()).all():
