@@ -91,3 +91,28 @@ def test_lora_checkpoint_holds_only_trainable_weights_and_resumes_exactly(tmp_pa
     assert train(cfg) == ref
     resumes = json.loads((tmp_path / "run" / "meta.json").read_text())["resumes"]
     assert len(resumes) == 1, resumes  # it resumed from the step-1 checkpoint, not from the start
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+@pytest.mark.parametrize("train", [True, False])
+def test_a_deep_transformer_is_priced_from_two_and_three_blocks_exactly(tmp_path, train, checkpointing):
+    """The memory model extends 2- and 3-block peaks to the model's depth: the same bytes as
+    tracing all of its blocks (fake tensors: no compute), with and without a graph."""
+    import json as _json
+
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import build
+    from grpo_zoo.cost import phases
+    from grpo_zoo.models.tiny_wan import write_tiny_wan
+
+    path = write_tiny_wan(tmp_path / "tiny-wan")
+    conf = path / "transformer" / "config.json"
+    data = _json.loads(conf.read_text())
+    data["num_layers"] = 7
+    conf.write_text(_json.dumps(data))
+    model = {"backend": "wan", "path": str(path), "height": 32, "width": 32, "frames": 9, "max_tokens": 8}
+    model |= {"lora_rank": 4, "gradient_checkpointing": checkpointing}
+    cfg = build(RunConfig, {"model": model, "engine": {"precision": "bf16"}})
+    extended = phases._transformer_run(cfg, 2, train)
+    traced = phases._transformer_peak(cfg, 2, train, 7)
+    assert extended == traced > 0

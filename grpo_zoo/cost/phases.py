@@ -117,25 +117,44 @@ def _dtype(cfg) -> torch.dtype:
 
 
 def _transformer_run(cfg, rows: int, train: bool) -> float:
-    """Peak of one transformer forward of `rows` rows (with its backward when `train`)."""
+    """Peak of one transformer forward of `rows` rows (with its backward when `train`).
+
+    Every block past the first adds the same bytes (its saved input under checkpointing, its
+    activations without; nothing with no graph), so a deep model is priced at 2 and 3 blocks
+    and extended to its depth: equal to tracing every block (tests/test_memory_model.py), at
+    a tenth of the time for 30 to 40 blocks."""
+    tconf, _, _ = configs(cfg.model)
+    depth = tconf.get("num_layers", 1)
+    if depth <= 3:
+        return _transformer_peak(cfg, rows, train, depth)
+    two, three = _transformer_peak(cfg, rows, train, 2), _transformer_peak(cfg, rows, train, 3)
+    return two + (depth - 2) * (three - two)
+
+
+def _transformer_peak(cfg, rows: int, train: bool, depth: int) -> float:
+    """tracked_peak of the transformer at `depth` blocks (cached by what it depends on)."""
     from diffusers import WanTransformer3DModel
 
     from grpo_zoo.cost.flops import model_shapes
     from grpo_zoo.models.lora import apply_lora
 
     tconf, _, _ = configs(cfg.model)
+    tconf = {**tconf, "num_layers": depth}
     _, latent, text_dim = model_shapes(cfg.model)
     dtype = _dtype(cfg)
+    m = cfg.model
+    lora = (m.lora_rank, m.lora_alpha, tuple(m.lora_targets), m.gradient_checkpointing, m.max_tokens)
+    key = ("transformer", repr(sorted(tconf.items())), tuple(latent), text_dim, lora, str(dtype), rows, train)
 
     def transformer():
         net = WanTransformer3DModel.from_config(tconf)
-        if cfg.model.gradient_checkpointing:
+        if m.gradient_checkpointing:
             net.enable_gradient_checkpointing()
-        return (apply_lora(net, cfg.model).to(dtype),)
+        return (apply_lora(net, m).to(dtype),)
 
     def run(net):
         x = torch.zeros(rows, *latent, dtype=dtype)
-        args = x, torch.ones(rows) * 500.0, torch.zeros(rows, cfg.model.max_tokens, text_dim, dtype=dtype)
+        args = x, torch.ones(rows) * 500.0, torch.zeros(rows, m.max_tokens, text_dim, dtype=dtype)
         if train:
             net.train()
             net(*args, return_dict=False)[0].float().square().mean().backward()
@@ -144,7 +163,7 @@ def _transformer_run(cfg, rows: int, train: bool) -> float:
             with torch.no_grad():
                 net(*args, return_dict=False)
 
-    return tracked_peak(transformer, run)
+    return _cached(key, lambda: tracked_peak(transformer, run))
 
 
 def rollout_bytes(cfg, world: int, micro: int) -> float:
@@ -154,8 +173,7 @@ def rollout_bytes(cfg, world: int, micro: int) -> float:
     _, latent, _ = model_shapes(cfg.model)
     local = chunk_samples(cfg, world)  # one chunk's trajectories are on the GPU at a time
     rows = min(micro, local) * cfg_multiplier(cfg.sampling.guidance)
-    key = ("rollout", repr(cfg.model), cfg.engine.precision, rows)
-    forward = _cached(key, lambda: _transformer_run(cfg, rows, train=False))
+    forward = _transformer_run(cfg, rows, train=False)
     # float32 latents of every trajectory live beside the forward: x, v, the step's noise, x_next,
     # the SDE mean's temporaries, the initial noise and the recorded transitions (measured on the
     # tiny Wan: about 7; tests/test_real_scale.py). 17 MB each at 14B's 2 trajectories a chunk.
@@ -165,8 +183,7 @@ def rollout_bytes(cfg, world: int, micro: int) -> float:
 
 def update_bytes(cfg) -> float:
     rows = update_rows(cfg)
-    key = ("update", repr(cfg.model), cfg.engine.precision, rows)
-    return _cached(key, lambda: _transformer_run(cfg, rows, train=True))
+    return _transformer_run(cfg, rows, train=True)
 
 
 def decode_bytes(cfg) -> float:
@@ -185,7 +202,7 @@ def decode_bytes(cfg) -> float:
             z = torch.zeros(g, *latent, dtype=dtype)
             torch.cat([vae.decode(z[i : i + b], return_dict=False)[0].float() for i in range(0, g, b)])
 
-    key = ("decode", repr(m), g)
+    key = ("decode", repr(sorted(vconf.items())), tuple(latent), str(dtype), b, g)  # the 1.3B and 14B share a VAE
 
     def build():  # torch.nn.Module.to: a cast diffusers would warn about (the VAE keeps no module in fp32)
         return (torch.nn.Module.to(AutoencoderKLWan.from_config(vconf), dtype),)
@@ -210,7 +227,7 @@ def encode_bytes(cfg) -> float:
             enc = text_encoder(econf)
         return float(sum(p.numel() * p.element_size() for p in enc.parameters()))
 
-    key = ("encode", repr(cfg.model))
+    key = ("encode", repr(sorted(econf.items())), tokens)
     return _cached(key, lambda: weights() + tracked_peak(lambda: (text_encoder(econf),), encode))
 
 
