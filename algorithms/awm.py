@@ -49,7 +49,7 @@ import torch
 
 from grpo_zoo.config.schema import num
 from grpo_zoo.core import objective
-from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.core.contract import Batch, ReNoised, Terms
 from grpo_zoo.core.forward_process import ForwardProcess
 from grpo_zoo.core.loss import ppo_clip
@@ -98,6 +98,24 @@ class AWM(Algorithm):
     Config = AWMConfig
     paper = 'Xue et al., 2025, "Advantage Weighted Matching" (arXiv 2509.25050)'
     reference = "scxue/advantage_weighted_matching: scripts/train_sd3_awm.py"
+    repository = "scxue/advantage_weighted_matching@be51372"
+    settings = {
+        "algorithm.timesteps": Setting(6, "advantage_weighted_matching/config/dgx_awm.py:56"),
+        "algorithm.timestep_fraction": Setting(0.9, "advantage_weighted_matching/config/dgx_awm.py:60"),
+        "optim.beta": Setting(
+            0.001,
+            "advantage_weighted_matching/config/dgx_awm.py:55 (GenEval, since be51372; OCR 0.003, PickScore 1e-4)",
+        ),
+        "optim.minibatches": Setting(1, "advantage_weighted_matching/config/dgx_awm.py:52"),
+        "optim.global_std": Setting(True, "advantage_weighted_matching/config/dgx_awm.py:72"),
+        "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py:28 (np.std + 1e-4)"),
+        "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py:28"),
+        "optim.ema_decay": Setting(
+            0.99,
+            "advantage_weighted_matching/config/dgx_awm.py:91 (stepped once an epoch; evaluated: scripts/train_sd3_awm.py:385)",
+        ),
+        "optim.ema_every": Setting(1, "advantage_weighted_matching/config/dgx_awm.py:92"),
+    }
     objective = "awm"
 
     def trainable_steps(self, table) -> range:

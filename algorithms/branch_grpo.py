@@ -49,8 +49,8 @@ from typing import Literal
 import torch
 
 from grpo_zoo.config.schema import num
-from grpo_zoo.core.advantages import normalize_within
-from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.advantages import ctx_norm, normalize_within
+from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -94,11 +94,33 @@ class BranchGRPOConfig(AlgorithmConfig):
             raise ConfigError(f"split_points: expected increasing distinct steps >= 0, got {pts}")
 
 
+BRANCH_MINIBATCHES = 17
+"""optim.minibatches at the toy tree (P = 4, G = 8, T = 10: 200 trained transitions a rank): 200 / 12."""
+
+
 @register("branch_grpo")
 class BranchGRPO(Algorithm):
     Config = BranchGRPOConfig
     paper = 'Li et al., 2025, "BranchGRPO" (arXiv 2509.06040)'
     reference = "Fredreic1849/BranchGRPO: fastvideo/train_branchgrpo_flux.py"
+    repository = "Fredreic1849/BranchGRPO@19fbb9f"
+    settings = {
+        "sampling.noise": Setting("constant", "fastvideo/train_branchgrpo_flux.py:252 (std = eta sqrt(dt))"),
+        "sampling.noise_level": Setting(0.3, "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh:83 (--eta 0.3)"),
+        "optim.clip_range": Setting(1e-3, "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh:94"),
+        "optim.beta": Setting(0.0, "fastvideo/train_branchgrpo_flux.py (no KL term)"),
+        "optim.minibatches": Setting(
+            "an optimizer step every 12 trained transitions (about 37 a rollout)",
+            "fastvideo/train_branchgrpo_flux.py:1592; scripts/finetune/finetune_flux_branchgrpo_8gpus.sh:71",
+            toolkit=BRANCH_MINIBATCHES,
+            why="the same rule at the toy's tree: its trained transitions a rank / 12, rounded",
+        ),
+        "optim.global_std": Setting(False, "fastvideo/train_branchgrpo_flux.py:655 (per tree and depth)"),
+        "optim.adv_std": Setting(
+            "unbiased", "fastvideo/train_branchgrpo_flux.py:670 (torch .std() + 1e-8: a 2-node depth gets +-0.71)"
+        ),
+        "optim.adv_eps": Setting(1e-8, "fastvideo/train_branchgrpo_flux.py:670"),
+    }
 
     def trainable_steps(self, table) -> range:
         return range(table.last_noisy_step + 1)
@@ -177,7 +199,7 @@ class BranchGRPO(Algorithm):
             total = torch.zeros_like(ones).scatter_add_(0, owner, local[:, None].expand_as(owner))
             value = total / torch.zeros_like(ones).scatter_add_(0, owner, ones).clamp_min(1)
         depth_group = traj // ctx.group_size * t + step
-        return normalize_within(value[traj, step], depth_group, ctx.global_std, ctx.adv_clip)
+        return normalize_within(value[traj, step], depth_group, *ctx_norm(ctx))
 
     def keep(
         self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor, adv: torch.Tensor

@@ -54,7 +54,7 @@ import torch
 
 from grpo_zoo.config.schema import num
 from grpo_zoo.core.advantages import rank_group_advantages
-from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -82,6 +82,24 @@ class DanceGRPO(Algorithm):
     Config = DanceGRPOConfig
     paper = 'Xue et al., 2025, "DanceGRPO" (arXiv 2505.07818)'
     reference = "XueZeyue/DanceGRPO: fastvideo/train_grpo_flux.py"
+    repository = "XueZeyue/DanceGRPO@15cc71d"
+    settings = {
+        "sampling.noise": Setting("constant", "fastvideo/train_grpo_hunyuan.py:74 (std = eta sqrt(dt))"),
+        "sampling.noise_level": Setting(0.3, "scripts/finetune/finetune_wan_2_1_grpo.sh:41 (--eta 0.3; Hunyuan 0.25)"),
+        "algorithm.timestep_fraction": Setting(0.6, "fastvideo/train_grpo_hunyuan.py:413,431"),
+        "optim.clip_range": Setting(
+            1e-4, "fastvideo/train_grpo_hunyuan.py:434 (hard-coded); finetune_wan_2_1_grpo.sh:53"
+        ),
+        "optim.beta": Setting(0.0, "fastvideo/train_grpo_hunyuan.py (no KL term)"),
+        "optim.adv_clip": Setting(5.0, "fastvideo/train_grpo_hunyuan.py:435"),
+        "optim.minibatches": Setting(
+            1,
+            "scripts/finetune/finetune_wan_2_1_grpo.sh:24,29 (gradient accumulation over every sample: one step a rollout)",
+        ),
+        "optim.global_std": Setting(False, "fastvideo/train_grpo_hunyuan.py:379 (per group)"),
+        "optim.adv_std": Setting("unbiased", "fastvideo/train_grpo_hunyuan.py:379 (group_rewards.std() + 1e-8)"),
+        "optim.adv_eps": Setting(1e-8, "fastvideo/train_grpo_hunyuan.py:379"),
+    }
 
     def trainable_steps(self, table) -> range:
         """Steps before the last that have noise (cps has none at the last step anyway)."""

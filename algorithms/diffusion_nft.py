@@ -52,7 +52,7 @@ import torch
 
 from grpo_zoo.config.schema import num
 from grpo_zoo.core import objective
-from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.core.contract import Batch, ReNoised, Terms
 from grpo_zoo.core.forward_process import ForwardProcess, renoise_steps
 from grpo_zoo.errors import ConfigError
@@ -93,6 +93,17 @@ class DiffusionNFT(Algorithm):
     Config = DiffusionNFTConfig
     paper = 'Zheng et al., 2025, "DiffusionNFT" (arXiv 2509.16117)'
     reference = "NVlabs/DiffusionNFT: scripts/train_nft_sd3.py"
+    repository = "NVlabs/DiffusionNFT@24af555"
+    settings = {
+        "sampling.ode_solver": Setting("dpm2", "config/nft.py:64 (solver = 'dpm2')"),
+        "optim.beta": Setting(1e-4, "config/nft.py:24"),
+        "optim.minibatches": Setting(1, "config/nft.py:89 (gradient_step_per_epoch = 1)"),
+        "optim.global_std": Setting(True, "config/base.py:57"),
+        "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py:28 (np.std + 1e-4)"),
+        "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py:28"),
+        "optim.ema_decay": Setting(0.9, "scripts/train_nft_sd3.py:567 (evaluated: :221)"),
+        "optim.ema_every": Setting(1, "scripts/train_nft_sd3.py:567 (update_step_interval=1)"),
+    }
     objective = "nft"
 
     def trainable_steps(self, table) -> range:

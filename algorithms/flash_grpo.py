@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from grpo_zoo.config.schema import num
-from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -28,7 +28,8 @@ class FlashGRPOConfig(AlgorithmConfig):
     rectify: bool = True
     """Weight each transition by c(k) = 1/lambda(t_k), normalised by the batch mean."""
     k_range: list[int] | None = num(None, ge=0)
-    """[lo, hi]: k is drawn uniformly from steps lo..hi (inclusive); null means every step with noise."""
+    """[lo, hi]: k is drawn uniformly from steps lo..hi (inclusive); null: the first half of the
+    steps, the reference's rule (0..T/2 - 1)."""
 
     def validate(self) -> None:
         r = self.k_range
@@ -41,10 +42,30 @@ class FlashGRPO(Algorithm):
     Config = FlashGRPOConfig
     paper = '"Flash-GRPO" (ICML 2026)'
     reference = "Shredded-Pork/Flash-GRPO: scripts/train_wanx2_1_flash.py"
+    repository = "Shredded-Pork/Flash-GRPO@4211013"
+    settings = {
+        "sampling.noise": Setting("wan_linear", "flow_grpo/diffusers_patch/wan2_1_pipeline_with_logprob2.py:51"),
+        "sampling.noise_level": Setting(1.0, "the same line (the formula has no scale)"),
+        "algorithm.k_range": Setting(
+            None,
+            "scripts/train_wanx2_1_flash.py:697 (weights = [1] * 10 of 20 steps): null is that rule, k in the first half of the steps",
+        ),
+        "optim.clip_range": Setting(1e-3, "config/dgx.py:55"),
+        "optim.beta": Setting(0.0, "config/dgx.py:53"),
+        "optim.minibatches": Setting(
+            2, "scripts/train_wanx2_1_flash.py:940,1032 (an optimizer step per half of the samples)"
+        ),
+        "optim.global_std": Setting(True, "config/dgx.py:63"),
+        "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py:28 (np.std + 1e-4)"),
+        "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py:28"),
+        "optim.ema_decay": Setting(0.9, "scripts/train_wanx2_1_flash.py:488 (evaluated: :251)"),
+        "optim.ema_every": Setting(8, "scripts/train_wanx2_1_flash.py:488 (update_step_interval=8)"),
+    }
 
     def trainable_steps(self, table) -> range:
         num_steps = table.num_steps
-        lo, hi = self.cfg.k_range or (0, table.last_noisy_step)
+        # null: the reference's rule, the first half of the steps (10 of 20: train_wanx2_1_flash.py:697)
+        lo, hi = self.cfg.k_range or (0, max(0, min(num_steps // 2 - 1, table.last_noisy_step)))
         if hi >= num_steps:
             raise ConfigError(f"k_range: step {hi} lies outside the {num_steps}-step schedule (0..{num_steps - 1})")
         return range(lo, hi + 1)

@@ -62,8 +62,8 @@ from typing import Literal
 import torch
 
 from grpo_zoo.config.schema import num
-from grpo_zoo.core.advantages import normalize_within
-from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.advantages import ctx_norm, normalize_within
+from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -94,6 +94,22 @@ class G2RPO(Algorithm):
     Config = G2RPOConfig
     paper = 'Zhou et al., 2025, "G2RPO" (arXiv 2510.01982)'
     reference = "bcmi/Granular-GRPO: fastvideo/train_g2rpo_hps.py"
+    repository = "bcmi/Granular-GRPO@04ee954"
+    settings = {
+        "sampling.noise": Setting("flow_sde", "fastvideo/train_g2rpo_hps.py (flow_grpo_step)"),
+        "sampling.noise_level": Setting(0.7, "scripts/finetune/finetune_g2rpo_hps.sh:30 (--eta 0.7)"),
+        "optim.clip_range": Setting(1e-4, "scripts/finetune/finetune_g2rpo_hps.sh:38"),
+        "optim.beta": Setting(0.0, "fastvideo/train_g2rpo_hps.py (no KL term)"),
+        "optim.minibatches": Setting(
+            "8 a rollout: one optimizer step per branch step, all on one rollout",
+            "fastvideo/train_g2rpo_hps.py (train_one_step: for t_idx in range(train_timesteps), optimizer.step() each)",
+            toolkit=1,
+            why="the toolkit trains one branch step per iteration (steps[iteration % n]): one optimizer step for it, as the reference gives each",
+        ),
+        "optim.global_std": Setting(False, "fastvideo/train_g2rpo_hps.py (per group of a granularity)"),
+        "optim.adv_std": Setting("unbiased", "fastvideo/train_g2rpo_hps.py (std(dim=0) + 1e-8)"),
+        "optim.adv_eps": Setting(1e-8, "fastvideo/train_g2rpo_hps.py"),
+    }
 
     def steps(self, table) -> list[int]:
         """The branch steps under `table` (ConfigError if one has no noise)."""
@@ -158,5 +174,5 @@ class G2RPO(Algorithm):
         p, g, k = ctx.num_prompts, ctx.group_size, len(self.cfg.granularities)
         local = ctx.scores.reshape(p * g // k, k)  # [draws, K]
         prompt = torch.arange(p * g // k) // (g // k)
-        adv = sum(normalize_within(local[:, c], prompt, ctx.global_std, float("inf")).double() for c in range(k))
+        adv = sum(normalize_within(local[:, c], prompt, *ctx_norm(ctx, clip=float("inf"))).double() for c in range(k))
         return adv.clamp(-ctx.adv_clip, ctx.adv_clip).float()[traj // k]

@@ -21,12 +21,12 @@ Sources. Paper: Wang et al., "GRPO-Guard: Mitigating Implicit Over-Optimization 
 Matching via Regulated Clipping", arXiv 2510.22319 (RatioNorm, 1/dt gradient reweighting).
 The brief's reference repository hxm2023/GRPO-Guard is an unrelated project of the same
 name (trajectory contracts for LLM GRPO training); the ratio follows X-GenGroup/Flow-Factory
-src/flow_factory/trainers/rl/grpo.py (GRPOGuardTrainer._guard_ratio). That repository's
-older src/flow_factory/trainers/grpo.py computes the normalised ratio and then overwrites it
-with the plain one; the paper's form is followed here. Flow-Factory applies no separate
-per-step reweighting; the 1/dt weight is the paper's (also verl-omni's GRPO-Guard loss).
-No public release of the authors states a clip range for the normalised ratio; it is
-`optim.clip_range` as for Flow-GRPO.
+src/flow_factory/trainers/grpo.py:502-504 at a0b2bc5 (GRPOGuardTrainer; before its cc83694 the
+normalised ratio was computed and then overwritten with the plain one). Flow-Factory applies no
+separate per-step reweighting; the 1/dt weight is the paper's (also verl-omni's GRPO-Guard loss).
+The clip range is Flow-Factory's default for GRPO and GRPO-Guard, (-1e-4, 1e-4)
+(src/flow_factory/hparams/training_args.py:423), as `settings` below says: under RatioNorm the
+log-ratio is scaled by s (about 0.05-0.3 here), so a bench-wide 0.2 would never bind.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch
 from grpo_zoo.algorithms.flow_grpo import FlowGRPO, FlowGRPOConfig
 
 from grpo_zoo.core import objective
-from grpo_zoo.core.algorithm import Plan, PlanContext, register
+from grpo_zoo.core.algorithm import Plan, PlanContext, Setting, register
 from grpo_zoo.core.objective import PPOClip
 from grpo_zoo.errors import ConfigError
 
@@ -56,7 +56,25 @@ class GRPOGuardConfig(FlowGRPOConfig):
 class GRPOGuard(FlowGRPO):
     Config = GRPOGuardConfig
     paper = 'Wang et al., 2025, "GRPO-Guard" (arXiv 2510.22319)'
-    reference = "X-GenGroup/Flow-Factory: src/flow_factory/trainers/rl/grpo.py"
+    reference = "X-GenGroup/Flow-Factory: src/flow_factory/trainers/grpo.py"
+    repository = "X-GenGroup/Flow-Factory@a0b2bc5"
+    settings = {
+        "sampling.noise": Setting("flow_sde", "src/flow_factory/hparams/scheduler_args.py:27"),
+        "sampling.noise_level": Setting(0.7, "src/flow_factory/hparams/scheduler_args.py:32"),
+        "optim.clip_range": Setting(
+            1e-4, "src/flow_factory/hparams/training_args.py:423 (read at src/flow_factory/trainers/grpo.py:506)"
+        ),
+        "optim.beta": Setting(0.0, "src/flow_factory/hparams/training_args.py:435"),
+        "optim.minibatches": Setting(2, "src/flow_factory/hparams/training_args.py:142 (gradient_step_per_epoch)"),
+        "optim.global_std": Setting(True, "src/flow_factory/hparams/training_args.py:414"),
+        "optim.adv_std": Setting("population", "src/flow_factory/advantage/advantage_processor.py:259 (np.std)"),
+        "optim.adv_eps": Setting(
+            "max(std, 1e-6)",
+            "src/flow_factory/advantage/advantage_processor.py:259",
+            toolkit=1e-6,
+            why="the toolkit adds its eps to the std: the same wherever the std is above 1e-6",
+        ),
+    }
     objective = "ratio_norm_clip"
 
     def step_weights(self, table) -> torch.Tensor:
@@ -95,7 +113,7 @@ class RatioNormClip(PPOClip):
         log r_hat = s * (log r + |dmu|^2 / (2 s^2)) = mean(eps * dmu),
     exactly 1 on-policy, centred at 0 for any policy change, with a spread that no longer
     carries 1/s. |dmu|^2 (mean over elements) flows into the gradient, as in the reference
-    (X-GenGroup/Flow-Factory src/flow_factory/trainers/rl/grpo.py, GRPOGuardTrainer._guard_ratio:
+    (X-GenGroup/Flow-Factory src/flow_factory/trainers/grpo.py, GRPOGuardTrainer._guard_ratio:
     (log_prob - old_log_prob) * scale + mse / (2 * scale), scale = sqrt(-dt) * std_dev_t);
     mu_old comes from the velocity recorded at sampling (`v_sample`), mu - mu_old is exact
     because the mean is linear in v. GRPO-Guard's second part, the per-step gradient

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from grpo_zoo.config.schema import num
-from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -42,6 +42,22 @@ class MixGRPO(Algorithm):
     Config = MixGRPOConfig
     paper = 'Li et al., 2025, "MixGRPO" (arXiv 2507.21802)'
     reference = "Tencent-Hunyuan/MixGRPO: scripts/finetune/finetune_flux_grpo_MixGRPO.sh"
+    repository = "Tencent-Hunyuan/MixGRPO@e5cdd6a"
+    settings = {
+        "sampling.noise": Setting(
+            "flow_sde",
+            "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:55 (--flow_grpo_sampling); fastvideo/utils/sampling_utils.py:177",
+        ),
+        "sampling.noise_level": Setting(0.7, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:196 (--eta 0.7)"),
+        "optim.clip_range": Setting(1e-4, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:156"),
+        "optim.beta": Setting(0.0, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:56 (kl_coeff 0)"),
+        "optim.minibatches": Setting(
+            4, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:68,150 (12 samples a rank, 3 per step)"
+        ),
+        "optim.global_std": Setting(False, "fastvideo/train_grpo_flux.py:448 (per group)"),
+        "optim.adv_std": Setting("unbiased", "fastvideo/train_grpo_flux.py:448 (torch .std() + 1e-8)"),
+        "optim.adv_eps": Setting(1e-8, "fastvideo/train_grpo_flux.py:448"),
+    }
 
     def span(self, table) -> int:
         """Steps the window moves in: the first floor(T * fraction) steps that have noise."""

@@ -41,7 +41,7 @@ from typing import Literal
 import torch
 
 from grpo_zoo.config.schema import num
-from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, register
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -71,6 +71,28 @@ class TempFlowGRPO(Algorithm):
     Config = TempFlowGRPOConfig
     paper = 'He et al., 2025, "TempFlow-GRPO" (arXiv 2508.04324)'
     reference = "Shredded-Pork/TempFlow-GRPO: scripts/train_sd3_pr.py"
+    repository = "Shredded-Pork/TempFlow-GRPO@63e4def"
+    settings = {
+        "sampling.noise": Setting(
+            "flow_sde",
+            "flow_grpo/diffusers_patch/sd3_sde_with_logprob_perstep.py (std_dev_t = sqrt(sigma / (1 - sigma)) * 0.7)",
+        ),
+        "sampling.noise_level": Setting(0.7, "the same line (0.7 for SD3.5-M, 0.9 for FLUX)"),
+        "optim.clip_range": Setting(
+            1e-4, "config/dgx.py sets none: Flow-GRPO's config/base.py:86 it starts from (yifan123/flow_grpo@ac4c86e)"
+        ),
+        "optim.beta": Setting(
+            0.004, "config/dgx.py (general_ocr_sd3, geneval_sd3_pr: train.beta = 0.004; pickscore 0.001)"
+        ),
+        "optim.minibatches": Setting(2, "config/dgx.py (gradient_accumulation_steps = num_batches_per_epoch // 2)"),
+        "optim.global_std": Setting(False, "config/dgx.py (*_pr: sample.global_std = False)"),
+        "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py (np.std + 1e-4)"),
+        "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py"),
+        "optim.ema_decay": Setting(
+            0.9, "scripts/train_sd3_pr.py (EMAModuleWrapper(decay=0.9, update_step_interval=8))"
+        ),
+        "optim.ema_every": Setting(8, "scripts/train_sd3_pr.py (update_step_interval=8)"),
+    }
 
     def trainable_steps(self, table) -> range:
         n = min(math.floor(table.num_steps * self.cfg.timestep_fraction), table.last_noisy_step + 1)

@@ -165,6 +165,11 @@ class OptimConfig:
     """Advantages are clipped to +-adv_clip."""
     global_std: bool = False
     """Normalise advantages by the batch's reward std instead of each group's."""
+    adv_std: Literal["population", "unbiased"] = "population"
+    """The std advantages divide by: population (n; Flow-GRPO's np.std and its descendants) or
+    unbiased (n - 1; torch's .std(), as DanceGRPO, MixGRPO, BranchGRPO and G2RPO take it)."""
+    adv_eps: float = num(1e-4, gt=0, le=1)
+    """Added to the std before dividing (Flow-GRPO's family 1e-4, DanceGRPO's family 1e-8)."""
     minibatches: int = num(1, ge=1)
     """Optimizer steps per rollout batch (the trained transitions are split)."""
     inner_epochs: int = num(1, ge=1)
@@ -172,7 +177,11 @@ class OptimConfig:
     micro_batch: int = num(32, ge=1, le=65536)
     """Transitions per forward/backward (gradient accumulation inside a minibatch)."""
     ema_decay: float = num(0.0, ge=0, lt=1)
-    """EMA of the trainable weights for evaluation; 0 turns it off."""
+    """EMA of the trainable weights, evaluated instead of them; 0 turns it off. Its decay at
+    optimizer step s is min((1 + s) / (10 + s), ema_decay), the warm-up of the references' EMA
+    (Flow-GRPO's and Flash-GRPO's flow_grpo/ema.py)."""
+    ema_every: int = num(1, ge=1, le=1_000_000)
+    """The EMA takes the weights at every ema_every-th optimizer step (Flash-GRPO and Flow-GRPO: 8)."""
 
 
 @dataclass
@@ -251,3 +260,17 @@ class RunConfig:
     """Save a resumable checkpoint every this many iterations (and at the end)."""
     save_eval_videos: bool = True
     """Write the last evaluation's videos (grid.png) into the run directory."""
+
+    @classmethod
+    def with_defaults(cls, data: dict) -> dict:
+        """`data` with its algorithm's reference settings under it (grpo_zoo/core/settings.py)."""
+        from grpo_zoo.core import algorithm as algorithms
+        from grpo_zoo.core.settings import apply
+
+        alg = data.get("algorithm")
+        name = alg.get("name", AlgorithmConfig.name) if isinstance(alg, dict) else AlgorithmConfig.name
+        try:
+            settings = algorithms.get(str(name)).settings
+        except ConfigError:
+            return data  # an unknown algorithm: building the config says so, with the choices
+        return apply(settings, data)

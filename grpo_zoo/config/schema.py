@@ -232,8 +232,9 @@ def build(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass `cls` from a nested dict; unknown keys and bad values raise ConfigError.
 
     A class may define `resolve_type(data) -> cls` (a classmethod) to pick a subclass from
-    the data (for example an algorithm's config from its `name`), and `validate()` to check
-    cross-field constraints once built.
+    the data (for example an algorithm's config from its `name`), `with_defaults(data) -> data`
+    to put defaults that depend on the data under it (a run's algorithm's reference settings),
+    and `validate()` to check cross-field constraints once built.
     """
     if data is None:
         data = {}
@@ -241,6 +242,8 @@ def build(cls: type, data: Any, where: str = "") -> Any:
         return data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    if hasattr(cls, "with_defaults"):  # defaults that depend on the data (a run's algorithm's settings)
+        data = cls.with_defaults(data)
     if hasattr(cls, "resolve_type"):
         cls = cls.resolve_type(data, where)
     names = {f.name: f for f in dataclasses.fields(cls) if f.init}

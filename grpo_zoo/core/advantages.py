@@ -1,8 +1,10 @@
 """Group-relative advantages, shared by every algorithm.
 
-A = (r - mean_group) / (std + 1e-4), with std taken over the group or, with
+A = (r - mean_group) / (std + eps), with std taken over the group or, with
 `global_std`, over the whole batch (all ranks, when the caller gathers first), then
-clipped to +-clip. Rewards come as [P, G]: one row per prompt group.
+clipped to +-clip. Rewards come as [P, G]: one row per prompt group. The std is the
+population's (n, Flow-GRPO's np.std, eps 1e-4) or, with `unbiased`, the sample's (n - 1,
+torch's .std() as DanceGRPO takes it, eps 1e-8): optim.adv_std and optim.adv_eps.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from grpo_zoo.core.contract import AdvantageContext
 STD_EPS = 1e-4
 
 
-def group_advantages(rewards: torch.Tensor, global_std: bool = False, clip: float = 5.0) -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, global_std: bool = False, clip: float = 5.0, unbiased: bool = False, eps: float = STD_EPS
+) -> torch.Tensor:
     """Advantages [P, G] for rewards [P, G] (float64 internally, returned float32)."""
     if rewards.dim() != 2 or rewards.shape[1] < 2:
         raise ValueError(f"rewards must be [prompts, group >= 2], got {tuple(rewards.shape)}")
     r = rewards.double()
     mean = r.mean(dim=1, keepdim=True)
-    std = r.std(unbiased=False) if global_std else r.std(dim=1, keepdim=True, unbiased=False)
-    adv = (r - mean) / (std + STD_EPS)
+    std = r.std(unbiased=unbiased) if global_std else r.std(dim=1, keepdim=True, unbiased=unbiased)
+    adv = (r - mean) / (std + eps)
     return adv.clamp(-clip, clip).float()
 
 
@@ -31,7 +35,8 @@ def rank_group_advantages(ctx: AdvantageContext, entry: str | None = None) -> to
     spread), so a rank's advantages do not depend on how the batch is split."""
     rewards = ctx.batch_rewards[entry or ctx.reward]
     p = ctx.num_prompts
-    return group_advantages(rewards, ctx.global_std, ctx.adv_clip)[ctx.rank * p : (ctx.rank + 1) * p]
+    adv = group_advantages(rewards, ctx.global_std, ctx.adv_clip, ctx.adv_std == "unbiased", ctx.adv_eps)
+    return adv[ctx.rank * p : (ctx.rank + 1) * p]
 
 
 def zero_std_ratio(rewards: torch.Tensor) -> float:
@@ -40,9 +45,17 @@ def zero_std_ratio(rewards: torch.Tensor) -> float:
     return float((spread <= 1e-8).double().mean())
 
 
-def normalize_within(values: torch.Tensor, groups: torch.Tensor, global_std: bool = False, clip: float = 5.0):
+def normalize_within(
+    values: torch.Tensor,
+    groups: torch.Tensor,
+    global_std: bool = False,
+    clip: float = 5.0,
+    unbiased: bool = False,
+    eps: float = STD_EPS,
+):
     """Advantages [N] of `values` [N] normalised within the items sharing a group id [N]:
-    (v - mean_group) / (std + 1e-4), std over the group (or all N with `global_std`)."""
+    (v - mean_group) / (std + eps), std over the group (or all N with `global_std`); with
+    `unbiased` the sample std (n - 1; a group of one item has advantage 0)."""
     v = values.double()
     _, inverse = torch.unique(groups, return_inverse=True)
     count = torch.zeros(int(inverse.max()) + 1 if len(v) else 0, dtype=torch.float64).index_add_(
@@ -51,8 +64,14 @@ def normalize_within(values: torch.Tensor, groups: torch.Tensor, global_std: boo
     mean = torch.zeros_like(count).index_add_(0, inverse, v) / count
     dev = v - mean[inverse]
     if global_std:
-        std = v.std(unbiased=False).expand_as(v)
+        std = v.std(unbiased=unbiased).expand_as(v)
     else:
-        var = torch.zeros_like(count).index_add_(0, inverse, dev**2) / count
+        dof = (count - 1).clamp(min=1) if unbiased else count
+        var = torch.zeros_like(count).index_add_(0, inverse, dev**2) / dof
         std = var.sqrt()[inverse]
-    return (dev / (std + STD_EPS)).clamp(-clip, clip).float()
+    return (dev / (std + eps)).clamp(-clip, clip).float()
+
+
+def ctx_norm(ctx: AdvantageContext, clip: float | None = None) -> tuple:
+    """normalize_within's (global_std, clip, unbiased, eps) from a context (`clip` overrides its adv_clip)."""
+    return ctx.global_std, ctx.adv_clip if clip is None else clip, ctx.adv_std == "unbiased", ctx.adv_eps

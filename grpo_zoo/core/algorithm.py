@@ -23,9 +23,10 @@ import torch
 
 from grpo_zoo.config.schema import build as build_config
 from grpo_zoo.core import objective as objectives
-from grpo_zoo.core.advantages import normalize_within, rank_group_advantages
+from grpo_zoo.core.advantages import ctx_norm, normalize_within, rank_group_advantages
 from grpo_zoo.core.contract import AdvantageContext, Plan, PlanContext
 from grpo_zoo.core.registry import discover, in_tree
+from grpo_zoo.core.settings import Setting
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow.sde import StepTable
 
@@ -35,6 +36,7 @@ __all__ = [
     "AlgorithmConfig",
     "Plan",
     "PlanContext",
+    "Setting",
     "build",
     "get",
     "names",
@@ -91,6 +93,11 @@ class Algorithm:
     """The method's paper (authors, year, venue or arXiv id), for the README's table."""
     reference: ClassVar[str] = ""
     """The reference repository and file its settings come from (owner/repo: path)."""
+    repository: ClassVar[str] = ""
+    """The reference repository at the commit its settings were read from (owner/repo@commit)."""
+    settings: ClassVar[dict[str, Setting]] = {}
+    """The settings the reference fixes, by dotted config key: defaults of every run of this
+    algorithm, under the run's own values (grpo_zoo/core/settings.py)."""
 
     def __init__(self, cfg: AlgorithmConfig):
         self.cfg = cfg
@@ -151,7 +158,7 @@ class Algorithm:
         if ctx.plan.group is None:
             return rank_group_advantages(ctx).flatten()[traj]
         local = ctx.scores.flatten()
-        return normalize_within(local[traj], ctx.plan.group[traj, step], ctx.global_std, ctx.adv_clip)
+        return normalize_within(local[traj], ctx.plan.group[traj, step], *ctx_norm(ctx))
 
     def keep(
         self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor, adv: torch.Tensor

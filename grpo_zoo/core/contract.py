@@ -353,6 +353,10 @@ class AdvantageContext(Groups):
     """Advantages divide by the whole batch's reward std instead of the group's."""
     adv_clip: float = 5.0
     """Advantages are clipped to +-adv_clip."""
+    adv_std: str = "population"
+    """The std advantages divide by: population (n) or unbiased (n - 1)."""
+    adv_eps: float = 1e-4
+    """Added to the std before dividing."""
     rank: int = 0
     world: int = 1
 

@@ -14,14 +14,20 @@ def whole(params: list[torch.nn.Parameter], modify: bool = False) -> contextlib.
 
 
 class EMA:
-    """shadow <- decay * shadow + (1 - decay) * weights, after every optimizer step.
+    """shadow <- d * shadow + (1 - d) * weights at every `every`-th optimizer step, with the
+    references' warm-up d = min((1 + s) / (10 + s), decay) at optimizer step s (Flow-GRPO's and
+    Flash-GRPO's flow_grpo/ema.py `get_current_decay` and `step`: s counts the steps taken, and
+    the average takes the weights when (s + 1) is a multiple of the interval).
 
     `gather(params, modify)`: a context in which the parameters are whole on this rank (ZeRO-3
     partitions them: the engine's `gathered`, DeepSpeed's GatheredParameters); with `modify`,
     what is written inside goes back into every rank's partition."""
 
-    def __init__(self, trainable: Callable[[], dict[str, torch.nn.Parameter]], decay: float, gather=whole):
-        self.trainable, self.decay, self.gather = trainable, decay, gather
+    def __init__(
+        self, trainable: Callable[[], dict[str, torch.nn.Parameter]], decay: float, gather=whole, every: int = 1
+    ):
+        self.trainable, self.decay, self.gather, self.every = trainable, decay, gather, every
+        self.steps = 0
         self.shadow = self.copy()
 
     def copy(self) -> dict[str, torch.Tensor]:
@@ -35,19 +41,32 @@ class EMA:
             for name, p in params.items():
                 p.copy_(values[name])
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """The averaged weights (a checkpoint's "ema" entry)."""
-        return self.shadow
+    def state_dict(self) -> dict:
+        """The averaged weights and the optimizer steps seen (a checkpoint's "ema" entry)."""
+        return {"shadow": self.shadow, "steps": self.steps}
 
-    def load_state_dict(self, shadow: dict[str, torch.Tensor]) -> None:
-        self.shadow = shadow
+    def load_state_dict(self, state: dict) -> None:
+        if "shadow" not in state:  # a checkpoint of before the interval: the shadow alone
+            state = {"shadow": state, "steps": 0}
+        self.shadow, self.steps = state["shadow"], int(state["steps"])
+
+    def current_decay(self) -> float:
+        return min((1 + self.steps) / (10 + self.steps), self.decay)
 
     @torch.no_grad()
     def update(self) -> None:
+        """After an optimizer step."""
+        self.steps += 1
+        if (self.steps + 1) % self.every == 0:
+            self.blend(self.current_decay())
+
+    @torch.no_grad()
+    def blend(self, d: float) -> None:
+        """shadow <- d * shadow + (1 - d) * weights, now."""
         params = self.trainable()
         with self.gather(list(params.values())):
             for name, p in params.items():
-                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+                self.shadow[name].mul_(d).add_(p.detach(), alpha=1 - d)
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
@@ -83,8 +102,7 @@ class Trailing:
                 self.ema.shadow = {n: self._restored[n].to(p.device, p.dtype, copy=True) for n, p in params.items()}
                 self._restored = None
         if self.calls > 0:
-            self.ema.decay = decay(self.calls)
-            self.ema.update()
+            self.ema.blend(decay(self.calls))
         self.calls += 1
         return self.ema
 

@@ -43,7 +43,44 @@ def run_difference(stored: dict, config: dict) -> str | None:
     its rows are already past it.
     """
     strip = lambda d: {k: v for k, v in run_identity(d).items() if k != "budget"}  # noqa: E731
-    return config_difference(strip(stored), strip(config))
+    return config_difference(with_new_fields(strip(stored)), strip(config))
+
+
+def with_new_fields(stored: dict) -> dict:
+    """A stored config with the fields added to the schema since it was written, at their
+    schema defaults (a field is added with the default that keeps what runs computed before
+    it): a run of an earlier version is still the same run. What the stored config holds wins."""
+    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.schema import to_dict
+    from grpo_zoo.core import algorithm as algorithms
+    from grpo_zoo.errors import ConfigError
+
+    defaults = run_identity(to_dict(RunConfig()))
+    alg = stored.get("algorithm")
+    try:
+        name = alg.get("name") if isinstance(alg, dict) else None
+        defaults["algorithm"] = to_dict(algorithms.get(str(name)).Config()) if name else {}
+    except ConfigError:
+        defaults["algorithm"] = {}
+    a, b = _flat(defaults), _flat(stored)
+    if any(isinstance(v, dict) and not v for v in b.values()):
+        return stored
+    out: dict = {}
+    for key, value in {**{k: v for k, v in a.items() if _section_of(k, stored)}, **b}.items():
+        node = out
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                return stored
+        node[last] = value
+    return out
+
+
+def _section_of(key: str, stored: dict) -> bool:
+    """A default belongs in: its top-level section is in the stored config (a section the
+    stored config lacks entirely is a difference, not a new field)."""
+    return key.split(".", 1)[0] in stored
 
 
 def budget_shrinks(stored: dict, config: dict) -> str | None:

@@ -134,7 +134,7 @@ def load_policy(model: str):
     if ema:  # the run evaluates with the EMA of its trainable weights
         params = dict(policy.net.named_parameters())
         with torch.no_grad():
-            for name, value in ema.items():
+            for name, value in ema.get("shadow", ema).items():  # {"shadow", "steps"}; earlier checkpoints: the shadow
                 params[name].copy_(value)
     policy.net.eval()
     return policy

@@ -76,7 +76,11 @@ class Trainer(RunLoop):
         self.policy.fix_prompts([*self.train_prompts, *self.eval_prompts, ""])
         self.micro_batch = rollout_micro_batch(cfg, self.world, self.device)
         self.meter = Meter(self.world, flops)
-        self.ema = EMA(self._trainable, cfg.optim.ema_decay, self.engine.gathered) if cfg.optim.ema_decay > 0 else None
+        self.ema = (
+            EMA(self._trainable, cfg.optim.ema_decay, self.engine.gathered, cfg.optim.ema_every)
+            if cfg.optim.ema_decay > 0
+            else None
+        )
         guided = cfg_multiplier(cfg.sampling.guidance) > 1
         self.null_emb = self.policy.encode([""]).to(self.device) if guided else None
         runtime = objectives.Runtime(self.policy, self.null_emb, self.dtype, self.device)
@@ -166,7 +170,8 @@ class Trainer(RunLoop):
         ctx = AdvantageContext(
             iteration=self.step, prompts=p.prompts, group_size=g, table=self.table, plan=p.plan, reward=name,
             rewards=local, batch_rewards={k: self.engine.all_gather_cat(v) for k, v in local.items()}, logp=ro.logp,
-            global_std=cfg.optim.global_std, adv_clip=cfg.optim.adv_clip, rank=self.rank, world=self.world,
+            global_std=cfg.optim.global_std, adv_clip=cfg.optim.adv_clip, adv_std=cfg.optim.adv_std,
+            adv_eps=cfg.optim.adv_eps, rank=self.rank, world=self.world,
         )  # fmt: skip
         self.algorithm.observe(ctx)
         return ctx
