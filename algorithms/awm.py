@@ -26,10 +26,12 @@ unless said):
 - train.ema_beta = 1 with kl_ema_weight Uniform, kl_ema_decay = 0.3, kl_ema_decay_type
   linear (decay = min(0.3, 0.001 * optimizer steps), one EMA step per epoch after its
   update): `ema_kl_beta`, `kl_ema_decay`, `kl_ema_ramp`.
-- train.beta = 0.003 (GenEval, OCR; 1e-4 PickScore), kl_weight Uniform: `optim.beta`.
-- Run settings of the reference (run config): sampling.guidance = 1 (train.cfg = False),
-  sampling.steps = 14 ODE steps (its SA-solver with sde_frac 0), optim.lr = 3e-4,
-  optim.global_std = true, one optimizer step per iteration (optim.minibatches = 1).
+- train.beta = 0.001 (GenEval, since its commit be51372; 0.003 OCR, 1e-4 PickScore), kl_weight
+  Uniform: `optim.beta`.
+- Run settings of the reference, the defaults of its runs (`settings` below): optim.global_std =
+  true, one optimizer step per iteration (optim.minibatches = 1), an EMA of decay 0.99 stepped
+  once an iteration and evaluated; the bench keeps its own guidance (the reference: 1, train.cfg
+  = False), T (the reference: 14 ODE steps of its SA-solver with sde_frac 0) and learning rate.
 
 Differences from the reference code, each small:
 - It draws one set of strata per training micro-batch (shared by its samples); here each

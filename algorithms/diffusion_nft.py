@@ -22,10 +22,10 @@ Published defaults, and where they live here:
 - nft_beta (config.beta) = 1.0 (GenEval, PickScore, HPSv2 configs; 0.1 for OCR and the
   multi-reward config); adv_clip_max = 5 (train.adv_clip_max).
 - KL to the reference, mean((v - v_ref)^2), weight train.beta = 1e-4: `optim.beta`.
-- Run settings of the reference (run config, not this file): sampling.guidance = 1 (CFG-free;
-  the rollout here follows sampling.guidance), ODE rollouts of sampling.steps = 10 (its
-  solver "dpm2"; here sampling.ode_solver, Euler in the toy experiments), optim.lr = 3e-4,
-  optim.global_std = true, one optimizer step per iteration (optim.minibatches = 1).
+- Run settings of the reference, the defaults of its runs (`settings` below, README "Settings
+  per method"): ODE rollouts with its solver "dpm2" (sampling.ode_solver), optim.global_std =
+  true, one optimizer step per iteration (optim.minibatches = 1), the EMA evaluated; the bench
+  keeps its own sampling.guidance (the reference is CFG-free: 1), T and learning rate.
 - The old policy (`old_decay_max`, `old_decay_rate`, `old_decay_flat`). The reference
   keeps an "old" copy of the weights (a second LoRA adapter, equal to the weights at the
   start) that samples the rollouts and gives v_old, and soft-updates it after each
@@ -33,7 +33,8 @@ Published defaults, and where they live here:
   decay_type 1 (its default: min(0.001 * steps, 0.5)) or 2 (its OCR config: 0 for 75 steps,
   then 0.0075 per step up to 0.999). Here the copy moves once per iteration before the
   rollout with the same d (the same weights at the same point of the loop), samples the
-  rollout and gives v_old. Evaluation samples with the policy itself, as the reference's.
+  rollout and gives v_old. Evaluation samples with an EMA of the weights (decay 0.9, every
+  optimizer step: scripts/train_nft_sd3.py:567, evaluated at :221), as `settings` says.
 
 Differences from the reference code:
 - The paper writes the loss in velocity space, r |v+ - v*|^2 + (1 - r) |v- - v*|^2; the

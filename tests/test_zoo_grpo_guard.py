@@ -97,18 +97,22 @@ def transition_mean_of(table, x, v, j):
 def test_plan_is_flow_grpo_with_steps_reweighted_by_one_over_dt():
     table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
     ctx = PlanContext.of(2, 4, table, torch.Generator().manual_seed(0))
-    plan = algorithm.build({"name": "grpo_guard"}).plan(ctx)
+    plan = algorithm.build({"name": "grpo_guard", "timestep_fraction": 0.6}).plan(ctx)
     plan.check(table)
-    flow = algorithm.build({"name": "flow_grpo"}).plan(ctx)
+    flow = algorithm.build({"name": "flow_grpo", "timestep_fraction": 0.6}).plan(ctx)
     assert torch.equal(plan.sde, flow.sde) and torch.equal(plan.train, flow.train)
     assert plan.train[:, :6].all() and not plan.train[:, 6:].any()  # floor(10 * 0.6) steps
     w = plan.weight[0, :6]
     assert torch.allclose(w * table.dt[:6].abs(), torch.ones(6, dtype=torch.float64))
-    gain = algorithm.build({"name": "grpo_guard", "grad_reweight": "mean_gain"}).plan(ctx).weight[0, :6]
+    gain = (
+        algorithm.build({"name": "grpo_guard", "grad_reweight": "mean_gain", "timestep_fraction": 0.6})
+        .plan(ctx)
+        .weight[0, :6]
+    )
     assert torch.allclose(gain * table.dmu_dv[:6].abs(), torch.ones(6, dtype=torch.float64))
     # under Flow-GRPO's noise the two differ by the constant 1 + a^2 / 2 after the guarded first step
     assert torch.allclose(w[1:] / gain[1:], torch.full((5,), 1 + 0.7**2 / 2, dtype=torch.float64))
-    none = algorithm.build({"name": "grpo_guard", "grad_reweight": "none"}).plan(ctx)
+    none = algorithm.build({"name": "grpo_guard", "grad_reweight": "none", "timestep_fraction": 0.6}).plan(ctx)
     assert torch.equal(none.weight, flow.weight)
 
 

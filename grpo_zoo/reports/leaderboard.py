@@ -145,8 +145,9 @@ def section(root: Path, out: Path, assets: Path) -> list[str]:
     return [
         f"## Leaderboard (`{EXPERIMENT}`)",
         "",
-        "Every registered algorithm at its published defaults, on one FLOPs budget, 3 seeds; what the file shrank "
-        "to fit this machine is said in it.",
+        "Every registered algorithm on one FLOPs budget, 3 seeds, all at the bench-wide trust region, noise and "
+        "optimizer schedule of experiments/toy/bench_wide.yaml (each method's own reference settings, the algorithms' "
+        "defaults since 2026-12-07, are still to be run); what the file shrank to fit this machine is said in it.",
         "",
         report.parent.joinpath("headline.txt").read_text().strip(),
         "",

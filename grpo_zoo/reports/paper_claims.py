@@ -359,10 +359,12 @@ def setting(root: Path) -> list[str]:
             f"{float(data.runs['eval/reward_initial'].mean()):.3f} on the held-out prompts."
         )
     out.append(
-        "- The toy world, its base (grpo_zoo/toy/checkpoints/toy-base) and the shared RL settings "
-        "(experiments/toy/base.yaml: LoRA rank 8 on the tiny model, lr 3e-4, clip 0.2, beta 0, T=10 steps, "
-        "4 prompts x 8 rollouts) were fixed before these runs; Flash-GRPO's k range (the first half of the schedule) "
-        "follows its reference. Nothing was tuned toward the paper's answers."
+        "- The toy world, its base (grpo_zoo/toy/checkpoints/toy-base) and the RL settings every method shared "
+        "(experiments/toy/bench_wide.yaml over experiments/toy/base.yaml: LoRA rank 8 on the tiny model, lr 3e-4, "
+        "clip 0.2, beta 0, 2 optimizer steps a rollout, flow_sde noise, no EMA, T=10 steps, 4 prompts x 8 rollouts) "
+        "were fixed before these runs; Flash-GRPO's k range (the first half of the schedule) follows its reference. "
+        "Nothing was tuned toward the paper's answers. Each method's own reference settings (README, \"Settings per "
+        "method\") are the algorithms' defaults since 2026-12-07; these runs predate them and are to be redone at them."
     )
     out.append(
         "- How well the base renders (training prompts, n=64, seed 0; the RL regime depends on it): " + base_quality()
