@@ -1,13 +1,21 @@
 """MixGRPO: SDE inside a sliding window of w steps, ODE elsewhere; only the window trains.
 
 The window starts at step 0 and moves `shift` steps later every `shift_every` training
-iterations, staying inside the first floor(T * timestep_fraction) steps and rolling back
-to step 0 when it would leave them ("progressive" strategy with roll-back). The plan is a
-function of the iteration, so a resumed run plans exactly as an uninterrupted one.
+iterations ("progressive" strategy with roll-back), as the reference's GRPOTrainingStates does
+(fastvideo/utils/grpo_states.py at e5cdd6a): its domain is max_timesteps = T - 2
+(fastvideo/train_grpo_flux.py:919), the window at start c is steps c .. min(c + w, T - 2) - 1
+(grpo_states.py:148), so it shrinks at the end, is empty (an all-ODE iteration that trains
+nothing) at c = T - 2, and rolls back to 0 once c would pass T - 2 (grpo_states.py:95-97):
+starts 0, s, 2s, ... <= T - 2, each for `shift_every` iterations. Step T - 2 itself is never
+trained, as in the reference. `timestep_fraction` (a number) keeps the window inside the first
+floor(T * fraction) steps instead and wraps it whole: the toolkit's rule before 2026-12-07,
+which the published leaderboard ran with 0.6. The plan is a function of the iteration, so a
+resumed run plans exactly as an uninterrupted one.
 
 Settings from Tencent-Hunyuan/MixGRPO, scripts/finetune/finetune_flux_grpo_MixGRPO.sh
 (group_size=4 steps in the window, iters_per_group=25, prog_overlap_step=1, roll_back,
-timestep_fraction=0.6, init_same_noise) and the paper (Li et al., 2025, arXiv 2507.21802).
+init_same_noise; its timestep_fraction is not read by the "part" strategy) and the paper
+(Li et al., 2025, arXiv 2507.21802).
 """
 
 from __future__ import annotations
@@ -28,13 +36,15 @@ class MixGRPOConfig(AlgorithmConfig):
     initial_noise: Literal["independent", "shared"] = "shared"
     """The reference starts a group's rollouts from one noise (init_same_noise)."""
     window: int = num(4, ge=1)
-    """w: consecutive SDE (and trained) steps (cut to the span on schedules too short for it)."""
+    """w: consecutive SDE (and trained) steps (cut at the end of the window's domain)."""
     shift_every: int = num(25, ge=1)
     """Training iterations between two moves of the window."""
     shift: int = num(1, ge=1)
     """Steps the window moves each time."""
-    timestep_fraction: float = num(0.6, gt=0, le=1)
-    """The window stays inside the first floor(T * fraction) steps, in (0, 1]."""
+    timestep_fraction: float | None = num(None, gt=0, le=1)
+    """null: the reference's domain (starts 0..T-2, the window cut at T - 2, rolled back after
+    it); a number in (0, 1]: the window stays whole inside the first floor(T * fraction) steps
+    and wraps (the toolkit's earlier rule)."""
 
 
 @register("mix_grpo")
@@ -60,14 +70,18 @@ class MixGRPO(Algorithm):
     }
 
     def span(self, table) -> int:
-        """Steps the window moves in: the first floor(T * fraction) steps that have noise."""
-        n = min(math.floor(table.num_steps * self.cfg.timestep_fraction), table.last_noisy_step + 1)
+        """Steps the window moves in: the reference's T - 2, or the first floor(T * fraction);
+        never past the last step with noise."""
+        frac = self.cfg.timestep_fraction
+        n = table.num_steps - 2 if frac is None else math.floor(table.num_steps * frac)
+        n = min(n, table.last_noisy_step + 1)
         if n < 1:
-            raise ConfigError(f"timestep_fraction: {self.cfg.timestep_fraction} of {table.num_steps} steps is no step")
+            what = f"timestep_fraction: {frac} of" if frac is not None else "the window's domain (T - 2) of"
+            raise ConfigError(f"{what} {table.num_steps} steps is no step")
         return n
 
     def width(self, table) -> int:
-        """The window, cut to the span on schedules too short for it."""
+        """The whole window, cut to the span on schedules too short for it."""
         return min(self.cfg.window, self.span(table))
 
     def trainable_steps(self, table) -> range:
@@ -75,11 +89,18 @@ class MixGRPO(Algorithm):
 
     def start(self, iteration: int, table) -> int:
         """The window's first step at `iteration`."""
+        move = iteration // self.cfg.shift_every
+        if self.cfg.timestep_fraction is None:  # 0, s, 2s, ... <= T - 2, then back to 0
+            return move % (self.span(table) // self.cfg.shift + 1) * self.cfg.shift
         positions = self.span(table) - self.width(table) + 1
-        return (iteration // self.cfg.shift_every) * self.cfg.shift % positions
+        return move * self.cfg.shift % positions
+
+    def steps(self, iteration: int, table) -> range:
+        """The window's steps at `iteration` (the reference's: cut at the domain's end, maybe empty)."""
+        s = self.start(iteration, table)
+        return range(s, min(s + self.width(table), self.span(table)))
 
     def plan(self, ctx: PlanContext) -> Plan:
-        s, w = self.start(ctx.iteration, ctx.table), self.width(ctx.table)
         sde = self.empty(ctx)
-        sde[:, s : s + w] = True
+        sde[:, self.steps(ctx.iteration, ctx.table)] = True
         return self.make_plan(ctx, sde)

@@ -58,6 +58,26 @@ def test_mix_grpo_window_moves_with_the_iteration_and_rolls_back(table):
     assert plan.shared_noise  # the reference starts a group from one noise
 
 
+def test_mix_grpo_window_slides_over_the_references_domain(table):
+    """The reference's GRPOTrainingStates (progressive, roll_back, max_timesteps = T - 2): the
+    window at start c is c .. min(c + w, T - 2) - 1, shrinking at the end, empty at c = T - 2,
+    then back to 0. At T = 10, w = 4, one move per iteration:"""
+    alg = algorithm.build({"name": "mix_grpo", "shift_every": 1})
+    windows = []
+    for it in range(11):
+        plan = alg.plan(PlanContext.of(2, 4, table, torch.Generator().manual_seed(0), iteration=it))
+        plan.check(table)
+        assert torch.equal(plan.train, plan.sde) and (plan.sde == plan.sde[0]).all()
+        windows.append(plan.sde[0].nonzero().flatten().tolist())
+    assert windows == [
+        [0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [3, 4, 5, 6], [4, 5, 6, 7], [5, 6, 7], [6, 7], [7], [],
+        [0, 1, 2, 3], [1, 2, 3, 4],
+    ]  # fmt: skip
+    two = algorithm.build({"name": "mix_grpo", "shift_every": 2, "shift": 3})  # starts 0, 3, 6, then back
+    starts = [next(iter(two.steps(it, table)), None) for it in range(8)]
+    assert starts == [0, 0, 3, 3, 6, 6, 0, 0]
+
+
 def test_plan_is_a_function_of_the_context_not_of_calls(table):
     """estimate.py and tools may call plan() repeatedly: it must not advance anything."""
     alg = algorithm.build({"name": "mix_grpo", "shift_every": 1})
@@ -75,8 +95,8 @@ def test_mix_grpo_resumed_run_plans_exactly_as_an_uninterrupted_one(tmp_path):
     resumed = train(run_config(tmp_path, "split", alg, 4))  # ... and goes on to 4
     assert resumed == ref
     grads = [sorted(k for k in r if k.startswith("grad_t/")) for r in ref if r["kind"] == "train"]
-    # 6 steps x 0.6: the window of 2 moves in steps 0..2 (two positions), one step per iteration
-    assert grads == [["grad_t/00", "grad_t/01"], ["grad_t/01", "grad_t/02"]] * 2
+    # 6 steps: the window of 2 slides over the reference's domain 0..3 (T - 2 = 4), one step per iteration
+    assert grads == [["grad_t/00", "grad_t/01"], ["grad_t/01", "grad_t/02"], ["grad_t/02", "grad_t/03"], ["grad_t/03"]]
 
 
 @dataclass
