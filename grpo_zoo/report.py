@@ -5,6 +5,11 @@ plots (PNG and PDF): reward versus compute, reward curves (collapse), ablation b
 gradient size by timestep; tables (Markdown and LaTeX): Table 1, efficiency, ablations,
 collapse; and report.md, an index that shows them all.
 
+Runs of different budgets, evaluations (samples, steps, prompts, seed, guidance) or base
+models do not rank as one leaderboard: the report refuses them in one line, or with `--group`
+writes one report per comparable group (RUNS_DIR/report/<n>/) and an index naming each group's
+budget, evaluation and base model.
+
 Speed-ups are measured against a baseline variant: `--baseline NAME`, else the one the
 experiment declares (`report: {baseline: NAME}`, recorded by the sweep in
 RUNS_DIR/experiment.json), else the experiment's first variant; a folder of runs without
@@ -30,11 +35,46 @@ def write_report(
     x: str | None = None,
     baseline: str | None = None,
     experiment: dict | None = None,
+    group: bool = False,
 ) -> Path:
     """`baseline`: the variant speed-ups are measured against (default: the experiment's);
     `experiment`: the record (variants, baseline) to use where `root` has none (runs swept
     before the sweep left one)."""
     from grpo_zoo.analysis import load_runs
+    from grpo_zoo.analysis.load import mixed
+
+    root = Path(root)
+    out = Path(out) if out else root / "report"
+    data = load_runs(root)
+    data.experiment = data.experiment or dict(experiment or {})
+    why = mixed(data.runs)
+    if why is not None and not group:
+        raise ConfigError(f"runs_dir: {why}; they do not rank as one leaderboard (--group reports each set apart)")
+    if why is not None:
+        return _grouped(root, out, data, dict(target=target, drop=drop, below_base=below_base, x=x, baseline=baseline))
+    return _report(root, out, data, target, drop, below_base, x, baseline)
+
+
+def _grouped(root: Path, out: Path, data, options: dict) -> Path:
+    """One report per comparable group, out/1, out/2, ..., and an index."""
+    from grpo_zoo.analysis.load import groups_of, subset
+
+    lines = [f"# Report: {root}", "", "The runs fall into groups that do not rank together; one report each:", ""]
+    for i, (label, paths) in enumerate(groups_of(data.runs), 1):
+        part = subset(data, paths)
+        variants = ", ".join(dict.fromkeys(part.runs["variant"]))
+        try:
+            _report(root, out / str(i), part, **options)
+            lines.append(f"{i}. [{label}]({i}/report.md): {len(paths)} runs ({variants})")
+        except ValueError as err:  # e.g. a baseline absent from this group
+            lines.append(f"{i}. {label}: {len(paths)} runs ({variants}); no report: {err}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    atomic_write(out / "headline.txt", lines[2] + "\n")
+    return out / "report.md"
+
+
+def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) -> Path:
     from grpo_zoo.analysis.plots import all_plots
     from grpo_zoo.analysis.stats import BELOW_BASE, DROP, SMOOTH, TEST_NAME, collapse_table
     from grpo_zoo.analysis.tables import (
@@ -49,10 +89,6 @@ def write_report(
         table1,
     )
 
-    root = Path(root)
-    out = Path(out) if out else root / "report"
-    data = load_runs(root)
-    data.experiment = data.experiment or dict(experiment or {})
     drop = DROP if drop is None else drop
     below_base = BELOW_BASE if below_base is None else below_base
     x = x or compute_axis(data)
@@ -79,7 +115,8 @@ def write_report(
         "",
         headline(data, drop),
         "",
-        f"{len(data)} runs, {data.runs['variant'].nunique()} variants. Compute is compared in "
+        f"{len(data)} runs, {data.runs['variant'].nunique()} variants; base model {data.runs['base_model'].iloc[0]}, "
+        f"budget {data.runs['budget'].iloc[0]}, evaluation {data.runs['evaluation'].iloc[0]}. Compute is compared in "
         f"{UNITS.get(x, x)} ({'exact and independent of load' if x == 'compute/flops' else 'wall time x devices'}), "
         "training only (evaluation excluded); device-hours are measured beside FLOPs in every run. "
         f"Mean ± half the 95% bootstrap CI over seeds; best per column in bold; differences by {TEST_NAME} "
@@ -146,6 +183,11 @@ def parser() -> ArgParser:
         "--x", default=None, choices=("flops", "device_hours"), help="compute axis (default: the runs' budget unit)"
     )
     p.add_argument(
+        "--group",
+        action="store_true",
+        help="runs of different budgets, evaluations or base models: one report per group (default: refuse them)",
+    )
+    p.add_argument(
         "--baseline",
         default=None,
         help="the variant speed-ups are measured against (default: the experiment's report.baseline, "
@@ -183,7 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     x = None if args.x is None else f"compute/{args.x}"
     try:
         check_baseline(args.runs_dir, args.baseline)
-        path = write_report(args.runs_dir, args.out, args.target, args.collapse_drop, args.below_base, x, args.baseline)
+        path = write_report(
+            args.runs_dir,
+            args.out,
+            args.target,
+            args.collapse_drop,
+            args.below_base,
+            x,
+            args.baseline,
+            group=args.group,
+        )
     except ConfigError:  # a malformed metrics file: its file:line, as it is
         raise
     except ValueError as err:

@@ -316,3 +316,42 @@ def test_report_on_runs_without_usable_rows_is_one_line_naming_the_file(tmp_path
     assert exit_.value.code == 2 and len(err) == 1, err
     assert "metrics.jsonl" in err[0] and message in err[0], err[0]
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"budget": {"steps": 4}}, "different budgets"),
+        ({"data": {"eval_samples": 8}}, "different evaluations"),
+        ({"sampling": {"eval_steps": 5}}, "different evaluations"),
+        ({"model": {"backend": "toy", "path": "other-base"}}, "different base models"),
+    ],
+)
+def test_the_report_refuses_to_rank_incomparable_runs_unless_grouped(tmp_path, capsys, change, words):
+    """A 4-step run scored on 8 samples does not rank beside 1e12-FLOP runs scored on 32: one line,
+    exit 2, nothing written; with --group one report per comparable set, each naming its base model."""
+    import yaml as _yaml
+
+    from grpo_zoo.report import main as report_main
+
+    shared = {"budget": {"flops": 1e12}, "data": {"eval_samples": 32}, "model": {"backend": "toy", "path": "toy-base"}}
+    for name, alg in (("flow_grpo-s0", "flow_grpo"), ("flash_grpo-s0", "flash_grpo"), ("odd-s0", "flash_grpo")):
+        path = fake_run(tmp_path / "runs", name, alg, [0.41, 0.43, 0.45], 0.001)
+        cfg = _yaml.safe_load((path / "config.yaml").read_text())
+        extra = change if name.startswith("odd") else {}
+        for section, values in {**shared, **extra}.items():
+            cfg[section] = {**shared.get(section, {}), **values} if section in shared else values
+        (path / "config.yaml").write_text(_yaml.safe_dump(cfg))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exited:
+        report_main([str(tmp_path / "runs")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "--group" in err[0], err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    assert report_main([str(tmp_path / "runs"), "--group"]) == 0
+    index = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert "1/report.md" in index and "2/report.md" in index and "base_model" in index
+    one = (tmp_path / "runs" / "report" / "1" / "report.md").read_text()
+    assert "base model toy:toy-base" in one
+    assert "odd" not in (tmp_path / "runs" / "report" / "1" / "leaderboard.md").read_text()

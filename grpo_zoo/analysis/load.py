@@ -130,6 +130,7 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
         "algorithm": alg.get("name"),
         **{f"algorithm.{key}": cell(value) for key, value in alg.items()},
         "budget_unit": budget_unit(cfg.get("budget") or {}),
+        **comparability(cfg),
         "status": run.status().get("status"),
         "completed": run.is_complete(),
     }
@@ -155,6 +156,66 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
             info[col] = last[col]
     info["steps"] = int(rows["step"].max())
     return rows, info
+
+
+COMPARED = {
+    "budget": "budgets",
+    "evaluation": "evaluations",
+    "base_model": "base models",
+}
+"""What runs ranked as one leaderboard must share (load_run's columns), and the words for it."""
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def comparability(cfg: dict) -> dict[str, str]:
+    """The budget, evaluation (samples, steps, prompts, seed, guidance) and base model of a run's
+    config, each as one label: runs that differ in one do not rank as one leaderboard."""
+    budget = cfg.get("budget") or {}
+    data, sampling, model = cfg.get("data") or {}, cfg.get("sampling") or {}, cfg.get("model") or {}
+    limits = ", ".join(f"{k} {_short(v)}" for k, v in sorted(budget.items()) if v is not None) or "none"
+    evaluation = (
+        f"{data.get('eval_samples')} samples of {data.get('eval_prompts')}, {sampling.get('eval_steps')} steps, "
+        f"seed {data.get('eval_seed')}, guidance {sampling.get('guidance')}"
+    )
+    base = f"{model.get('backend')}:{model.get('path')}" + (f" ({model['arch']})" if model.get("arch") else "")
+    return {"budget": limits, "evaluation": evaluation, "base_model": base}
+
+
+def groups_of(runs: pd.DataFrame) -> list[tuple[str, list[str]]]:
+    """(label, run paths) of each set of comparable runs (same budget, evaluation and base model)."""
+    keys = [k for k in COMPARED if k in runs.columns]
+    if not keys or runs.empty:
+        return [("all", runs["run"].tolist() if "run" in runs else [])]
+    out = []
+    for values, part in runs.groupby(keys, sort=False, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        out.append(("; ".join(f"{k} {v}" for k, v in zip(keys, values)), part["run"].tolist()))
+    return out
+
+
+def mixed(runs: pd.DataFrame) -> str | None:
+    """What makes `runs` incomparable as one leaderboard, in one phrase (None: nothing)."""
+    for key, words in COMPARED.items():
+        if key in runs.columns and runs[key].nunique(dropna=False) > 1:
+            shown = "; ".join(
+                f"{v} ({', '.join(sorted(runs.loc[runs[key] == v, 'variant'].unique())[:3])})"
+                for v in runs[key].unique()[:3]
+            )
+            return f"the runs have different {words}: {shown}"
+    return None
+
+
+def subset(data: Runs, paths: list[str]) -> Runs:
+    """The runs at `paths` alone."""
+    keep = set(paths)
+    return Runs(
+        metrics=data.metrics[data.metrics["run"].isin(keep)].reset_index(drop=True),
+        runs=data.runs[data.runs["run"].isin(keep)].reset_index(drop=True),
+        experiment=data.experiment,
+    )
 
 
 def load_runs(root: str | Path) -> Runs:
