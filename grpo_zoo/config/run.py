@@ -221,6 +221,8 @@ class LoggingConfig:
     """wandb project (runs are named after their directory, grouped by experiment)."""
     wandb_mode: Literal["offline", "online"] = "offline"
     """wandb: offline writes RUN/wandb/ with no network (`wandb sync` uploads it); online streams."""
+    progress_every: float = num(30.0, ge=0, le=86400)
+    """Seconds between two progress lines on stderr (a job's log; a terminal shows a bar instead)."""
 
     def validate(self) -> None:
         from grpo_zoo.runs.tracking import BACKENDS, missing_package

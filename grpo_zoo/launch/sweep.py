@@ -123,7 +123,7 @@ def recorded_job(record: dict, name: str) -> tuple[str | None, str | None]:
 def print_status(exp: Experiment, root: Path | None = None) -> None:
     """One line per run; every run's files are read (a damaged one: one error line) before any is printed."""
     record = read_record(root) if root is not None else {}
-    lines = [f"{'run':<48} {'state':<9} {'job':<22} {'step':>5} {'eval/reward':>11} {'device-s':>9}"]
+    lines = [f"{'run':<48} {'state':<9} {'job':<22} {'step':>5} {'spent':>6} {'eval/reward':>11} {'device-s':>9}"]
     for spec in exp.runs:
         state = run_state(spec)
         rows = RunDir(spec.config["run_dir"]).rows() if state != "new" else []
@@ -133,8 +133,26 @@ def print_status(exp: Experiment, root: Path | None = None) -> None:
         seconds = f"{last.get('compute/device_seconds') or 0:.0f}" if last else "-"
         job_id, job = recorded_job(record, spec.name)
         shown = f"{job or 'ended'} {job_id}" if job_id else "-"
-        lines.append(f"{spec.name:<48} {state:<9} {shown:<22} {last.get('step', '-'):>5} {reward:>11} {seconds:>9}")
+        share = spent_share(spec.config.get("budget") or {}, last) if last else None
+        spent = f"{share:.0%}" if share is not None else "-"
+        lines.append(
+            f"{spec.name:<48} {state:<9} {shown:<22} {last.get('step', '-'):>5} {spent:>6} {reward:>11} {seconds:>9}"
+        )
     print("\n".join(lines))
+
+
+def spent_share(budget: dict, row: dict) -> float | None:
+    """The share of a run's budget its metrics row `row` had spent: the largest over the budgets set."""
+    shares = []
+    for limit, key, scale in (
+        ("steps", "step", 1),
+        ("flops", "compute/flops", 1),
+        ("device_hours", "compute/device_seconds", 3600),
+    ):
+        value, have = budget.get(limit), row.get(key)
+        if isinstance(value, (int, float)) and value > 0 and isinstance(have, (int, float)):
+            shares.append(have / scale / value)
+    return max(shares) if shares else None
 
 
 def ended(spec: RunSpec, job_id: str, scheduler: str | None, grace: float = 5.0) -> tuple[str, str]:

@@ -50,6 +50,19 @@ class RunLoop:
             hook.on_eval(self, row)
         return row
 
+    def spent(self) -> str:
+        """The binding budget's numbers: what is spent of it."""
+        b, total = self.cfg.budget, self.meter.total
+        shares = []
+        if b.flops is not None:
+            shares.append((total.flops / b.flops, f"{total.flops:.3g} of {b.flops:.3g} FLOPs"))
+        if b.device_hours is not None:
+            hours = total.device_seconds / 3600
+            shares.append((hours / b.device_hours, f"{hours:.3g} of {b.device_hours:g} device-hours"))
+        if b.steps is not None:
+            shares.append((self.step / b.steps, f"step {self.step} of {b.steps}"))
+        return max(shares)[1] if shares else f"step {self.step}"
+
     def budget_fraction(self) -> float:
         """How much of the budget is spent (the largest fraction over the budgets set)."""
         return self.meter.fraction(self.cfg.budget, self.step)
@@ -73,7 +86,7 @@ class RunLoop:
 
     def _train(self) -> dict:
         cfg = self.cfg
-        bar = tqdm(total=cfg.budget.steps, initial=self.step, desc=cfg.algorithm.name, disable=not self.progress or self.rank != 0, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(total=cfg.budget.steps, initial=self.step, desc=cfg.algorithm.name, disable=not self.report.bar or self.rank != 0, dynamic_ncols=True)  # fmt: skip
         self.meter.pause()
         status = "completed"
         try:
@@ -89,6 +102,7 @@ class RunLoop:
                 self._log(row)
                 bar.update(1)
                 bar.set_postfix(reward=f"{row['reward/mean']:.3f}")
+                self.report.iteration(self.step, row["reward/mean"], self.budget_fraction(), self.spent())
                 if cfg.data.eval_every > 0 and self.step % cfg.data.eval_every == 0:
                     self.evaluate_and_log()
                 for hook in self.hooks:
