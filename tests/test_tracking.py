@@ -18,13 +18,15 @@ from .helpers import SMALL
 OFFLINE = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true"}
 
 
-def tensorboard_scalars(run_dir: Path) -> tuple[dict[str, list[tuple[int, float]]], str]:
+def tensorboard_scalars(run_dir: Path, config_text: bool = True) -> tuple[dict[str, list[tuple[int, float]]], str]:
+    """The scalars of the event files in RUN/tensorboard (or, given that folder, in it)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
+    folder = run_dir if run_dir.name == "at_flops" else run_dir / "tensorboard"
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     acc.Reload()
     series = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
-    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode() if config_text else ""
     return series, text
 
 
@@ -92,8 +94,20 @@ def check_mirrors(run_dir: Path) -> None:
         per_step.setdefault(row["step"], {}).update({k: v for k, v in row.items() if k in want})
     assert sorted(history) == sorted(per_step)
     for step, values in per_step.items():
-        assert history[step] == pytest.approx(values, rel=1e-12), step
+        assert {k: v for k, v in history[step].items() if k in want} == pytest.approx(values, rel=1e-12), step
     assert wb_config == config
+    # the same metrics against the FLOPs spent (TensorBoard's at_flops writer): compare at equal compute
+    at_flops, _ = tensorboard_scalars(run_dir / "tensorboard" / "at_flops", config_text=False)
+    want_flops: dict[str, list] = {}
+    for row in rows:
+        if "compute/flops" in row:
+            for k, v in row.items():
+                if k in want:
+                    want_flops.setdefault(k, []).append((int(row["compute/flops"]), float(v)))
+    assert set(at_flops) == set(want_flops)
+    for tag, points in want_flops.items():
+        assert [s for s, _ in at_flops[tag]] == [s for s, _ in points], tag
+        assert [v for _, v in at_flops[tag]] == pytest.approx([v for _, v in points], rel=1e-6, abs=1e-12), tag
 
 
 def test_rows_reach_tensorboard_and_wandb_with_names_and_config(tmp_path, monkeypatch):
@@ -107,8 +121,22 @@ def test_rows_reach_tensorboard_and_wandb_with_names_and_config(tmp_path, monkey
     for step in (1, 2):
         run.log({"step": step, "kind": "train", "reward/mean": 0.1 * step, "loss/policy": -0.5, "compute/flops": 1e12})
     run.log({"step": 2, "kind": "eval", "eval/reward": 0.5, "compute/flops": 2e12})
+    from PIL import Image
+
+    grid = tmp_path / "eval" / "step-000002.png"
+    grid.parent.mkdir()
+    Image.new("RGB", (24, 8), (200, 30, 30)).save(grid)
+    run.tracker.image(2, "eval/videos", grid)  # the evaluation's grid, as evaluation.py logs it
     run.complete({"step": 2})
     check_mirrors(tmp_path)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    (image,) = acc.Images("eval/videos")
+    assert (image.step, image.width, image.height) == (2, 24, 8)
+    history, _ = wandb_history_and_config(tmp_path)
+    assert history[2]["eval/videos/_type"] == "image-file" and history[2]["eval/videos/width"] == 24
 
 
 def test_unknown_or_missing_backend_is_one_line_exit_2(train, tmp_path):

@@ -40,7 +40,10 @@ def evaluate(trainer) -> dict:
         from grpo_zoo.runs.media import save_grid, to_uint8
 
         if trainer.rank == 0:
-            save_grid(videos[:16], trainer.run.path / "eval" / f"step-{trainer.step:06d}.png", mine[:16])
+            grid = trainer.run.path / "eval" / f"step-{trainer.step:06d}.png"
+            save_grid(videos[:16], grid, mine[:16])
+            if trainer.run.tracker is not None:  # the mirrors show it beside the metrics
+                trainer.run.tracker.image(trainer.step, "eval/videos", grid)
         trainer.last_videos = (to_uint8(videos.cpu()), mine)  # kept on the host until the run ends
     return row
 
