@@ -119,8 +119,9 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         f"budget {data.runs['budget'].iloc[0]}, evaluation {data.runs['evaluation'].iloc[0]}. Compute is compared in "
         f"{UNITS.get(x, x)} ({'exact and independent of load' if x == 'compute/flops' else 'wall time x devices'}), "
         "training only (evaluation excluded); device-hours are measured beside FLOPs in every run. "
-        f"Mean ± half the 95% bootstrap CI over seeds; best per column in bold; differences by {TEST_NAME} "
-        "(p < 0.05, else n.s.).",
+        f"Mean ± half the 95% t-interval over seeds (no interval below 2 seeds); best per column in bold; "
+        f"differences by {TEST_NAME} (p < 0.05, else n.s.; 'n = 1' where a side has one seed: no test), speed-ups "
+        "by the same test on log costs, so a speed-up's CI and its verdict agree.",
         "",
         f"## Leaderboard (equal budget; compute to eval reward {board_target:.3f})",
         "",

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from grpo_zoo.analysis import collapse_table, load_runs, mean_ci
@@ -31,9 +32,12 @@ def test_load_groups_seeds_into_variants(runs):
     assert (data.runs["eval/reward_initial"] == 0.3).all()
 
 
-def test_bootstrap_ci_brackets_the_mean():
+def test_the_ci_is_students_t_interval_valid_at_two_seeds():
     m, lo, hi = mean_ci([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and lo < m < hi
+    assert hi - m == pytest.approx(3.182446305 * (5 / 3) ** 0.5 / 2, rel=1e-6)  # t(0.975, 3) s / sqrt(n)
+    m, lo, hi = mean_ci([0.41, 0.43])  # two seeds: t(0.975, 1) = 12.7, far wider than their min-max range
+    assert hi - lo == pytest.approx(2 * 12.7062047 * 0.01414213562 / 2**0.5, rel=1e-6) and hi - lo > 0.02 * 10
     m, lo, hi = mean_ci([2.0])
     assert m == 2.0 and lo != lo  # NaN without a second seed
 
@@ -287,9 +291,25 @@ def test_significance_says_ns_when_seeds_cannot_separate():
     assert significance([0.30, 0.31, 0.29], [0.30, 0.32, 0.28])[1] == "n.s."
     p, label = significance([0.30, 0.31, 0.305], [0.40, 0.41, 0.405])
     assert p < 0.05 and label.startswith("p")
-    assert significance([0.3], [0.4])[1] == "n.s."  # one seed each: nothing to test
+    assert significance([0.3], [0.4]) != significance([0.3], [0.4])  # NaN p: one seed each, no test ...
+    assert significance([0.3], [0.4])[1] == "n = 1"  # ... and no claim of "n.s." either
     speed, lo, hi = ratio_ci([6.0, 6.2, 5.8], [1.0, 1.1, 0.9])
-    assert lo < speed < hi and abs(speed - 6.0) < 1e-9
+    assert lo < speed < hi and abs(speed - 6.0) < 0.02  # the ratio of geometric means
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_a_speed_up_and_its_verdict_come_from_one_test(seed):
+    """The CI excludes 1 exactly when the test says p < 0.05 (one test per comparison)."""
+    from grpo_zoo.analysis.stats import ratio_test
+
+    gen = np.random.default_rng(seed)
+    n, m = int(gen.integers(2, 6)), int(gen.integers(2, 6))
+    base = np.exp(gen.normal(0.0, 0.3, n))
+    method = np.exp(gen.normal(gen.normal(0, 0.4), 0.3, m))
+    speed, lo, hi, p, label = ratio_test(base, method)
+    assert lo <= speed <= hi
+    assert (lo > 1 or hi < 1) == (p < 0.05) == (label != "n.s.")
+    assert ratio_test([2.0], [1.0, 1.1])[4] == "n = 1"
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Analysis: run directories into pandas, aggregates with bootstrap CIs, plots and tables.
+"""Analysis: run directories into pandas, aggregates with t-intervals, plots and tables.
 
 Notebooks in analysis/ call only these functions.
 """

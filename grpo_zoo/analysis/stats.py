@@ -11,62 +11,82 @@ from scipy import stats
 from grpo_zoo.analysis.load import Runs
 
 
+def _finite(values) -> np.ndarray:
+    return np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+
+
 def mean_ci(values, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and a bootstrap confidence interval (scipy.stats.bootstrap); NaN bounds for n < 2."""
-    x = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    """Mean and Student's t-interval over seeds (valid at any n >= 2 for normal per-seed values,
+    unlike a percentile bootstrap, which at n = 2 is the min-max range); NaN bounds for n < 2.
+    `seed` is unused (kept for callers of the bootstrap this replaced)."""
+    x = _finite(values)
     if len(x) == 0:
         return float("nan"), float("nan"), float("nan")
     if len(x) < 2:
         return float(x[0]), float("nan"), float("nan")
-    if np.allclose(x, x[0]):
-        return float(x[0]), float(x[0]), float(x[0])
-    res = stats.bootstrap(
-        (x,), np.mean, confidence_level=confidence, n_resamples=2000, method="percentile", random_state=seed
-    )
-    return float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
+    m = float(x.mean())
+    half = float(stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return m, m - half, m + half
 
 
 ALPHA = 0.05
 TEST_NAME = "Welch's t-test"
+CI_NAME = "95% t-interval over seeds"
+
+
+def too_few(x: np.ndarray, y: np.ndarray) -> str | None:
+    """The label of a comparison that cannot be made (fewer than two seeds on a side), else None."""
+    n = min(len(x), len(y))
+    return f"n = {n}" if n < 2 else None
 
 
 def significance(a, b, alpha: float = ALPHA) -> tuple[float, str]:
     """Two-sided Welch's t-test (scipy.stats.ttest_ind, unequal variances) between two samples
-    of per-seed values: the p-value and a label, "p=0.012" or "n.s." (p >= alpha, or fewer
-    than two finite values on a side, or no spread at all)."""
-    x = np.asarray([v for v in a if np.isfinite(v)], dtype=float)
-    y = np.asarray([v for v in b if np.isfinite(v)], dtype=float)
-    if len(x) < 2 or len(y) < 2:
-        return float("nan"), "n.s."
+    of per-seed values: the p-value and a label, "p=0.012" or "n.s." (p >= alpha, or no spread
+    at all); with fewer than two seeds on a side no test is made: (NaN, "n = 1")."""
+    x, y = _finite(a), _finite(b)
+    if too_few(x, y):
+        return float("nan"), too_few(x, y)
     if np.ptp(x) == 0 and np.ptp(y) == 0:
         return (1.0, "n.s.") if x[0] == y[0] else (0.0, "p<0.001")
     p = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    return p, label_of(p, alpha)
+
+
+def label_of(p: float, alpha: float = ALPHA) -> str:
     if not np.isfinite(p) or p >= alpha:
-        return p, "n.s."
-    return p, "p<0.001" if p < 0.001 else f"p={p:.3f}"
+        return "n.s."
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def ratio_test(num, den, confidence: float = 0.95) -> tuple[float, float, float, float, str]:
+    """A speed-up (or any ratio of positive per-seed costs) and its test, one and the same: Welch's
+    t-test on the logs, so the ratio is exp(mean log num - mean log den) (of geometric means),
+    its CI exp(difference +- t * se) with Welch-Satterthwaite degrees of freedom, and its p-value
+    the test of that difference: the CI excludes 1 exactly when p < 1 - confidence. Returns
+    (ratio, low, high, p, label); fewer than two seeds a side: no CI and the label "n = 1"."""
+    x, y = _finite(num), _finite(den)
+    x, y = x[x > 0], y[y > 0]
+    if len(x) == 0 or len(y) == 0:
+        return float("nan"), float("nan"), float("nan"), float("nan"), "-"
+    lx, ly = np.log(x), np.log(y)
+    diff = float(lx.mean() - ly.mean())
+    if too_few(x, y):
+        return float(np.exp(diff)), float("nan"), float("nan"), float("nan"), too_few(x, y)
+    vx, vy = lx.var(ddof=1) / len(x), ly.var(ddof=1) / len(y)
+    se = float(np.sqrt(vx + vy))
+    if se == 0:
+        p = 1.0 if diff == 0 else 0.0
+        return float(np.exp(diff)), float(np.exp(diff)), float(np.exp(diff)), p, label_of(p)
+    dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    t = float(stats.t.ppf(0.5 + confidence / 2, dof))
+    p = float(2 * stats.t.sf(abs(diff / se), dof))
+    return float(np.exp(diff)), float(np.exp(diff - t * se)), float(np.exp(diff + t * se)), p, label_of(p)
 
 
 def ratio_ci(num, den, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """mean(num) / mean(den) and a percentile bootstrap CI, resampling each side's seeds
-    independently (scipy.stats.bootstrap, unpaired)."""
-    x = np.asarray([v for v in num if np.isfinite(v)], dtype=float)
-    y = np.asarray([v for v in den if np.isfinite(v)], dtype=float)
-    if len(x) == 0 or len(y) == 0 or y.mean() <= 0:
-        return float("nan"), float("nan"), float("nan")
-    point = float(x.mean() / y.mean())
-    if len(x) < 2 or len(y) < 2 or (np.ptp(x) == 0 and np.ptp(y) == 0):
-        return point, float("nan"), float("nan")
-    res = stats.bootstrap(
-        (x, y),
-        lambda a, b, axis=-1: np.mean(a, axis=axis) / np.mean(b, axis=axis),
-        confidence_level=confidence,
-        n_resamples=2000,
-        method="percentile",
-        paired=False,
-        vectorized=True,
-        random_state=seed,
-    )
-    return point, float(res.confidence_interval.low), float(res.confidence_interval.high)
+    """(ratio, low, high) of `ratio_test`."""
+    return ratio_test(num, den, confidence)[:3]
 
 
 def aggregate(runs: pd.DataFrame, columns: list[str], by: str = "variant") -> pd.DataFrame:

@@ -20,7 +20,7 @@ from grpo_zoo.analysis.stats import (
     collapse_table,
     cost_to_target,
     mean_ci,
-    ratio_ci,
+    ratio_test,
     significance,
 )
 
@@ -159,7 +159,8 @@ def efficiency(
 ) -> tuple[pd.DataFrame, float]:
     """Compute each variant needs to reach `target` eval reward (default: halfway from the
     base model's eval reward to the best variant's mean final eval reward), and its speed-up
-    over the baseline with a 95% bootstrap CI. A seed that never reaches the target counts at
+    over the baseline with its 95% CI and test, one and the same (`ratio_test`: Welch's t-test on
+    the log costs, so the CI excludes 1 exactly when the test says p < 0.05). A seed that never reaches the target counts at
     the whole compute it spent (so its speed-up is a bound, said in the table). `x` defaults to
     the runs' budget unit (compute_axis); `baseline` to the experiment's (baseline_of)."""
     x = x or compute_axis(data)
@@ -175,10 +176,10 @@ def efficiency(
     rows = []
     for _, a in agg.iterrows():
         cost = hits.loc[hits["variant"] == a["variant"], "cost"].to_numpy(float)
-        speed, lo, hi = ratio_ci(base_cost, cost)
+        speed, lo, hi, _, label = ratio_test(base_cost, cost)  # one test: the CI and the label agree
         reached = int(round(a["reached"] * a["seeds"]))
         speed_text = "-" if math.isnan(speed) else f"{speed:.2f}x"
-        if np.isfinite(lo) and np.isfinite(hi):
+        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:  # no spread over seeds: the point alone
             speed_text += f" [{lo:.2f}, {hi:.2f}]"
         rows.append(
             {
@@ -187,9 +188,7 @@ def efficiency(
                 + ("" if reached == a["seeds"] else " (bound)"),
                 "Seeds reaching it": f"{reached}/{int(a['seeds'])}",
                 f"Speed-up vs {base_name} (95% CI)": speed_text,
-                f"Cost vs {base_name} ({TEST_NAME})": "-"
-                if a["variant"] == base_name
-                else significance(cost, base_cost)[1],
+                f"Cost vs {base_name} ({TEST_NAME} on log cost)": "-" if a["variant"] == base_name else label,
             }
         )
     return pd.DataFrame(rows), target
@@ -302,8 +301,14 @@ def headline(data: Runs, drop: float | None = None) -> str:
     return (
         f"{best['variant']} reached the highest eval reward, "
         f"{_fmt(best['eval/reward'], best.get('eval/reward ci_low', np.nan), best.get('eval/reward ci_high', np.nan))}"
-        f" (mean ± 95% CI half-width over {seeds_text} seeds), with {spent} of training per run"
-        + (f", ahead of {others} ({TEST_NAME} against it)" if others else "")
+        + (
+            f" (mean ± half the 95% t-interval over {seeds_text} seeds)"
+            if max(seeds) >= 2
+            else " (one seed: no interval, no significance)"
+        )
+        + f", with {spent} of training per run"
+        + (f", ahead of {others} ({TEST_NAME} against it)" if others and max(seeds) >= 2 else "")
+        + (f", then {others}" if others and max(seeds) < 2 else "")
         + (f"; the base model scores {base:.3f}" if np.isfinite(base) else "")
         + f"; {collapsed}."
     )
@@ -313,7 +318,7 @@ def leaderboard(
     data: Runs, target: float | None = None, x: str | None = None, drop: float | None = None
 ) -> tuple[pd.DataFrame, float]:
     """Every variant at the sweep's equal budget, best first: final eval reward (mean and 95%
-    bootstrap CI over seeds) with its significance against the best, compute to reach a common
+    t-interval over seeds) with its significance against the best, compute to reach a common
     target reward (as `efficiency`: a seed that never reaches it counts at all it spent, a
     bound), how many seeds collapsed and first when, and the transformer forwards (NFE) and
     backward passes one training iteration costs."""

@@ -2,7 +2,7 @@
 (experiments/zoo/leaderboard.yaml), its table and plot, and each method's published
 efficiency claim (experiments/zoo/claims.yaml) against what the toy world shows.
 
-Verdicts, per claim of a speed-up S over a baseline (95% bootstrap CI of the toy's ratio):
+Verdicts, per claim of a speed-up S over a baseline (95% CI of the toy's ratio: Welch's t on log costs):
 reproduced when the CI reaches S or lies above it; not reproduced when the whole CI lies
 below S. A seed that never reaches the common target counts at all it spent, so the
 speed-up is a bound (a lower one when only the baseline's seeds fell short, an upper one
@@ -158,7 +158,7 @@ def section(root: Path, out: Path, assets: Path) -> list[str]:
         "### Each method's published claim against the toy world",
         "",
         "Claims as the methods' papers state them (experiments/zoo/claims.yaml, each with its source); the toy's speed-up is the "
-        "baseline's compute over the method's, with its 95% bootstrap CI over seeds. " + VERDICTS,
+        "baseline's compute over the method's, with its 95% CI over seeds (Welch's t on log costs). " + VERDICTS,
         "",
         render(pd.DataFrame(checks), "md"),
         "",

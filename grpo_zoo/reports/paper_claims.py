@@ -113,7 +113,7 @@ def speedup(data) -> Claim:
         f"FLOPs to {ref}'s final mean eval reward {target:.3f}: {ref} {flow['cost'].mean():.3g}, "
         f"Flash-GRPO {flash['cost'].mean():.3g} ({reached}/{len(flash)} Flash seeds reach it"
         f"{'' if reached == len(flash) else '; the others count at their whole budget'}; a {ref} seed that ends "
-        f"below it counts at its whole budget); speed-up {s:.2f}x{ci} (95% bootstrap CI over seeds)"
+        f"below it counts at its whole budget); speed-up {s:.2f}x{ci} (95% CI over seeds: Welch's t on log costs)"
     )
     if not np.isfinite(lo):
         verdict, reason = "inconclusive", "too few seeds for a CI"
@@ -308,8 +308,8 @@ def results_page(root: Path, out: Path, assets: Path, command: str) -> str:
         "",
         f"Regenerate: `{command}` (after running the three experiments of `experiments/paper/`:",
         "`python -m grpo_zoo.sweep experiments/paper/<name>.yaml --max-parallel 2`). Every figure below is computed",
-        "from the run directories; budgets are training FLOPs (exact, load-independent); CIs are 95% percentile",
-        "bootstraps over seeds; comparisons use Welch's t-test (p < 0.05, else n.s.).",
+        "from the run directories; budgets are training FLOPs (exact, load-independent); CIs are 95%",
+        "t-intervals over seeds (none below 2 seeds); comparisons use Welch's t-test (p < 0.05, else n.s.), speed-ups the same test on log costs.",
         "",
         table(rows),
         "",
