@@ -49,6 +49,7 @@ def test_paper_sweeps_follow_the_settings_table(tmp_path):
             5.0,
         )
         assert (o.global_std, o.minibatches, o.micro_batch, o.inner_epochs, o.ema_decay) == (True, 2, 1, 1, 0.9)
+        assert (o.ema_every, o.adv_std, o.adv_eps, s.rollout_chunks) == (8, "population", 1e-4, 4)
         assert (cfg.engine.precision, cfg.engine.zero_stage) == ("bf16", 3 if "14b" in name else 2)
         assert cfg.budget.device_hours == 350
         opts = cfg.reward.options
