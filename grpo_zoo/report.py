@@ -81,6 +81,7 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         UNITS,
         ablation,
         baseline_of,
+        common_target,
         compute_axis,
         efficiency,
         headline,
@@ -96,6 +97,7 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
     out.mkdir(parents=True, exist_ok=True)
     plots = all_plots(data, out, x)
     eff, used_target = efficiency(data, target, x, base)
+    target_text = "given with --target" if target is not None else common_target(data)[1]
     col = collapse_table(data, drop=drop, below_base=below_base)
     col["run"] = col["run"].map(lambda p: Path(p).name)
     board, board_target = leaderboard(data, used_target, x, drop)
@@ -132,6 +134,8 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         render(tables["table1"], "md"),
         "",
         f"## Efficiency (target eval reward {used_target:.3f})",
+        "",
+        f"The target: {target_text}.",
         "",
         f"Speed-ups against {base}: {chosen if baseline is None else 'chosen with --baseline'}.",
         "",

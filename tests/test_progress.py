@@ -1,4 +1,4 @@
-"""Progress a person and a SLURM log can read: a start line before any weights load, then a line
+"""Progress a person and a SLURM log can read: a start line once every check passed, then a line
 per iteration (logging.progress_every: 0) with the reward, the budget spent and an ETA; the
 sweep's --status shows the budget each run has spent."""
 
@@ -15,8 +15,8 @@ def test_a_run_says_what_it_is_then_how_far_it_got(tmp_path):
     out = run_module("grpo_zoo.train", "experiments/toy/flash_grpo.yaml", *args)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stderr.splitlines() if line.startswith(f"{run}: ")]
-    assert "flash_grpo (seed 0) on toy:toy-base" in lines[0] and "budget 3 iterations" in lines[0], lines
-    assert lines[1].endswith("starting on 1 x cpu")
+    assert "flash_grpo (seed 0) on toy:toy-base, 1 x cpu" in lines[0] and "budget 3 iterations" in lines[0], lines
+    assert lines[0].endswith("starting")
     steps = [line for line in lines if re.search(r": step \d+: reward", line)]
     assert [int(re.search(r"step (\d+):", s).group(1)) for s in steps] == [1, 2, 3]
     assert "33% of the budget (step 1 of 3)" in steps[0] and "ETA" in steps[1]

@@ -375,3 +375,23 @@ def test_the_report_refuses_to_rank_incomparable_runs_unless_grouped(tmp_path, c
     one = (tmp_path / "runs" / "report" / "1" / "report.md").read_text()
     assert "base model toy:toy-base" in one
     assert "odd" not in (tmp_path / "runs" / "report" / "1" / "leaderboard.md").read_text()
+
+
+def test_the_common_target_is_declared_or_clears_the_designs_minimum_detectable_difference(tmp_path):
+    """Halfway from the base to the best, raised to base + MDD when the seeds are noisier than the
+    gain; a declared report.target wins; the report says which."""
+    from grpo_zoo.analysis.tables import common_target, design_mdd
+
+    root = tmp_path / "runs"
+    for seed, last in enumerate((0.40, 0.44)):  # noisy seeds: the final rewards spread by 0.04
+        fake_run(root, f"flow_grpo_seed{seed}", "flow_grpo", [0.30, 0.35, last], 0.01, seed)
+        fake_run(root, f"flash_grpo_seed{seed}", "flash_grpo", [0.30, 0.38, last + 0.02], 0.01, seed)
+    data = load_runs(root)
+    mdd, n = design_mdd(data)
+    assert n == 2 and mdd == pytest.approx((4.302653 + 1.060660) * 0.02828427, rel=1e-5)  # (t + t) s sqrt(2 / n)
+    target, how = common_target(data)
+    assert target == pytest.approx(0.30 + mdd) and "raised to the base plus" in how and "cannot be told apart" in how
+    data.experiment = {"target": 0.39}
+    assert common_target(data) == (0.39, "declared in the experiment (report.target)")
+    out = write_report(root, tmp_path / "report")
+    assert "The target: halfway from the base model (0.300)" in out.read_text()

@@ -229,7 +229,13 @@ def test_zero3_with_lora_and_ema_trains_evaluates_and_extends(train, tmp_path):
     through DeepSpeed's GatheredParameters and evaluated; a raised budget resumes from the
     LoRA-only checkpoint and goes on."""
     args = ["experiments/toy/base.yaml", f"run_dir={tmp_path}", *SMALL, "algorithm.name=flash_grpo"]
-    args += ["model.lora_rank=4", "engine.zero_stage=3", "optim.ema_decay=0.5", "checkpoint_every=1"]
+    args += [
+        "model.lora_rank=4",
+        "engine.zero_stage=3",
+        "optim.ema_decay=0.5",
+        "optim.ema_every=1",
+        "checkpoint_every=1",
+    ]
     out = train(*args)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = RunDir(tmp_path).rows()

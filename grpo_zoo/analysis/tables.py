@@ -15,6 +15,7 @@ import pandas as pd
 
 from grpo_zoo.analysis.load import Runs, ordered
 from grpo_zoo.analysis.stats import (
+    ALPHA,
     TEST_NAME,
     aggregate,
     collapse_table,
@@ -154,20 +155,63 @@ def table1(data: Runs) -> pd.DataFrame:
     return _mark_best(df, [names[c] for c in cols], means, {})
 
 
+def design_mdd(data: Runs, column: str = "eval/reward", power: float = 0.8) -> tuple[float, int]:
+    """The design's minimum detectable difference of `column` between two variants: a two-sided
+    t-test at level ALPHA and `power`, with the fewest seeds a variant has (n) and the seed-to-seed
+    spread pooled over the variants: (t(1 - alpha/2) + t(power)) s sqrt(2 / n), df = 2n - 2. NaN
+    below two seeds."""
+    from scipy import stats as st
+
+    groups = [g[column].dropna().to_numpy(float) for _, g in data.runs.groupby("variant", sort=False)]
+    groups = [g for g in groups if len(g) >= 2]
+    if not groups:
+        return float("nan"), min((len(g) for g in groups), default=1)
+    n = min(len(g) for g in groups)
+    pooled = math.sqrt(sum((len(g) - 1) * g.var(ddof=1) for g in groups) / sum(len(g) - 1 for g in groups))
+    dof = 2 * n - 2
+    return float((st.t.ppf(1 - ALPHA / 2, dof) + st.t.ppf(power, dof)) * pooled * math.sqrt(2 / n)), n
+
+
+def common_target(data: Runs) -> tuple[float, str]:
+    """The common target eval reward and how it was chosen: declared in the experiment
+    (`report.target`), else halfway from the base model to the best variant's mean final eval
+    reward, raised to the base plus the design's minimum detectable difference where that is higher
+    (a target within the noise of the base cannot separate methods)."""
+    declared = (data.experiment or {}).get("target")
+    if declared is not None:
+        return float(declared), "declared in the experiment (report.target)"
+    init = float(data.runs["eval/reward_initial"].mean())
+    best = float(data.runs.groupby("variant")["eval/reward"].mean().max())
+    half = init + 0.5 * (best - init) if best > init else best
+    mdd, n = design_mdd(data)
+    if not math.isfinite(mdd):
+        return (
+            half,
+            f"halfway from the base model ({init:.3f}) to the best variant's mean ({best:.3f}); one seed: no MDD",
+        )
+    target = max(half, init + mdd)
+    how = f"halfway from the base model ({init:.3f}) to the best variant's mean ({best:.3f})"
+    if target > half:
+        how += f", raised to the base plus the design's minimum detectable difference ({mdd:.3f})"
+    else:
+        how += f", above the base by more than the design's minimum detectable difference ({mdd:.3f})"
+    how += f" (two-sided t-test, 80% power, {n} seeds a variant)"
+    if target > best:
+        how += "; no variant's mean reaches it: at this design the methods' speed to it cannot be told apart"
+    return target, how
+
+
 def efficiency(
     data: Runs, target: float | None = None, x: str | None = None, baseline: str | None = None
 ) -> tuple[pd.DataFrame, float]:
-    """Compute each variant needs to reach `target` eval reward (default: halfway from the
-    base model's eval reward to the best variant's mean final eval reward), and its speed-up
+    """Compute each variant needs to reach `target` eval reward (default: `common_target`), and its speed-up
     over the baseline with its 95% CI and test, one and the same (`ratio_test`: Welch's t-test on
     the log costs, so the CI excludes 1 exactly when the test says p < 0.05). A seed that never reaches the target counts at
     the whole compute it spent (so its speed-up is a bound, said in the table). `x` defaults to
     the runs' budget unit (compute_axis); `baseline` to the experiment's (baseline_of)."""
     x = x or compute_axis(data)
     if target is None:
-        init = float(data.runs["eval/reward_initial"].mean())
-        best = float(data.runs.groupby("variant")["eval/reward"].mean().max())
-        target = init + 0.5 * (best - init) if best > init else best
+        target, _ = common_target(data)
     base_name, _ = baseline_of(data, baseline)
     hits = cost_to_target(data, target, x)
     agg = aggregate(hits, ["cost", "reached"])

@@ -58,6 +58,10 @@ class ReportSection:
 
     baseline: str | None = None
     """The variant speed-ups are measured against, named exactly; null: the first variant."""
+    target: float | None = num(None, ge=-1e6, le=1e6)
+    """The common target eval reward of the efficiency and leaderboard tables, declared before the
+    runs; null: the report's rule (halfway from the base to the best variant, at least the base plus
+    the design's minimum detectable difference)."""
 
 
 @dataclass
@@ -139,7 +143,12 @@ class Experiment:
 
     def record(self) -> dict:
         """What the sweep leaves beside the runs (runs.EXPERIMENT) for the report to read."""
-        return {"experiment": str(self.path), "variants": self.variants, "baseline": self.report.baseline}
+        return {
+            "experiment": str(self.path),
+            "variants": self.variants,
+            "baseline": self.report.baseline,
+            "target": self.report.target,
+        }
 
 
 def _overrides(data: Any, where: str) -> dict:

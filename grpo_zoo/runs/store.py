@@ -297,6 +297,9 @@ def _experiment_problem(data: dict) -> str | None:
         return "`variants` is not a list of names (rerun the sweep, or delete it and pass --baseline)"
     if not isinstance(data.get("baseline"), str | None):
         return "`baseline` is not a name or null (rerun the sweep, or delete it and pass --baseline)"
+    target = data.get("target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int | float) or target != target):
+        return "`target` is not a number or null (rerun the sweep, or delete it and pass --target)"
     return None
 
 

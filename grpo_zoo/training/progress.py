@@ -1,7 +1,8 @@
 """What a person and a job's log read while a run trains (rank 0, on stderr).
 
-One line as the run starts, before any weights load (what runs, where, on what, with which
-budget), then, at the first iteration and every `logging.progress_every` seconds after, one line
+One line as the run starts (what runs, on what, with which budget, from which step), once every
+check has passed and the weights are in place (seconds for the toy; a bad input stays one line of
+its own), then, at the first iteration and every `logging.progress_every` seconds after, one line
 with the step, the training reward, the share of the budget spent (the binding budget's numbers)
 and an ETA. On a terminal with `progress` the tqdm bar replaces the lines; a SLURM job's log or a
 pipe gets the lines (a bar's carriage returns make no log).
@@ -45,15 +46,13 @@ class Progress:
         if self.rank == 0:
             print(f"{self.cfg.run_dir}: {text}", file=sys.stderr, flush=True)
 
-    def start(self, world: int) -> None:
+    def start(self, step: int, where: str) -> None:
+        """The first line, once every check has passed (a bad input stays one line of its own)."""
         c = self.cfg
         self.say(
-            f"{c.algorithm.name} (seed {c.seed}) on {c.model.backend}:{c.model.path}, {world} process(es), "
-            f"budget {budget_words(c.budget)}"
+            f"{c.algorithm.name} (seed {c.seed}) on {c.model.backend}:{c.model.path}, {where}, "
+            f"budget {budget_words(c.budget)}, {'resuming at step ' + str(step) if step else 'starting'}"
         )
-
-    def resumed(self, step: int, device: str) -> None:
-        self.say(f"{'resuming at step ' + str(step) if step else 'starting'} on {device}")
 
     def iteration(self, step: int, reward: float, fraction: float, spent: str) -> None:
         now = time.monotonic()

@@ -38,7 +38,7 @@ from grpo_zoo.training.loop import RunLoop
 from grpo_zoo.training.preflight import check, preflight
 from grpo_zoo.training.progress import Progress
 from grpo_zoo.training.rollout import rollout
-from grpo_zoo.training.seeding import generator, rank_from_env, world_size_from_env
+from grpo_zoo.training.seeding import generator, rank_from_env
 from grpo_zoo.training.update import UpdateStats, update
 
 __all__ = ["Hook", "NonFiniteError", "StopRun", "Trainer", "check"]
@@ -57,7 +57,6 @@ class Trainer(RunLoop):
         self.run = RunDir(cfg.run_dir)
         self.run.check_config(to_dict(cfg))  # before any compute; one writer from here on
         self.report = Progress(cfg, rank_from_env(), progress)
-        self.report.start(world_size_from_env())  # within seconds: nothing has loaded yet
         self.lock = RunLock(cfg.run_dir).acquire() if rank_from_env() == 0 else None  # rank 0 writes
 
         from grpo_zoo.models import load_policy
@@ -112,7 +111,7 @@ class Trainer(RunLoop):
             self.run.resume_metrics(keep_rows, self.step, name)
             device = str(self.device) if self.device.type == "cpu" else torch.cuda.get_device_name(self.device)
             self.run.start(to_dict(self.cfg), self.world, device, resume=state is not None, fallback=fallback)
-            self.report.resumed(self.step, f"{self.world} x {device}")
+            self.report.start(self.step, f"{self.world} x {device}")  # every check passed: the first line
         self.engine.barrier()
 
     # -- one iteration, in named steps ---------------------------------------------------------
