@@ -13,13 +13,13 @@ must not exist yet (nothing is overwritten) and is written whole or not at all.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import torch
 
 from grpo_zoo.errors import ArgParser, ConfigError, cli, readable_dir
+from grpo_zoo.runs.files import check_new_dir, staged_dir
 
 
 def checkpoint_dir(run, name: str | None) -> Path:
@@ -91,13 +91,9 @@ def export(
 ) -> Path:
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "export"
-    if out.exists():
-        raise ConfigError(f"--out: {out} exists; choose a new directory (an export never overwrites)")
+    check_new_dir(out, "--out")
     cfg, policy, ckpt, taken = trained_policy(run_dir, checkpoint, weights)
-    staging = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    try:
+    with staged_dir(out, "--out") as staging:
         if cfg.model.lora_rank > 0:
             from diffusers import WanPipeline
 
@@ -123,10 +119,6 @@ def export(
             "algorithm": cfg.algorithm.name,
         }
         (staging / "export.json").write_text(json.dumps(record, indent=1) + "\n")
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 

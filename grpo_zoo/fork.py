@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from grpo_zoo.errors import ArgParser, ConfigError, cli, readable_dir
+from grpo_zoo.runs.files import check_new_dir, staged_dir
 
 
 def fork(run_dir: str | Path, new_dir: str | Path, checkpoint: str | None = None, overrides: list[str] = ()) -> Path:
@@ -31,8 +32,7 @@ def fork(run_dir: str | Path, new_dir: str | Path, checkpoint: str | None = None
     from grpo_zoo.runs.identity import config_difference
 
     run, new = RunDir(run_dir), Path(new_dir)
-    if new.exists():
-        raise ConfigError(f"new_dir: {new} exists; a fork makes a new run directory")
+    check_new_dir(new, "new_dir")
     run.check_state()
     old = run.config()
     for item in overrides:
@@ -61,20 +61,14 @@ def fork(run_dir: str | Path, new_dir: str | Path, checkpoint: str | None = None
         )
     else:
         lines = lines[:keep]
-    staging = new.with_name(f".{new.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        (staging / "checkpoints").mkdir(parents=True)
+    with staged_dir(new, "new_dir") as staging:
+        (staging / "checkpoints").mkdir()
         shutil.copytree(ckpt, staging / "checkpoints" / ckpt.name)
         (staging / "checkpoints" / "latest").write_text(ckpt.name + "\n")
         (staging / "metrics.jsonl").write_text("".join(lines))
         (staging / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         record = {"run": str(run.path), "checkpoint": ckpt.name, "step": state["step"], "overrides": list(overrides)}
         (staging / "fork.json").write_text(json.dumps(record, indent=1) + "\n")
-        staging.rename(new)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return new
 
 

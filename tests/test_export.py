@@ -71,6 +71,7 @@ def test_a_full_fine_tuning_run_exports_its_transformer(tmp_path):
         (["--checkpoint", "step-99"], "--checkpoint: no checkpoint 'step-99'"),
         (["--checkpoint", "../../etc"], "--checkpoint: no checkpoint"),
         (["--out", "{run}"], "--out:"),
+        (["--out", "/proc/grpo-zoo-export"], "is not writable"),  # unwritable, even for root
         (["--weights", "best"], "--weights"),
     ],
 )

@@ -49,6 +49,7 @@ def test_a_fork_with_changes_branches_at_its_checkpoint(run, tmp_path):
         (["{new}", "optim.lr=-1"], "optim.lr"),
         (["{new}", "run_dir=/tmp/x"], "run_dir:"),
         (["{run}"], "new_dir:"),
+        (["/proc/grpo-zoo-fork"], "is not writable"),  # unwritable, even for root
     ],
 )
 def test_bad_fork_input_is_one_line_and_exit_2(run, tmp_path, capsys, argv, needle):

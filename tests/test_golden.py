@@ -7,6 +7,7 @@ the number of threads stays well inside.
 """
 
 import json
+import math
 
 import pytest
 
@@ -67,6 +68,16 @@ def test_two_iterations_reproduce_the_golden_metrics(fresh, variant):
     train = [r for r in rec["rows"] if r["kind"] == "train"]
     assert [r["step"] for r in train] == [1, 2]
     assert all(any(k.startswith("grad_t/") for k in r) for r in train)
+    # every variant trains: finite terms, an on-policy first inner step, counted compute, every
+    # LoRA tensor moved, an evaluation at the start and the end (test_trainer.py runs the CLI)
+    for r in train:
+        assert all(math.isfinite(r[k]) for k in ("loss/policy", "loss/kl", "reward/mean", "stats/grad_norm"))
+        assert r["stats/ratio_dev_first_minibatch"] < 1e-5
+        assert r["compute/nfe"] > 0 and r["compute/flops"] > 0 and r["stats/grad_norm"] > 0
+    moved, trainable = rec["trained_tensors_moved"]
+    assert trainable > 0 and moved == trainable, rec["trained_tensors_moved"]
+    evals = [r for r in rec["rows"] if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2] and "eval/object_class" in evals[0]
     diffs = golden.compare(stored(variant), rec)
     assert not diffs, (
         f"{variant}: {len(diffs)} metrics differ from tests/golden/{variant}.json "

@@ -217,7 +217,7 @@ def test_evaluate_bad_model_is_one_line_exit_2():
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1 and "--model" in out.stderr
 
 
-def test_pretrain_cli_writes_a_loadable_checkpoint(tmp_path):
+def test_pretrain_cli_writes_a_loadable_checkpoint(tmp_path, capsys):
     out = subprocess.run(
         [
             sys.executable,
@@ -237,6 +237,7 @@ def test_pretrain_cli_writes_a_loadable_checkpoint(tmp_path):
         assert (ck / name).exists(), name
     assert len((ck / "loss.csv").read_text().splitlines()) == 4
     from grpo_zoo.toy.model import load_checkpoint
+    from grpo_zoo.toy.pretrain import main as pretrain
 
     load_checkpoint(str(ck))
     for args, word in [
@@ -249,12 +250,10 @@ def test_pretrain_cli_writes_a_loadable_checkpoint(tmp_path):
         ([f"init={ck}", "prediction=velocity"], "prediction"),
         ([f"init={ck}", "heads=2"], "heads"),
     ]:
-        bad = subprocess.run(
-            [sys.executable, "-m", "grpo_zoo.toy.pretrain", f"out={tmp_path / 'bad'}", *args],
-            capture_output=True,
-            text=True,
-        )
-        assert bad.returncode == 2 and word in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, (args, bad)
+        with pytest.raises(SystemExit) as exited:  # the CLI's entry function, in this process
+            pretrain([f"out={tmp_path / 'bad'}", *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exited.value.code == 2 and len(err) == 1 and word in err[0], (args, err)
         assert not (tmp_path / "bad").exists()
 
 

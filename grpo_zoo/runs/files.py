@@ -122,6 +122,37 @@ def atomic_write(path: Path, text: str | bytes) -> None:
                 tmp.unlink()
 
 
+def check_new_dir(path: Path | str, name: str) -> Path:
+    """A directory that `staged_dir` may make: it does not exist yet and its parent can be written
+    (checked before any compute; a ConfigError otherwise)."""
+    from grpo_zoo.errors import writable_dir
+
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        raise ConfigError(f"{name}: {path} exists; choose a new directory (nothing is overwritten)")
+    writable_dir(path.absolute().parent, name)
+    return path
+
+
+@contextlib.contextmanager
+def staged_dir(path: Path | str, name: str) -> Iterator[Path]:
+    """Make the new directory `path` whole or not at all: the block writes into a hidden staging
+    directory beside it, renamed to `path` when the block ends; a failure, a kill or a full disk
+    removes the staging directory and leaves nothing at `path`."""
+    path = check_new_dir(path, name)
+    staging = path.with_name(f".{path.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with space_checked(path):
+            staging.mkdir(parents=True)
+            yield staging
+            with critical():
+                staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def append_line(path: Path, line: str) -> None:
     """Append one line and sync it. A write that fails part way (a full disk) is cut back off,
     so the file ends after its last whole line, as it did before."""

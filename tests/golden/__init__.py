@@ -181,7 +181,10 @@ def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
             run_dir = workdir / name
             trainer = Trainer(resolve(overrides(table[name], run_dir)), progress=False)
             trainer.engine.close = lambda: None  # the next variant reuses the process group
+            trainable = {n: p for n, p in trainer.policy.net.named_parameters() if p.requires_grad}
+            before = {n: p.detach().clone() for n, p in trainable.items()}
             trainer.train()
+            moved = sum(not torch.equal(before[n], p.detach()) for n, p in trainable.items())
             records[name] = {
                 "variant": name,
                 "algorithm": table[name],
@@ -190,6 +193,7 @@ def run_variants(names: list[str], workdir: Path) -> dict[str, dict]:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "regenerate": UPDATE_COMMAND,
+                "trained_tensors_moved": [moved, len(trainable)],
                 "rows": [_kept(r) for r in RunDir(run_dir).rows()],
             }
     finally:
