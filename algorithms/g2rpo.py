@@ -41,7 +41,9 @@ This plan:
   for every prompt and rank, as the reference takes one optimizer step per s over all
   prompts; in len(branch_steps) iterations every step of the list is trained once. The
   reference trains all of them on the same prompts in one iteration (8 x G rollouts and
-  8 optimizer steps per prompt batch); here each iteration rolls out G per prompt.
+  8 optimizer steps per prompt batch, steps 2-8 off-policy: they reuse the log-probs recorded
+  before the first update, under its clip of 1e-4); here each iteration rolls out G per prompt
+  and its one optimizer step is on-policy.
 - branch_steps defaults to the first half of the schedule (the reference's 0..7 of 16).
 
 Not reproduced (and why):
@@ -104,7 +106,7 @@ class G2RPO(Algorithm):
             "8 a rollout: one optimizer step per branch step, all on one rollout",
             "fastvideo/train_g2rpo_hps.py (train_one_step: for t_idx in range(train_timesteps), optimizer.step() each)",
             toolkit=1,
-            why="the toolkit trains one branch step per iteration (steps[iteration % n]): one optimizer step for it, as the reference gives each",
+            why="the toolkit trains one branch step per iteration (steps[iteration % n]) on a fresh rollout: one on-policy optimizer step for it; the reference's steps 2-8 are off-policy under its clip",
         ),
         "optim.global_std": Setting(False, "fastvideo/train_g2rpo_hps.py (per group of a granularity)"),
         "optim.adv_std": Setting("unbiased", "fastvideo/train_g2rpo_hps.py (std(dim=0) + 1e-8)"),

@@ -77,9 +77,11 @@ class MixGRPO(Algorithm):
     settings = {
         "sampling.noise": Setting(
             "flow_sde",
-            "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:55 (--flow_grpo_sampling); fastvideo/utils/sampling_utils.py:177",
+            "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:196 (--flow_grpo_sampling); fastvideo/utils/sampling_utils.py:177",
         ),
-        "sampling.noise_level": Setting(0.7, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:196 (--eta 0.7)"),
+        "sampling.noise_level": Setting(
+            0.7, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:55,145 (eta=0.7; --eta $eta)"
+        ),
         "optim.clip_range": Setting(1e-4, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:156"),
         "optim.beta": Setting(0.0, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:56 (kl_coeff 0)"),
         "optim.minibatches": Setting(

@@ -7,9 +7,11 @@ children of one branch step form one advantage group (the reference's "seed grou
 child trains its SDE transition only, weighted by the transition's noise std
 sigma_t * sqrt(-dt) (the table's step_std), normalised by the shared loss to batch mean 1.
 
-Rows of a group (G = K * n): rows 0..K-1 are the children of the LAST branch step, row 0
-being the backbone itself (ODE up to that step, whose remaining steps nobody else needs);
-rows K.. are the children of the earlier steps, K per step, in step order. Branching
+Rows of a group (G = K * n): rows 0..K-1 are the children of the LAST branch step; rows K..
+are the children of the earlier steps, K per step, in step order. Every row is an SDE child:
+the backbone's ODE states are shared as every row's prefix (row 0 carries them furthest, to the
+last branch step, where it takes its own SDE step), and the backbone itself is never rolled to
+the end, decoded or scored. Branching
 steps are the earliest candidates: the first floor(T * timestep_fraction) steps that have
 noise.
 
@@ -23,13 +25,16 @@ When Timing Matters for GRPO in Flow Models", arXiv 2508.04324):
   the ODE latent is advanced, and its SDE children run the ODE to the end; per-step rewards.
 - flow_grpo/diffusers_patch/sd3_sde_with_logprob.py: the returned std is std_t * sqrt(-dt)
   (commented "original paper"; std_t alone is the commented-out alternative: `std_t` here).
+- flow_grpo/diffusers_patch/sd3_pipeline_with_logprob_perstep.py (e66824e): the backbone
+  advances by the ODE step only (`latents = ode_latents`) and only the children are decoded.
 - config/dgx.py (pickscore_sd3_pr, geneval_sd3_pr, flux_pr): 10 steps, timestep_fraction 0.99
-  (9 branch steps), advantages per seed, not gathered over GPUs ("seed group").
+  (9 branch steps); the train scripts take advantages per branch step over one GPU's children,
+  not gathered over GPUs (train_flux_pr.py: "# seed group").
 So the reference's setting is K = 6, n = 9 on 10 steps: data.group_size = 54 here.
 
-Differences from the reference: it also rolls the backbone to the end (one extra row per
-seed; here the backbone is a child of the last branch step, same distribution), and it
-branches at every step but the last even where timestep_fraction trains fewer.
+Difference from the reference: it branches at every step but the last even where
+timestep_fraction trains fewer (those children are sampled and scored, not trained); here only
+the n trained steps branch.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ def fork(run_dir: str | Path, new_dir: str | Path, checkpoint: str | None = None
     from grpo_zoo.config.schema import apply_overrides, build, to_dict
     from grpo_zoo.export import checkpoint_dir
     from grpo_zoo.runs import RunDir
-    from grpo_zoo.runs.identity import config_difference
+    from grpo_zoo.runs.identity import config_difference, read_fields
 
     run, new = RunDir(run_dir), Path(new_dir)
     check_new_dir(new, "new_dir")
@@ -41,7 +41,7 @@ def fork(run_dir: str | Path, new_dir: str | Path, checkpoint: str | None = None
         if item.split("=", 1)[0].strip() == "run_dir":
             raise ConfigError("run_dir: a fork's directory is NEW_DIR; give it there")
     cfg = build(RunConfig, apply_overrides({**old, "run_dir": str(new)}, list(overrides)))
-    changed = config_difference({"model": old.get("model")}, {"model": to_dict(cfg.model)})
+    changed = config_difference(read_fields({"model": old.get("model")}), {"model": to_dict(cfg.model)})
     if changed:
         raise ConfigError(
             f"{changed.split(':')[0]}: the model cannot change in a fork (its checkpoint holds that model)"

@@ -3,10 +3,13 @@
 VBench (github.com/Vchitect/VBench) scores videos with its own models, in its own
 environment, usually on a GPU. grpo-zoo meets it at the files:
 
-- every run writes its final evaluation's videos to RUN/eval/videos/ named as VBench
-  expects: `<prompt>-<i>.mp4`, i counting the samples of that prompt;
+- every run writes its final evaluation's videos to RUN/eval/videos/ as `<prompt>-<i>.mp4`, i
+  counting the samples of that prompt, the prompt spelled without spaces (`a_red_circle_moving_left-0.mp4`:
+  a space is `_`, any other character but letters, digits and `.-~` percent-encoded, so the name
+  reads back to the prompt exactly);
 - `export RUNS_DIR --out DIR` gathers them into DIR/<run>/ (links, or copies across
-  filesystems) with a prompt map, and prints the VBench command for each folder;
+  filesystems) under the names VBench reads the prompt from (`a red circle moving left-0.mp4`),
+  with a prompt map, and prints the VBench command for each folder;
 - `ingest RESULTS_DIR --runs RUNS_DIR` reads VBench's `*_eval_results.json` files
   (`{dimension: [score, [per-video results]]}`) from RESULTS_DIR/<run>/ and writes each
   run's RUN/vbench.json, which the report's Table 1 shows beside GPU-hours.
@@ -38,6 +41,22 @@ def video_name(prompt: str, index: int) -> str:
     return f"{safe}-{index}.mp4"
 
 
+def file_name(prompt: str, index: int) -> str:
+    """The run's own file name for the index-th sample of a prompt: no spaces, nothing a shell
+    or a file system reads specially, and `prompt_of` gives the prompt back."""
+    from urllib.parse import quote
+
+    return f"{quote(prompt, safe='').replace('_', '%5F').replace('%20', '_')[:240]}-{index}.mp4"
+
+
+def prompt_of(name: str) -> str:
+    """The prompt of a run's video file (`file_name`'s, or VBench's spelling of earlier runs)."""
+    from urllib.parse import unquote
+
+    stem = re.sub(r"-\d+\.mp4$", "", name)
+    return unquote(stem.replace("_", "%20")) if " " not in stem else stem
+
+
 def save_eval_videos(frames: np.ndarray, prompts: list[str], offset: int, n_prompts: int, out: Path) -> list[Path]:
     """frames: uint8 [B, F, H, W, 3] of the samples offset..offset+B-1 (the eval prompts cycle)."""
     from grpo_zoo.runs.media import write_mp4
@@ -46,7 +65,7 @@ def save_eval_videos(frames: np.ndarray, prompts: list[str], offset: int, n_prom
     paths = []
     for j, (video, prompt) in enumerate(zip(frames, prompts)):
         index = (offset + j) // n_prompts
-        paths.append(write_mp4(video, out / video_name(prompt, index)))
+        paths.append(write_mp4(video, out / file_name(prompt, index)))
     return paths
 
 
@@ -61,13 +80,15 @@ def export(root: Path, out: Path) -> list[tuple[Path, Path]]:
         dest.mkdir(parents=True, exist_ok=True)
         mapping = {}
         for video in sorted((run / "eval" / "videos").glob("*.mp4")):
-            target = dest / video.name
+            index = re.search(r"-(\d+)\.mp4$", video.name)
+            prompt = prompt_of(video.name)
+            target = dest / (video_name(prompt, int(index.group(1))) if index else video.name)
             if not target.exists():
                 try:
                     os.link(video, target)
                 except OSError:
                     shutil.copy2(video, target)
-            mapping[video.name] = re.sub(r"-\d+\.mp4$", "", video.name)
+            mapping[target.name] = prompt
         (dest / "prompts.json").write_text(json.dumps(mapping, indent=1))
         pairs.append((run, dest))
     return pairs

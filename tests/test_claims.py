@@ -130,3 +130,25 @@ def test_claims_cli_paths_are_checked_before_compute(paper_runs, tmp_path, capsy
     assert exit_.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "results").exists()
+
+
+def test_quick_mode_runs_the_published_experiments_shrunk_and_writes_no_results_page(tmp_path, capsys):
+    from grpo_zoo.config.experiment import load_experiment
+    from grpo_zoo.reports import paper_claims
+
+    for path in paper_claims.quick_experiments(tmp_path / "quick"):
+        shrunk = load_experiment(path, tmp_path / "runs")
+        full = load_experiment(paper_claims.ROOT / paper_claims.EXPERIMENTS[path.stem], tmp_path / "runs")
+        assert shrunk.name == full.name  # its runs land where the claims read them
+        assert {r.variant for r in shrunk.runs} == {r.variant for r in full.runs}
+        assert sorted({r.seed for r in shrunk.runs}) == sorted({r.seed for r in full.runs})[:2]
+        for run in shrunk.runs:
+            twin = next(r for r in full.runs if r.name == run.name)
+            assert run.config["budget"]["flops"] == twin.config["budget"]["flops"] * 0.25
+            strip = lambda c: {k: v for k, v in c.items() if k != "budget"}  # noqa: E731
+            assert strip(run.config) == strip(twin.config)  # everything else as published
+    with pytest.raises(SystemExit) as exited:
+        paper_claims.main([str(tmp_path / "runs"), "--quick", "--out", str(tmp_path / "R.md")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 1 and "--out" in err[0]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "R.md").exists()

@@ -132,11 +132,17 @@ def test_vbench_export_and_ingest_reach_table1(tmp_path, train):
         assert out.returncode == 0, out.stderr[-3000:]
     videos = sorted((runs / "flash_grpo_seed0" / "eval" / "videos").glob("*.mp4"))
     assert len(videos) == 8 and all(re.search(r"-0\.mp4$", v.name) for v in videos)  # 8 of 16 prompts, once each
+    assert not any(" " in v.name for v in videos)  # the run's own names: no spaces
     out = run_module("grpo_zoo.vbench", "export", str(runs), "--out", str(tmp_path / "vb"))
     assert out.returncode == 0, out.stderr
     assert "--mode=custom_input" in out.stdout and len(list((tmp_path / "vb" / "flash_grpo_seed1").glob("*.mp4"))) == 8
     mapping = json.loads((tmp_path / "vb" / "flash_grpo_seed0" / "prompts.json").read_text())
-    assert set(mapping.values()) <= {p.name[:-6] for p in videos}
+    from grpo_zoo.toy.world import prompts as toy_prompts
+
+    # VBench's names (the prompt, spaces and all, then the index), each naming its prompt exactly
+    assert set(mapping) == {p.name for p in (tmp_path / "vb" / "flash_grpo_seed0").glob("*.mp4")}
+    assert all(name == f"{prompt}-0.mp4" for name, prompt in mapping.items())
+    assert set(mapping.values()) <= {p.text for p in toy_prompts("test")}
     # VBench's result files, in the layout its evaluate.py writes (VBench itself needs its models)
     for seed, score in ((0, 0.61), (1, 0.63)):
         res = tmp_path / "vb" / "results" / f"flash_grpo_seed{seed}"

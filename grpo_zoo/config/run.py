@@ -6,9 +6,9 @@ some fields; `dotted.key=value` arguments override them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from grpo_zoo.config.schema import num, path
 from grpo_zoo.core.algorithm import AlgorithmConfig
@@ -53,7 +53,24 @@ class ModelConfig:
     """wan: torch.compile each transformer block (diffusers' compile_repeated_blocks; compiles at the first
     forward of each shape)."""
 
+    WAN_ONLY: ClassVar[tuple[str, ...]] = (
+        "arch", "height", "width", "frames", "max_tokens", "vae_dtype", "vae_batch", "attention_backend", "compile_blocks",
+    )  # fmt: skip
+    """The fields only the wan backend reads (their docs start with "wan:")."""
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The fields its backend does not read: left out of the resolved config (config.yaml)."""
+        return () if self.backend == "wan" else self.WAN_ONLY
+
     def validate(self) -> None:
+        for f in fields(self):
+            if f.name in self.unused_fields():
+                default = f.default if f.default is not MISSING else f.default_factory()
+                if getattr(self, f.name) != default:
+                    raise ConfigError(
+                        f"model.{f.name}: a wan setting, which model.backend {self.backend} does not read "
+                        f"(the toy world's size and kernels are fixed); remove it, or set model.backend: wan"
+                    )
         if self.backend == "wan" and (self.height % 16 or self.width % 16 or (self.frames - 1) % 4):
             raise ConfigError(
                 f"frames, height, width: {self.frames} x {self.height} x {self.width} is not a Wan video; frames "

@@ -280,9 +280,10 @@ def _validate(obj: Any, where: str) -> None:
 
 
 def to_dict(obj: Any) -> Any:
-    """A config as plain YAML-able data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    """A config as plain YAML-able data (tuples become lists), without the fields a section does not read."""
+    if dataclasses.is_dataclass(obj):  # less the fields it says it does not read (a toy model's wan sizes)
+        unused = set(obj.unused_fields()) if hasattr(obj, "unused_fields") else set()
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in unused}
     if isinstance(obj, list | tuple):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -90,6 +90,47 @@ def run_state(spec: RunSpec) -> str:
     return "partial"
 
 
+def sbatch_script(exp: Experiment, cluster: ClusterProfile, root: Path, max_parallel: int) -> str:
+    """The sbatch script submitit writes for each run's job (one array of them), as --dry-run
+    shows it: made in a scratch folder (nothing is written under the experiment's), needing no sbatch."""
+    import tempfile
+
+    from submitit.slurm.slurm import SlurmExecutor
+
+    class Preview(SlurmExecutor):  # submitit's own SLURM executor, less its check that srun is here
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+    params = submitit_parameters("slurm", cluster, exp.resources, max_parallel)
+    with tempfile.TemporaryDirectory() as scratch:
+        ex = Preview(scratch)
+        generic = ex._convert_parameters({k: v for k, v in params.items() if not k.startswith("slurm_")})
+        ex.update_parameters(
+            **generic, **{k.removeprefix("slurm_"): v for k, v in params.items() if k.startswith("slurm_")}
+        )
+        text = ex._make_submission_file_text(ex._submitit_command_str, "DRYRUN").replace(
+            scratch, str(root / ".submitit")
+        )
+    return text
+
+
+def budget_line(exp: Experiment, todo: int) -> str:
+    """What the runs to submit will spend, in the units their budgets are given in."""
+    total: dict[str, float] = {}
+    for spec in exp.runs:
+        for unit, value in (spec.config.get("budget") or {}).items():
+            if value:
+                total[unit] = total.get(unit, 0.0) + float(value)
+    spent = ", ".join(
+        f"{value:.3g} training FLOPs" if unit == "flops" else f"{value:g} {unit.replace('_', '-')}"
+        for unit, value in total.items()
+    )
+    return (
+        f"budget: {spent or 'none set'} over the {len(exp.runs)} runs ({todo} to submit; each stops at the first limit)"
+    )
+
+
 def make_executor(kind: str, folder: Path, cluster: ClusterProfile, resources: Resources, max_parallel: int):
     import submitit
 
@@ -359,6 +400,13 @@ def main(argv: list[str] | None = None) -> int:
         for spec in exp.runs:
             print(f"{states[spec.name]:<9} {spec.config['run_dir']}  {json.dumps(spec.overrides)}")
         todo = sum(1 for state in states.values() if state not in ("done", "diverged"))
+        print(budget_line(exp, todo))
+        if args.executor == "slurm":
+            print(
+                f"sbatch script of a run's job (submitted as one array of {todo}, at most {args.max_parallel} at "
+                "a time: submitit adds --array and names the logs %A_%a):\n"
+                + sbatch_script(exp, cluster, root, args.max_parallel)
+            )
         print(f"{exp.name}: {len(exp.runs)} runs, {todo} to submit ({args.executor}); nothing was submitted")
         return 0
     start = time.time()

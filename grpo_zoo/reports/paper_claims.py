@@ -1,10 +1,14 @@
-"""The paper's claims on the toy world: `python -m grpo_zoo.claims RUNS_DIR [--out RESULTS.md]`.
+"""The paper's claims on the toy world: `python -m grpo_zoo.claims RUNS_DIR [--out RESULTS.md] [--quick]`.
 
 Reads the runs of the paper experiments (experiments/paper/: RUNS_DIR/efficiency,
 RUNS_DIR/collapse, RUNS_DIR/ablation_grouping_rectification) and writes one row per claim of
 Flash-GRPO: the paper's figure, the toy world's figure with its CI and seeds, and a verdict
 (reproduced, not reproduced, inconclusive) with the reason. Every figure is computed from
 the run directories; nothing here is typed in by hand but the paper's own numbers.
+
+`--quick` first runs the three experiments itself into RUNS_DIR at a quarter of their budgets
+and 2 seeds each (`quick_experiments`: about 5 minutes on 2 cores), then prints the table: a
+smoke run of the whole path from training to verdicts, not evidence (it writes no RESULTS.md).
 """
 
 from __future__ import annotations
@@ -387,6 +391,49 @@ def base_quality() -> str:
     )
 
 
+QUICK_SCALE, QUICK_SEEDS = 0.25, 2
+"""--quick: each experiment's budget times QUICK_SCALE, its first QUICK_SEEDS seeds."""
+
+
+def quick_experiments(folder: Path, scale: float = QUICK_SCALE, seeds: int = QUICK_SEEDS) -> list[Path]:
+    """The paper experiments, shrunk for --quick, written to `folder` (same names, so their runs
+    land where the claims read them); their `base` made absolute, everything else as published."""
+    import yaml
+
+    from grpo_zoo.config.schema import load_yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for key, rel in EXPERIMENTS.items():
+        source = ROOT / rel
+        raw = load_yaml(source)
+        if raw.get("base"):
+            raw["base"] = str((source.parent / raw["base"]).resolve())
+        budget = dict((raw.get("config") or {}).get("budget") or {})
+        for unit in ("flops", "steps", "device_hours"):
+            if budget.get(unit):
+                value = budget[unit] * scale
+                budget[unit] = max(1, round(value)) if unit == "steps" else float(value)
+        raw["config"] = {**(raw.get("config") or {}), "budget": budget}
+        raw["seeds"] = list(raw.get("seeds") or [0])[:seeds]
+        path = folder / f"{key}.yaml"
+        path.write_text(
+            f"# --quick: {rel} at {scale:g} of its budget, {seeds} seeds\n" + yaml.safe_dump(raw, sort_keys=False)
+        )
+        paths.append(path)
+    return paths
+
+
+def run_quick(root: Path) -> None:
+    """Run the shrunk experiments into `root` (each sweep resumes what it finds there)."""
+    from grpo_zoo.launch.sweep import main as sweep_main
+
+    for path in quick_experiments(root / "quick-experiments"):
+        code = sweep_main([str(path), "--runs-dir", str(root), "--max-parallel", "2", "--threads", "1", "--no-report"])
+        if code:
+            raise ConfigError(f"--quick: the sweep of {path} ended with status {code}; rerun to resume it")
+
+
 def parser() -> ArgParser:
     p = ArgParser(prog="python -m grpo_zoo.claims", description=__doc__.split("\n")[0])
     p.add_argument("runs_dir", help="where the paper experiments' runs are (RUNS_DIR/efficiency, ...)")
@@ -394,12 +441,24 @@ def parser() -> ArgParser:
     p.add_argument(
         "--assets", default=None, help="folder for the plots RESULTS.md links (default: results/ beside --out)"
     )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"first run the experiments into RUNS_DIR at {QUICK_SCALE:g} of their budgets, {QUICK_SEEDS} seeds "
+        "(a smoke run, about 5 minutes on 2 cores; prints the table, writes no RESULTS.md)",
+    )
     return p
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.quick:
+        if args.out:
+            raise ConfigError("--out: a --quick run is a smoke run, not evidence; it prints the table only")
+        root = writable_dir(args.runs_dir, "runs_dir")
+        run_quick(root)
+        print(f"quick: the experiments at {QUICK_SCALE:g} of their budgets and {QUICK_SEEDS} seeds, not evidence")
     root = readable_dir(args.runs_dir, "runs_dir")
     if args.out:  # every path checked before any compute
         out = writable_file(args.out, "--out")

@@ -43,19 +43,30 @@ def run_difference(stored: dict, config: dict) -> str | None:
     its rows are already past it.
     """
     strip = lambda d: {k: v for k, v in run_identity(d).items() if k != "budget"}  # noqa: E731
-    return config_difference(with_new_fields(strip(stored)), strip(config))
+    return config_difference(read_fields(with_new_fields(strip(stored))), read_fields(strip(config)))
+
+
+def read_fields(config: dict) -> dict:
+    """A config without the model fields its backend does not read (a toy run's stored wan sizes,
+    written before they were left out, are not a difference)."""
+    from grpo_zoo.config.run import ModelConfig
+
+    model = config.get("model") if isinstance(config, dict) else None
+    if not isinstance(model, dict) or model.get("backend", "toy") == "wan":
+        return config
+    return {**config, "model": {k: v for k, v in model.items() if k not in ModelConfig.WAN_ONLY}}
 
 
 def with_new_fields(stored: dict) -> dict:
     """A stored config with the fields added to the schema since it was written, at their
     schema defaults (a field is added with the default that keeps what runs computed before
     it): a run of an earlier version is still the same run. What the stored config holds wins."""
-    from grpo_zoo.config.run import RunConfig
+    from grpo_zoo.config.run import ModelConfig, RunConfig
     from grpo_zoo.config.schema import to_dict
     from grpo_zoo.core import algorithm as algorithms
     from grpo_zoo.errors import ConfigError
 
-    defaults = run_identity(to_dict(RunConfig()))
+    defaults = run_identity(to_dict(RunConfig(model=ModelConfig(backend="wan"))))  # every field (read_fields drops)
     alg = stored.get("algorithm")
     try:
         name = alg.get("name") if isinstance(alg, dict) else None
