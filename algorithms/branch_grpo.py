@@ -120,6 +120,9 @@ class BranchGRPO(Algorithm):
             "unbiased", "fastvideo/train_branchgrpo_flux.py:670 (torch .std() + 1e-8: a 2-node depth gets +-0.71)"
         ),
         "optim.adv_eps": Setting(1e-8, "fastvideo/train_branchgrpo_flux.py:670"),
+        "optim.weight_decay": Setting(
+            1e-4, "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh:87 (--weight_decay 0.0001)"
+        ),
     }
 
     def trainable_steps(self, table) -> range:

@@ -58,6 +58,9 @@ class FlashGRPO(Algorithm):
         "optim.global_std": Setting(True, "config/dgx.py:63"),
         "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py:28 (np.std + 1e-4)"),
         "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py:28"),
+        "optim.weight_decay": Setting(
+            1e-4, "config/base.py:76 (train.adam_weight_decay = 1e-4; config/dgx.py keeps it)"
+        ),
         "optim.ema_decay": Setting(0.9, "scripts/train_wanx2_1_flash.py:488 (evaluated: :251)"),
         "optim.ema_every": Setting(8, "scripts/train_wanx2_1_flash.py:488 (update_step_interval=8)"),
     }

@@ -38,6 +38,9 @@ class FlowGRPO(Algorithm):
         "optim.global_std": Setting(False, "config/grpo.py:64"),
         "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py (np.std(rewards) + 1e-4)"),
         "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py"),
+        "optim.weight_decay": Setting(
+            1e-4, "config/base.py:69 at ac4c86e (train.adam_weight_decay = 1e-4, every commit since 39d3d2c)"
+        ),
         "optim.ema_decay": Setting(
             0.9,
             "scripts/train_wan2_1.py@74db691 (EMAModuleWrapper(decay=0.9, update_step_interval=8); evaluation and checkpoints use it)",

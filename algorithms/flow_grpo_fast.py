@@ -51,6 +51,7 @@ class FlowGRPOFast(Algorithm):
         "optim.global_std": Setting(True, "config/grpo.py (pickscore_sd3_fast_nocfg: sample.global_std = True)"),
         "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py (np.std + 1e-4)"),
         "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py"),
+        "optim.weight_decay": Setting(1e-4, "config/base.py:69 at ac4c86e (train.adam_weight_decay = 1e-4)"),
         "optim.ema_decay": Setting(
             0.9, "scripts/train_sd3_fast.py@74db691 (EMAModuleWrapper(decay=0.9, update_step_interval=8))"
         ),

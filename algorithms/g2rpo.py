@@ -111,6 +111,7 @@ class G2RPO(Algorithm):
         "optim.global_std": Setting(False, "fastvideo/train_g2rpo_hps.py (per group of a granularity)"),
         "optim.adv_std": Setting("unbiased", "fastvideo/train_g2rpo_hps.py (std(dim=0) + 1e-8)"),
         "optim.adv_eps": Setting(1e-8, "fastvideo/train_g2rpo_hps.py"),
+        "optim.weight_decay": Setting(1e-4, "scripts/finetune/finetune_g2rpo_hps.sh:34 (--weight_decay 0.0001)"),
     }
 
     def steps(self, table) -> list[int]:

@@ -90,6 +90,9 @@ class MixGRPO(Algorithm):
         "optim.global_std": Setting(False, "fastvideo/train_grpo_flux.py:448 (per group)"),
         "optim.adv_std": Setting("unbiased", "fastvideo/train_grpo_flux.py:448 (torch .std() + 1e-8)"),
         "optim.adv_eps": Setting(1e-8, "fastvideo/train_grpo_flux.py:448"),
+        "optim.weight_decay": Setting(
+            1e-4, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:149 (--weight_decay 0.0001)"
+        ),
     }
 
     def span(self, table) -> int:

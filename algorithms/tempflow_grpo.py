@@ -93,6 +93,9 @@ class TempFlowGRPO(Algorithm):
         "optim.global_std": Setting(False, "config/dgx.py (*_pr: sample.global_std = False)"),
         "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py (np.std + 1e-4)"),
         "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py"),
+        "optim.weight_decay": Setting(
+            1e-4, "Flow-GRPO's config/base.py it starts from (train.adam_weight_decay = 1e-4)"
+        ),
         "optim.ema_decay": Setting(
             0.9, "scripts/train_sd3_pr.py (EMAModuleWrapper(decay=0.9, update_step_interval=8))"
         ),
