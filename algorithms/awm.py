@@ -112,6 +112,9 @@ class AWM(Algorithm):
         "optim.global_std": Setting(True, "advantage_weighted_matching/config/dgx_awm.py:72"),
         "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py:28 (np.std + 1e-4)"),
         "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py:28"),
+        "optim.weight_decay": Setting(
+            1e-4, "advantage_weighted_matching/config/base_awm.py:76 (train.adam_weight_decay)"
+        ),
         "optim.ema_decay": Setting(
             0.99,
             "advantage_weighted_matching/config/dgx_awm.py:91 (stepped once an epoch; evaluated: scripts/train_sd3_awm.py:385)",

@@ -99,6 +99,7 @@ class DanceGRPO(Algorithm):
         "optim.global_std": Setting(False, "fastvideo/train_grpo_hunyuan.py:379 (per group)"),
         "optim.adv_std": Setting("unbiased", "fastvideo/train_grpo_hunyuan.py:379 (group_rewards.std() + 1e-8)"),
         "optim.adv_eps": Setting(1e-8, "fastvideo/train_grpo_hunyuan.py:379"),
+        "optim.weight_decay": Setting(1e-4, "scripts/finetune/finetune_wan_2_1_grpo.sh:45 (--weight_decay 0.0001)"),
     }
 
     def trainable_steps(self, table) -> range:

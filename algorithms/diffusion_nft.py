@@ -10,9 +10,9 @@ scaled by c / b (`NFTObjective` below). Training forwards use no CFG.
 
 Sources. Paper: Zheng et al., "DiffusionNFT: Online Diffusion Reinforcement with Forward
 Process", arXiv 2509.16117. Code: NVlabs/DiffusionNFT scripts/train_nft_sd3.py and
-config/nft.py + config/base.py (only the README of NVlabs/DiffusionNFT is stored in the
-index; the files were read in its forks Xianchao-Wu/DiffusionNFT and jiaxi98/DiffusionNFT,
-which keep the training loop and configs); X-GenGroup/Flow-Factory
+config/nft.py + config/base.py (NVlabs/DiffusionNFT@24af555, readable whole; first read in
+its forks Xianchao-Wu/DiffusionNFT and jiaxi98/DiffusionNFT, which keep the training loop and
+configs); X-GenGroup/Flow-Factory
 src/flow_factory/trainers/rl/nft.py and hparams/training_args/nft.py for comparison.
 
 Published defaults, and where they live here:
@@ -102,6 +102,7 @@ class DiffusionNFT(Algorithm):
         "optim.global_std": Setting(True, "config/base.py:57"),
         "optim.adv_std": Setting("population", "flow_grpo/stat_tracking.py:28 (np.std + 1e-4)"),
         "optim.adv_eps": Setting(1e-4, "flow_grpo/stat_tracking.py:28"),
+        "optim.weight_decay": Setting(1e-4, "config/base.py:72 (train.adam_weight_decay)"),
         "optim.ema_decay": Setting(0.9, "scripts/train_nft_sd3.py:567 (evaluated: :221)"),
         "optim.ema_every": Setting(1, "scripts/train_nft_sd3.py:567 (update_step_interval=1)"),
     }

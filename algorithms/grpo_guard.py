@@ -74,6 +74,7 @@ class GRPOGuard(FlowGRPO):
             toolkit=1e-6,
             why="the toolkit adds its eps to the std: the same wherever the std is above 1e-6",
         ),
+        "optim.weight_decay": Setting(1e-4, "src/flow_factory/hparams/training_args.py:194 (adam_weight_decay)"),
     }
     objective = "ratio_norm_clip"
 

@@ -6,7 +6,8 @@ environment, usually on a GPU. grpo-zoo meets it at the files:
 - every run writes its final evaluation's videos to RUN/eval/videos/ as `<prompt>-<i>.mp4`, i
   counting the samples of that prompt, the prompt spelled without spaces (`a_red_circle_moving_left-0.mp4`:
   a space is `_`, any other character but letters, digits and `.-~` percent-encoded, so the name
-  reads back to the prompt exactly);
+  reads back to the prompt exactly; a prompt longer than that allows keeps its first part and a
+  hash of the whole);
 - `export RUNS_DIR --out DIR` gathers them into DIR/<run>/ (links, or copies across
   filesystems) under the names VBench reads the prompt from (`a red circle moving left-0.mp4`),
   with a prompt map, and prints the VBench command for each folder;
@@ -44,9 +45,15 @@ def video_name(prompt: str, index: int) -> str:
 def file_name(prompt: str, index: int) -> str:
     """The run's own file name for the index-th sample of a prompt: no spaces, nothing a shell
     or a file system reads specially, and `prompt_of` gives the prompt back."""
+    import hashlib
     from urllib.parse import quote
 
-    return f"{quote(prompt, safe='').replace('_', '%5F').replace('%20', '_')[:240]}-{index}.mp4"
+    stem = quote(prompt, safe="").replace("_", "%5F").replace("%20", "_")
+    if len(stem) > 200:  # cut outside an escape, and keep two long prompts apart by a hash of the whole
+        cut = stem[:190]
+        cut = cut[: cut.rfind("%")] if "%" in cut[-2:] else cut
+        stem = f"{cut}~{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+    return f"{stem}-{index}.mp4"
 
 
 def prompt_of(name: str) -> str:
@@ -54,7 +61,10 @@ def prompt_of(name: str) -> str:
     from urllib.parse import unquote
 
     stem = re.sub(r"-\d+\.mp4$", "", name)
-    return unquote(stem.replace("_", "%20")) if " " not in stem else stem
+    if " " in stem:
+        return stem
+    stem = re.sub(r"~[0-9a-f]{8}$", "", stem)  # a long prompt's name: its first part
+    return unquote(stem.replace("_", "%20"))
 
 
 def save_eval_videos(frames: np.ndarray, prompts: list[str], offset: int, n_prompts: int, out: Path) -> list[Path]:
@@ -88,7 +98,7 @@ def export(root: Path, out: Path) -> list[tuple[Path, Path]]:
                     os.link(video, target)
                 except OSError:
                     shutil.copy2(video, target)
-            mapping[target.name] = prompt
+            mapping.setdefault(target.name, prompt)  # two prompts VBench spells alike: the first keeps the name
         (dest / "prompts.json").write_text(json.dumps(mapping, indent=1))
         pairs.append((run, dest))
     return pairs

@@ -152,3 +152,10 @@ def test_quick_mode_runs_the_published_experiments_shrunk_and_writes_no_results_
     err = capsys.readouterr().err.strip().splitlines()
     assert exited.value.code == 2 and len(err) == 1 and "--out" in err[0]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "R.md").exists()
+    # a folder holding runs --quick did not make (the published ones): never trained over
+    (tmp_path / "published" / "efficiency").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exited:
+        paper_claims.main([str(tmp_path / "published"), "--quick"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exited.value.code == 2 and len(err) == 1 and "--quick did not make" in err[0], err
+    assert sorted(p.name for p in (tmp_path / "published").iterdir()) == ["efficiency"]

@@ -273,3 +273,16 @@ def test_a_wan_trainer_runs_no_transformer_pass_before_its_first_rollout(tiny_wa
     assert set(built) <= {"meta"}  # at most the count from shapes (cached if an earlier test made it)
     assert devices[len(built) :] and set(devices[len(built) :]) == {"cpu"}  # the rollout's real passes
     assert (trainer.meter.fwd_flops, trainer.meter.bwd_flops) == flops_per_nfe(cfg.model)
+
+
+def test_video_file_names_have_no_spaces_and_read_back_to_their_prompt():
+    from grpo_zoo.vbench import file_name, prompt_of, video_name
+
+    for prompt in ("a red circle moving left", 'snake_case 100% / back\\slash "q"', "ünïcödé prompt", "a-1"):
+        name = file_name(prompt, 3)
+        assert " " not in name and "/" not in name and name.endswith("-3.mp4") and prompt_of(name) == prompt
+    assert prompt_of(video_name("a red circle moving left", 0)) == "a red circle moving left"  # earlier runs' names
+    # long prompts: a bounded name, kept apart by a hash of the whole prompt
+    a, b = "猫" * 30, "猫" * 27 + "狗" * 3
+    assert file_name(a, 0) != file_name(b, 0) and max(len(file_name(a, 0)), len(file_name("x" * 999, 0))) < 220
+    assert prompt_of(file_name("x" * 999, 0)) == "x" * 190

@@ -80,7 +80,9 @@ def test_dry_run_lists_runs_and_submits_nothing(tmp_path):
     out = sweep(str(exp), "--runs-dir", str(tmp_path / "runs"), "--executor", "slurm", "--dry-run", env={"PATH": ""})
     assert out.returncode == 0 and "3 to submit (slurm)" in out.stdout, out.stderr[-2000:]
     # with what it would spend and the sbatch script each run's job gets, and still nothing written
-    assert re.search(r"^budget: .* over the 3 runs \(3 to submit", out.stdout, re.M), out.stdout
+    assert re.search(r"^budget: \S+ (training FLOPs|steps).* at most over the 3 runs to submit", out.stdout, re.M), (
+        out.stdout
+    )
     script = out.stdout.split("sbatch script of a run's job", 1)[1]
     assert "#!/bin/bash" in script and "#SBATCH --ntasks-per-node=1" in script and "srun " in script
     assert str(tmp_path / "runs" / "twin" / ".submitit") in script and not (tmp_path / "runs").exists()

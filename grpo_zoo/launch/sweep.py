@@ -115,10 +115,12 @@ def sbatch_script(exp: Experiment, cluster: ClusterProfile, root: Path, max_para
     return text
 
 
-def budget_line(exp: Experiment, todo: int) -> str:
-    """What the runs to submit will spend, in the units their budgets are given in."""
+def budget_line(exp: Experiment, states: dict[str, str]) -> str:
+    """What the runs to submit will spend at most, in the units their budgets are given in (a run
+    that resumes spends what is left of it)."""
     total: dict[str, float] = {}
-    for spec in exp.runs:
+    todo = [spec for spec in exp.runs if states[spec.name] not in ("done", "diverged")]
+    for spec in todo:
         for unit, value in (spec.config.get("budget") or {}).items():
             if value:
                 total[unit] = total.get(unit, 0.0) + float(value)
@@ -126,9 +128,7 @@ def budget_line(exp: Experiment, todo: int) -> str:
         f"{value:.3g} training FLOPs" if unit == "flops" else f"{value:g} {unit.replace('_', '-')}"
         for unit, value in total.items()
     )
-    return (
-        f"budget: {spent or 'none set'} over the {len(exp.runs)} runs ({todo} to submit; each stops at the first limit)"
-    )
+    return f"budget: {spent or 'nothing'} at most over the {len(todo)} runs to submit (each stops at its first limit)"
 
 
 def make_executor(kind: str, folder: Path, cluster: ClusterProfile, resources: Resources, max_parallel: int):
@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in exp.runs:
             print(f"{states[spec.name]:<9} {spec.config['run_dir']}  {json.dumps(spec.overrides)}")
         todo = sum(1 for state in states.values() if state not in ("done", "diverged"))
-        print(budget_line(exp, todo))
+        print(budget_line(exp, states))
         if args.executor == "slurm":
             print(
                 f"sbatch script of a run's job (submitted as one array of {todo}, at most {args.max_parallel} at "

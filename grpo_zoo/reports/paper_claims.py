@@ -454,9 +454,16 @@ def parser() -> ArgParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.quick:
-        if args.out:
-            raise ConfigError("--out: a --quick run is a smoke run, not evidence; it prints the table only")
+        if args.out or args.assets:
+            flag = "--out" if args.out else "--assets"
+            raise ConfigError(f"{flag}: a --quick run is a smoke run, not evidence; it prints the table only")
         root = writable_dir(args.runs_dir, "runs_dir")
+        theirs = [f for f in FOLDERS.values() if (root / f).is_dir()]
+        if theirs and not (root / "quick-experiments").is_dir():  # runs --quick did not make: never replaced
+            raise ConfigError(
+                f"runs_dir: {root / theirs[0]} holds runs that --quick did not make, which its quarter-budget "
+                "runs would replace; give --quick a folder of its own"
+            )
         run_quick(root)
         print(f"quick: the experiments at {QUICK_SCALE:g} of their budgets and {QUICK_SEEDS} seeds, not evidence")
     root = readable_dir(args.runs_dir, "runs_dir")

@@ -43,7 +43,9 @@ def run_difference(stored: dict, config: dict) -> str | None:
     its rows are already past it.
     """
     strip = lambda d: {k: v for k, v in run_identity(d).items() if k != "budget"}  # noqa: E731
-    return config_difference(read_fields(with_new_fields(strip(stored))), read_fields(strip(config)))
+    old, new = read_fields(with_new_fields(strip(stored))), read_fields(strip(config))
+    backend = config_difference(*({"model.backend": (c.get("model") or {}).get("backend")} for c in (old, new)))
+    return backend or config_difference(old, new)  # another backend is named as such, not by its fields
 
 
 def read_fields(config: dict) -> dict:
@@ -66,7 +68,9 @@ def with_new_fields(stored: dict) -> dict:
     from grpo_zoo.core import algorithm as algorithms
     from grpo_zoo.errors import ConfigError
 
-    defaults = run_identity(to_dict(RunConfig(model=ModelConfig(backend="wan"))))  # every field (read_fields drops)
+    defaults = run_identity(to_dict(RunConfig()))
+    wan = to_dict(ModelConfig(backend="wan"))  # the wan-only fields too (read_fields drops them for toy)
+    defaults["model"] = {**defaults["model"], **{k: wan[k] for k in ModelConfig.WAN_ONLY}}
     alg = stored.get("algorithm")
     try:
         name = alg.get("name") if isinstance(alg, dict) else None
