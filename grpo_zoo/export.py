@@ -90,8 +90,7 @@ def export(
     run_dir: str | Path, out: str | Path | None = None, checkpoint: str | None = None, weights: str = "auto"
 ) -> Path:
     run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / "export"
-    check_new_dir(out, "--out")
+    out = check_new_dir(run_dir / "export" if out is None else out, "--out")
     cfg, policy, ckpt, taken = trained_policy(run_dir, checkpoint, weights)
     with staged_dir(out, "--out") as staging:
         if cfg.model.lora_rank > 0:

@@ -31,8 +31,7 @@ def fork(run_dir: str | Path, new_dir: str | Path, checkpoint: str | None = None
     from grpo_zoo.runs import RunDir
     from grpo_zoo.runs.identity import config_difference, read_fields
 
-    run, new = RunDir(run_dir), Path(new_dir)
-    check_new_dir(new, "new_dir")
+    run, new = RunDir(run_dir), check_new_dir(new_dir, "new_dir")
     run.check_state()
     old = run.config()
     for item in overrides:

@@ -72,6 +72,7 @@ def test_a_full_fine_tuning_run_exports_its_transformer(tmp_path):
         (["--checkpoint", "../../etc"], "--checkpoint: no checkpoint"),
         (["--out", "{run}"], "--out:"),
         (["--out", "/proc/grpo-zoo-export"], "is not writable"),  # unwritable, even for root
+        (["--out", ""], "--out: an empty path"),
         (["--weights", "best"], "--weights"),
     ],
 )

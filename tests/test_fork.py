@@ -50,6 +50,7 @@ def test_a_fork_with_changes_branches_at_its_checkpoint(run, tmp_path):
         (["{new}", "run_dir=/tmp/x"], "run_dir:"),
         (["{run}"], "new_dir:"),
         (["/proc/grpo-zoo-fork"], "is not writable"),  # unwritable, even for root
+        ([""], "new_dir: an empty path"),
     ],
 )
 def test_bad_fork_input_is_one_line_and_exit_2(run, tmp_path, capsys, argv, needle):

@@ -125,9 +125,9 @@ def atomic_write(path: Path, text: str | bytes) -> None:
 def check_new_dir(path: Path | str, name: str) -> Path:
     """A directory that `staged_dir` may make: it does not exist yet and its parent can be written
     (checked before any compute; a ConfigError otherwise)."""
-    from grpo_zoo.errors import writable_dir
+    from grpo_zoo.errors import given_path, writable_dir
 
-    path = Path(path)
+    path = given_path(path, name, "directory")  # empty (the current folder), or a broken symlink: refused
     if path.exists() or path.is_symlink():
         raise ConfigError(f"{name}: {path} exists; choose a new directory (nothing is overwritten)")
     writable_dir(path.absolute().parent, name)

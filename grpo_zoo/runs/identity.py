@@ -54,9 +54,10 @@ def read_fields(config: dict) -> dict:
     from grpo_zoo.config.run import ModelConfig
 
     model = config.get("model") if isinstance(config, dict) else None
-    if not isinstance(model, dict) or model.get("backend", "toy") == "wan":
+    if not isinstance(model, dict):
         return config
-    return {**config, "model": {k: v for k, v in model.items() if k not in ModelConfig.WAN_ONLY}}
+    unused = ModelConfig(backend=model.get("backend", "toy")).unused_fields()  # the rule to_dict writes by
+    return {**config, "model": {k: v for k, v in model.items() if k not in unused}}
 
 
 def with_new_fields(stored: dict) -> dict:
