@@ -34,11 +34,18 @@ advantage, train the best keep // 2 and the worst keep - keep // 2, keep = max(2
 int(n * width_ratio)); it is decided after the advantages (`keep`), and the others run no
 forward or backward.
 
-Differences from the reference: the depth-wise normalisation uses the bench's population
-std + 1e-4 and clip (the reference: sample std + 1e-8, 0 below std 1e-6); the split
-noise scale (4.0 in the script: split steps draw 4x noise but score it under the unscaled
-Gaussian) is not reproduced, every SDE step samples the Gaussian it scores; the script's
---pruning_step_ratio (pruning only in the first part of training) is not offered.
+Split noise and the scored sample, as the reference has them: a split step draws its two
+children with 4x the noise (--tree_split_noise_scale 4.0, flux_step_with_split, L271-272) and
+scores them under the unscaled Gaussian (L277-279; training recomputes the same law, so old and
+new log-probs agree with each other, not with the sampling law): `split_noise_scale`, the
+plan's noise_scale. Each leaf's reward is of the last step's predicted clean sample x - sigma v
+(pred_original, L249, L515, L861-866), not of the last step's noisy sample; the last step's
+transition is still trained, as the reference's collect_all_transitions does: `score`.
+
+Differences from the reference: the depth-wise normalisation's std convention and epsilon are
+the settings below (the reference: sample std + 1e-8); a depth whose std is below 1e-6 gets 0
+there and the bench's clip here; the script's --pruning_step_ratio (pruning only in the first
+part of training) is not offered.
 """
 
 from __future__ import annotations
@@ -85,6 +92,13 @@ class BranchGRPOConfig(AlgorithmConfig):
     --tree_prob_weighted; its script: off) instead of the mean of the leaves below."""
     width_ratio: float = num(0.5, gt=0, le=1)
     """Share of each leaf's post-split transitions kept by width pruning, in (0, 1]."""
+    split_noise_scale: float = num(4.0, gt=0)
+    """The noise a split step draws is this multiple of the Gaussian its transitions are scored
+    under, old and new log-probs alike (the reference's --tree_split_noise_scale 4.0,
+    flux_step_with_split; 1: every SDE step samples the law it scores)."""
+    score: Literal["prediction", "latent"] = "prediction"
+    """What the reward sees of a leaf: `prediction`, the last step's predicted clean sample
+    x - sigma v (the reference decodes pred_original), or `latent`, the last step's sample."""
 
     def validate(self) -> None:
         if self.initial_noise != "shared":
@@ -107,6 +121,10 @@ class BranchGRPO(Algorithm):
     settings = {
         "sampling.noise": Setting("constant", "fastvideo/train_branchgrpo_flux.py:252 (std = eta sqrt(dt))"),
         "sampling.noise_level": Setting(0.3, "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh:83 (--eta 0.3)"),
+        "algorithm.split_noise_scale": Setting(
+            4.0, "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh:29,97; fastvideo/train_branchgrpo_flux.py:271-279"
+        ),
+        "algorithm.score": Setting("prediction", "fastvideo/train_branchgrpo_flux.py:249,515,861-866 (pred_original)"),
         "optim.clip_range": Setting(1e-3, "scripts/finetune/finetune_flux_branchgrpo_8gpus.sh:94"),
         "optim.beta": Setting(0.0, "fastvideo/train_branchgrpo_flux.py (no KL term)"),
         "optim.minibatches": Setting(
@@ -187,7 +205,12 @@ class BranchGRPO(Algorithm):
         sde[:] = self.sde_steps(table, pts)
         owned = torch.arange(table.num_steps) >= branch_at[:, None]  # not the prefix shared with the parent
         train = owned & self.train_mask(ctx.iteration, table, pts)
-        return self.make_plan(ctx, sde, train, parent=parent, branch_at=branch_at)
+        scale = torch.ones(sde.shape, dtype=torch.float64)
+        scale[:, pts] = self.cfg.split_noise_scale
+        return self.make_plan(
+            ctx, sde, train, parent=parent, branch_at=branch_at, noise_scale=scale,
+            score_prediction=self.cfg.score == "prediction",
+        )  # fmt: skip
 
     def advantages(self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Each transition's node value (mean reward of the leaves below it, or the

@@ -12,6 +12,13 @@ floor(T * fraction) steps instead and wraps it whole: the toolkit's rule before 
 which the published leaderboard ran with 0.6. The plan is a function of the iteration, so a
 resumed run plans exactly as an uninterrupted one.
 
+MixGRPO-Flash (`post_compress_ratio`, with sampling.ode_solver dpm2: experiments/toy/
+mix_grpo_flash.yaml) runs the ODE after the window on a coarser grid of its own: int((T - last)
+* r) sigma nodes from the step after the window's last step to 0, evenly spaced in unshifted
+time and shifted as the schedule (fastvideo/utils/sampling_utils.py:44-54), solved by
+DPM-Solver++(2M) continuing the window's history; Flash* keeps the window at steps 0-3
+(`shift: 0`) with r = 0.2.
+
 Settings from Tencent-Hunyuan/MixGRPO, scripts/finetune/finetune_flux_grpo_MixGRPO.sh
 (group_size=4 steps in the window, iters_per_group=25, prog_overlap_step=1, roll_back,
 init_same_noise; its timestep_fraction is not read by the "part" strategy) and the paper
@@ -50,8 +57,17 @@ class MixGRPOConfig(AlgorithmConfig):
     """w: consecutive SDE (and trained) steps (cut at the end of the window's domain)."""
     shift_every: int = num(25, ge=1)
     """Training iterations between two moves of the window."""
-    shift: int = num(1, ge=1)
-    """Steps the window moves each time."""
+    shift: int = num(1, ge=0)
+    """Steps the window moves each time (0: it stays at steps 0 .. w - 1, MixGRPO-Flash*'s
+    prog_overlap_step=0)."""
+    post_compress_ratio: float | None = num(None, gt=0, le=1)
+    """MixGRPO-Flash: null: the ODE after the window runs on the table's steps; r: it runs on
+    max(int((T - last) * r), 2) nodes from the step after the window's last step (`last`) to 0,
+    evenly spaced in unshifted time and shifted as the schedule is (the reference's
+    dpm_post_compress_ratio: 0.4 for Flash, 0.2 for Flash*; pair it with sampling.ode_solver
+    dpm2). The reference's formula floors at one node, an image decoded before sigma 0, only
+    where its window never goes in its 300 iterations (start 15 of 23): here a tail is one
+    step to 0 at least."""
     rewards: dict[str, float] | None = num(None, ge=0)
     """Several rewards, the reference's `advantage_aggr`: {entry of the run's reward: weight >= 0};
     each entry's group advantage, weighted by weight / sum(weights), summed, then clipped to
@@ -81,6 +97,11 @@ class MixGRPO(Algorithm):
         ),
         "sampling.noise_level": Setting(
             0.7, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:55,145 (eta=0.7; --eta $eta)"
+        ),
+        "algorithm.post_compress_ratio": Setting(
+            None,
+            "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:75 (dpm_algorithm_type null: the table's steps; "
+            "MixGRPO-Flash 0.4 and Flash* 0.2: _Flash.sh:77, _Flash*.sh:77)",
         ),
         "optim.clip_range": Setting(1e-4, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:156"),
         "optim.beta": Setting(0.0, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:56 (kl_coeff 0)"),
@@ -116,6 +137,8 @@ class MixGRPO(Algorithm):
     def start(self, iteration: int, table) -> int:
         """The window's first step at `iteration`."""
         move = iteration // self.cfg.shift_every
+        if self.cfg.shift == 0:
+            return 0
         if self.cfg.timestep_fraction is None:  # 0, s, 2s, ... <= T - 2, then back to 0
             return move % (self.span(table) // self.cfg.shift + 1) * self.cfg.shift
         positions = self.span(table) - self.width(table) + 1
@@ -146,7 +169,26 @@ class MixGRPO(Algorithm):
             merged += weight / total * adv[ctx.rank * p : (ctx.rank + 1) * p]
         return merged.clamp(-ctx.adv_clip, ctx.adv_clip).flatten()[traj]
 
+    def tail(self, window: range, table, shift: float) -> tuple[int, tuple[float, ...]] | None:
+        """MixGRPO-Flash's re-gridded ODE tail after `window` (fastvideo/utils/sampling_utils.py:44-54):
+        (first step of the tail, its sigma nodes), or None (no ratio, or an all-ODE iteration)."""
+        r = self.cfg.post_compress_ratio
+        if r is None or not len(window):
+            return None
+        t, k = table.num_steps, window[-1] + 1
+        n = max(int((t - window[-1]) * r), 2)
+        sig = float(table.sigma[k])
+        u0 = sig / (shift - (shift - 1) * sig)  # the unshifted time of the tail's first node
+        u = torch.linspace(u0, 0, n, dtype=torch.float64)
+        nodes = shift * u / (1 + (shift - 1) * u)
+        nodes[0] = sig
+        return k, tuple(nodes.tolist())
+
     def plan(self, ctx: PlanContext) -> Plan:
         sde = self.empty(ctx)
-        sde[:, self.steps(ctx.iteration, ctx.table)] = True
-        return self.make_plan(ctx, sde)
+        window = self.steps(ctx.iteration, ctx.table)
+        sde[:, window] = True
+        tail = self.tail(window, ctx.table, ctx.shift)
+        if tail is None:
+            return self.make_plan(ctx, sde)
+        return self.make_plan(ctx, sde, tail_from=tail[0], tail=tail[1])

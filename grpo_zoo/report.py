@@ -86,6 +86,7 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         efficiency,
         headline,
         leaderboard,
+        power,
         render,
         table1,
     )
@@ -100,7 +101,7 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
     target_text = "given with --target" if target is not None else common_target(data)[1]
     col = collapse_table(data, drop=drop, below_base=below_base)
     col["run"] = col["run"].map(lambda p: Path(p).name)
-    board, board_target = leaderboard(data, used_target, x, drop)
+    board, board_target = leaderboard(data, used_target, x, drop, base)
     tables = {
         "leaderboard": board,
         "table1": table1(data),
@@ -128,6 +129,8 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         f"## Leaderboard (equal budget; compute to eval reward {board_target:.3f})",
         "",
         render(board, "md"),
+        "",
+        power(data, base),
         "",
         "## Table 1",
         "",

@@ -3,6 +3,7 @@ checked against diffusers' DPM-Solver++ and a flow whose exact solution is known
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from grpo_zoo.core import algorithm as algorithms
@@ -157,3 +158,72 @@ def test_the_solver_benchmark_measures_the_toy_base_model():
     assert [r["nfe"] for r in rows] == [10, 5, 10, 5]
     assert all(math.isfinite(r[k]) for r in rows for k in ("reward", "ci", "error"))
     assert all(r["error"] > 0 for r in rows)  # 10 steps are not the 200-step answer
+
+
+def test_mix_grpo_flash_regrids_its_tail_as_the_reference_does():
+    """sampling_utils.py:44-54 at T = 25 on the reference's own grid (shift(linspace(1, 0, 26))):
+    int((T - last) * r) nodes from node last + 1, evenly spaced in unshifted time, then shifted."""
+    shift, steps = 3.0, 25
+    u = torch.linspace(1, 0, steps + 1, dtype=torch.float64)
+    table = step_table((shift * u / (1 + (shift - 1) * u)).float(), "flow_sde")
+    alg = algorithms.build({"name": "mix_grpo", "shift_every": 1, "post_compress_ratio": 0.4})
+    for it, nodes in ((0, 8), (5, 6), (15, 2)):  # last = 3, 8, 18: int(22 * .4), int(17 * .4), int(7 * .4)
+        ctx = PlanContext.of(1, 4, table, torch.Generator().manual_seed(0), iteration=it, shift=shift)
+        plan = alg.plan(ctx)
+        plan.check(table)
+        last = it + 3
+        post = torch.linspace(float(u[last + 1]), 0, nodes, dtype=torch.float64)
+        assert plan.tail_from == last + 1
+        assert torch.allclose(torch.tensor(plan.tail, dtype=torch.float64), shift * post / (1 + (shift - 1) * post), atol=1e-6)
+        assert plan.forward_rows()[0].sum() == last + 1 + nodes - 1  # 11 model calls a rollout at it 0, not 25
+
+
+def test_a_regridded_tail_is_the_rollout_on_the_joined_schedule():
+    """The tail of a plan equals a plain rollout on the table's sigmas up to the tail joined with
+    the tail's nodes: the same SDE transitions and log-probs, the same video, its forwards."""
+    table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
+    alg = algorithms.build({"name": "mix_grpo", "shift_every": 1, "post_compress_ratio": 0.4})
+    emb = torch.randn(8, 3, 5)
+    ctx = PlanContext.of(2, 4, table, torch.Generator().manual_seed(3), iteration=1, shift=3.0)
+    plan = alg.plan(ctx)
+    plan.check(table)
+    k, tail = plan.tail_from, plan.tail
+    assert (k, len(tail)) == (5, 2)  # window 1..4: one DPM step to 0, 6 model calls (the issue's count)
+    joined = step_table(torch.cat([make_sigmas("wan", 10, 3.0)[:k], torch.tensor(tail[:-1]), torch.zeros(1)]), "flow_sde")
+    sde = plan.sde[:, :k]
+    sde = torch.cat([sde, torch.zeros(8, len(tail) - 1, dtype=torch.bool)], 1)
+    flat = Plan(sde=sde, train=sde.clone(), weight=sde.double(), group_size=4, parent=plan.parent, branch_at=plan.branch_at)
+    flat.check(joined)
+    for solver in ("euler", "dpm2"):
+        a, b = CountingPolicy(), CountingPolicy()
+        ro = rollout(a, emb, None, plan, table, 1.0, torch.Generator().manual_seed(1), solver=solver)
+        ref = rollout(b, emb, None, flat, joined, 1.0, torch.Generator().manual_seed(1), solver=solver)
+        assert torch.equal(ro.transitions.x_next, ref.transitions.x_next)
+        assert torch.equal(ro.transitions.logp_old, ref.transitions.logp_old)
+        assert torch.allclose(ro.latents, ref.latents, atol=1e-6)
+        assert ro.nfe == a.rows == b.rows == int(plan.forward_rows().sum()) == 2 * (4 * 6 - 3 * 2)  # a group shares steps 0 and 1
+
+
+def test_mix_grpo_flash_star_keeps_its_window_at_the_start():
+    table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
+    alg = algorithms.build({"name": "mix_grpo", "shift_every": 1, "shift": 0, "post_compress_ratio": 0.2})
+    for it in (0, 7, 40):
+        plan = alg.plan(PlanContext.of(1, 4, table, torch.Generator().manual_seed(0), iteration=it, shift=3.0))
+        plan.check(table)
+        assert plan.train[0].nonzero().flatten().tolist() == [0, 1, 2, 3]
+        assert plan.tail_from == 4 and len(plan.tail) == 2  # max(int(6 * 0.2), 2)
+
+
+def test_a_plan_tail_that_does_not_join_the_table_is_refused():
+    table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
+    plan = ode_plan(2, 10)
+    plan.tail_from, plan.tail = 4, (0.5, 0.0)
+    with pytest.raises(ValueError, match="from the table's sigma"):
+        plan.check(table)
+    plan.tail = (float(table.sigma[4]), 0.3, 0.4, 0.0)
+    with pytest.raises(ValueError, match="decrease"):
+        plan.check(table)
+    plan.sde[:, 5] = True
+    plan.tail = (float(table.sigma[4]), 0.0)
+    with pytest.raises(ValueError, match="before a row's last SDE step"):
+        plan.check(table)

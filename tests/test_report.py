@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from grpo_zoo.analysis import collapse_table, load_runs, mean_ci
@@ -395,3 +396,34 @@ def test_the_common_target_is_declared_or_clears_the_designs_minimum_detectable_
     assert common_target(data) == (0.39, "declared in the experiment (report.target)")
     out = write_report(root, tmp_path / "report")
     assert "The target: halfway from the base model (0.300)" in out.read_text()
+
+
+def test_differences_are_paired_by_seed_and_the_power_is_stated(tmp_path):
+    """Gain over the base and the differences to the baseline and the best pair seed s with seed s
+    (every run scores the same eval samples): a shared seed effect cancels, which Welch's test
+    across seeds cannot see; the report states the paired design's minimum detectable difference."""
+    from scipy import stats
+
+    from grpo_zoo.analysis.stats import detectable, paired
+    from grpo_zoo.analysis.tables import leaderboard, power
+
+    root = tmp_path / "runs"
+    for seed, shift in enumerate((0.00, 0.06, 0.12)):  # a large seed effect shared by both methods
+        fake_run(root, f"flow_grpo_seed{seed}", "flow_grpo", [0.30, 0.33 + shift], 0.01, seed)
+        fake_run(root, f"flash_grpo_seed{seed}", "flash_grpo", [0.30, 0.35 + shift + 0.001 * seed], 0.01, seed)
+    (root / "experiment.json").write_text(json.dumps({"variants": ["flow_grpo", "flash_grpo"], "baseline": "flow_grpo"}))
+    data = load_runs(root)
+    board, _ = leaderboard(data)
+    flash, flow = (board.set_index("Method").loc[v] for v in ("flash_grpo", "flow_grpo"))
+    assert flow["vs flash_grpo (Welch's t-test)"] == "n.s."  # unpaired: the seed effect hides it
+    half = f"{stats.t.ppf(0.975, 2) * np.array([0.020, 0.021, 0.022]).std(ddof=1) / 3**0.5:.3f}"
+    assert flash["vs flow_grpo (paired)"] == f"+0.021 ± {half} (p<0.001)"
+    assert flow["vs flash_grpo (paired)"] == f"-0.021 ± {half} (p<0.001)"
+    assert flash["Gain over base (paired)"].startswith("+0.111 ± ")
+    assert flow["vs flow_grpo (paired)"] == "-" and flash["vs flash_grpo (paired)"] == "-"
+    m, lo, hi, p, n = paired(pd.Series([1.0, 2.0]), pd.Series([0.5, 1.0, 9.0]))  # only matched seeds pair
+    assert (m, n) == (0.75, 2) and lo < m < hi and 0 < p < 1
+    assert np.isnan(paired(pd.Series([1.0]), pd.Series([0.5]))[3])
+    line = power(data, "flow_grpo")
+    assert f"{detectable(0.001, 3):.3f} in eval reward" in line and "3 seeds" in line
+    assert detectable(0.001, 3) == pytest.approx((4.302653 + 1.060660) * 0.001 / 3**0.5, rel=1e-5)

@@ -214,3 +214,38 @@ def test_best_worst_width_pruning_trains_the_extremes_after_the_last_split():
         )
         is None
     )
+
+
+def test_split_steps_draw_wider_noise_than_the_law_they_are_scored_under():
+    """The reference's split noise (4x at splits, log-probs under the unscaled Gaussian): at the
+    first split the centred log-likelihood of the sample is 16 times the unscaled draw's."""
+    from grpo_zoo.flow.sde import LOG_SQRT_2PI
+
+    tab = table(6)
+    emb = torch.randn(1, 3, 5).repeat_interleave(4, 0)
+    logp = {}
+    for scale in (1.0, 4.0):
+        _, _, plan = plan_of({"split_noise_scale": scale}, tab, 1, 4)
+        assert plan.noise_scale[:, [0, 3]].eq(scale).all() and plan.noise_scale[:, [1, 2, 4, 5]].eq(1).all()
+        ro = rollout(CountingPolicy(), emb, None, plan, tab, 1.0, torch.Generator().manual_seed(1))
+        logp[scale] = ro.logp[:2, 0]  # the two children of the root at split 0
+    c = -torch.log(torch.tensor(float(tab.step_std[0]))) - LOG_SQRT_2PI
+    assert torch.allclose(logp[4.0] - c, 16 * (logp[1.0] - c), rtol=1e-4)
+
+
+def test_a_leaf_is_scored_by_its_last_steps_clean_prediction():
+    """score: prediction gives each leaf x - sigma v of the last step, which (sigma_next = 0) is
+    the Euler step the same leaf would take with that step deterministic."""
+    tab = table(6)
+    emb = torch.randn(1, 3, 5).repeat_interleave(4, 0)
+    _, _, plan = plan_of({}, tab, 1, 4)
+    assert plan.score_prediction and plan.sde[:, -1].all() and plan.train[:, -1].all()
+    pred = rollout(CountingPolicy(), emb, None, plan, tab, 1.0, torch.Generator().manual_seed(1))
+    plan.score_prediction = False
+    noisy = rollout(CountingPolicy(), emb, None, plan, tab, 1.0, torch.Generator().manual_seed(1))
+    plan.sde[:, -1] = plan.train[:, -1] = False
+    plan.weight[:, -1] = 0
+    ode = rollout(CountingPolicy(), emb, None, plan, tab, 1.0, torch.Generator().manual_seed(1))
+    assert torch.allclose(pred.latents, ode.latents, atol=1e-6)
+    assert not torch.allclose(pred.latents, noisy.latents, atol=1e-3)
+    assert torch.equal(pred.transitions.x_next, noisy.transitions.x_next)  # the same samples, trained alike

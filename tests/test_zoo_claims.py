@@ -76,3 +76,16 @@ def test_leaderboard_ranks_by_final_reward_with_costs_per_iteration(tmp_path):
     table, target = leaderboard(data, target=0.45, x="compute/device_hours")
     assert list(table["Method"]) == ["b", "a"] and list(table["Rank"]) == [1, 2]
     assert table.loc[0, "NFE / iteration"] == "100" and table.loc[1, "Collapsed"] == "0/2"
+
+
+def test_a_ci_that_holds_the_factor_and_less_is_inconclusive(tmp_path, claims):
+    """The rule declared before the reference-settings leaderboard: a CI reaching the claimed
+    factor is not enough when it also admits far less (the earlier rule called it reproduced)."""
+    claims({"wide": {"baseline": "slow", "kind": "to_target", "factor": 5.0, "claim": "5x", "source": "s"}})
+    root = tmp_path / "runs"
+    for seed, hours in enumerate((0.006, 0.03, 0.012)):  # 10x, 2x, 5x against slow's 0.06
+        fake_run(root, f"slow_seed{seed}", "slow", UP, 0.06, seed)
+        fake_run(root, f"wide_seed{seed}", "wide", UP, hours, seed)
+    (root / "experiment.json").write_text(json.dumps({"variants": ["slow", "wide"], "baseline": "slow"}))
+    verdict, reason = verdicts(load_runs(root), 0.45)["wide"]
+    assert verdict == "inconclusive" and "holds 5x and as little as" in reason

@@ -59,6 +59,37 @@ def label_of(p: float, alpha: float = ALPHA) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
+PAIRED_NAME = "paired by seed"
+
+
+def paired(a: pd.Series, b: pd.Series, confidence: float = 0.95) -> tuple[float, float, float, float, int]:
+    """The mean of a[s] - b[s] over the seeds s both have (every run is scored on the same
+    fixed-noise eval samples, so each difference is paired by sample too), its Student's
+    t-interval and two-sided p (the paired t-test, scipy.stats.ttest_rel): (mean, low, high, p, n).
+    Fewer than two pairs: no interval, no p (NaN)."""
+    both = pd.concat({"a": a, "b": b}, axis=1).dropna()
+    d = (both["a"] - both["b"]).to_numpy(float)
+    n = len(d)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), float("nan"), 0
+    m, lo, hi = mean_ci(d, confidence)
+    if n < 2:
+        return m, lo, hi, float("nan"), n
+    if np.ptp(d) == 0:
+        return m, m, m, (1.0 if m == 0 else 0.0), n
+    return m, lo, hi, float(stats.ttest_1samp(d, 0.0).pvalue), n
+
+
+def detectable(sd: float, n: int, alpha: float = ALPHA, power: float = 0.8) -> float:
+    """The minimum detectable difference of a two-sided paired t-test over n pairs whose
+    differences have standard deviation sd: (t_{1 - alpha/2} + t_{power}) sd / sqrt(n), n - 1
+    degrees of freedom (the usual normal-approximation formula with t quantiles)."""
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    dof = n - 1
+    return float((stats.t.ppf(1 - alpha / 2, dof) + stats.t.ppf(power, dof)) * sd / np.sqrt(n))
+
+
 def ratio_test(num, den, confidence: float = 0.95) -> tuple[float, float, float, float, str]:
     """A speed-up (or any ratio of positive per-seed costs) and its test, one and the same: Welch's
     t-test on the logs, so the ratio is exp(mean log num - mean log den) (of geometric means),

@@ -20,7 +20,10 @@ from grpo_zoo.analysis.stats import (
     aggregate,
     collapse_table,
     cost_to_target,
+    detectable,
+    label_of,
     mean_ci,
+    paired,
     ratio_test,
     significance,
 )
@@ -358,11 +361,60 @@ def headline(data: Runs, drop: float | None = None) -> str:
     )
 
 
+def by_seed(data: Runs, variant: str, column: str = "eval/reward") -> pd.Series:
+    """A variant's per-seed values of a run column, indexed by seed."""
+    g = data.runs[data.runs["variant"] == variant]
+    return pd.Series(g[column].to_numpy(float), index=g["seed"].to_numpy()) if column in g else pd.Series(dtype=float)
+
+
+def _paired_text(m: float, lo: float, hi: float, p: float, digits: int = 3) -> str:
+    if not np.isfinite(m):
+        return "-"
+    text = f"{m:+.{digits}f}"
+    if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+        text += f" ± {(hi - lo) / 2:.{digits}f}"
+    return text + (f" ({label_of(p)})" if np.isfinite(p) else " (n = 1)")
+
+
+def paired_columns(data: Runs, variant: str, baseline: str, best: str) -> dict[str, str]:
+    """A variant's gain over the base model and its differences to the baseline and to the best,
+    each paired by seed (and by eval sample): mean ± half its 95% t-interval (p)."""
+    final = by_seed(data, variant)
+    out = {"Gain over base (paired)": _paired_text(*paired(final, by_seed(data, variant, "eval/reward_initial"))[:4])}
+    for name, ref in ((f"vs {baseline} (paired)", baseline), (f"vs {best} (paired)", best)):
+        out[name] = "-" if variant == ref else _paired_text(*paired(final, by_seed(data, ref))[:4])
+    return out
+
+
+def power(data: Runs, baseline: str) -> str:
+    """The design's minimum detectable difference: the paired test against the baseline at
+    alpha 0.05 and power 0.8, from the differences' standard deviation pooled over the methods."""
+    variances, ns = [], []
+    ref = by_seed(data, baseline)
+    for variant in data.runs["variant"].unique():
+        if variant == baseline:
+            continue
+        both = pd.concat({"a": by_seed(data, variant), "b": ref}, axis=1).dropna()
+        if len(both) >= 2:
+            variances.append(float((both["a"] - both["b"]).var(ddof=1)))
+            ns.append(len(both))
+    if not variances:
+        return "No method has two seeds paired with the baseline's: no detectable difference can be stated."
+    sd, n = float(np.sqrt(np.mean(variances))), min(ns)
+    return (
+        f"Power: with {n} seeds per method, the paired differences to {baseline} have a pooled standard deviation of "
+        f"{sd:.4f}, so the smallest difference this design detects at alpha {ALPHA} with power 0.8 is "
+        f"{detectable(sd, n):.3f} in eval reward (two-sided paired t-test, {n - 1} degrees of freedom)."
+    )
+
+
 def leaderboard(
-    data: Runs, target: float | None = None, x: str | None = None, drop: float | None = None
+    data: Runs, target: float | None = None, x: str | None = None, drop: float | None = None,
+    baseline: str | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Every variant at the sweep's equal budget, best first: final eval reward (mean and 95%
-    t-interval over seeds) with its significance against the best, compute to reach a common
+    t-interval over seeds) with its significance against the best, its gain over the base model
+    and its differences to the baseline and to the best paired by seed, compute to reach a common
     target reward (as `efficiency`: a seed that never reaches it counts at all it spent, a
     bound), how many seeds collapsed and first when, and the transformer forwards (NFE) and
     backward passes one training iteration costs."""
@@ -373,6 +425,7 @@ def leaderboard(
     means = runs.groupby("variant", sort=False)["eval/reward"].mean()
     best = means.idxmax()
     best_vals = runs.loc[runs["variant"] == best, "eval/reward"].to_numpy(float)
+    baseline = baseline or baseline_of(data)[0]
     eff, target = efficiency(data, target, x, best)
     to_target = eff.set_index("Method")
     cost_col = next(c for c in eff.columns if c.endswith(f"to reward {target:.3f}"))
@@ -399,6 +452,7 @@ def leaderboard(
                 "Method": variant,
                 "Final eval reward": _fmt(m, lo, hi),
                 f"vs {best} ({TEST_NAME})": "-" if variant == best else significance(vals, best_vals)[1],
+                **paired_columns(data, variant, baseline, best),
                 f"{unit} to reward {target:.3f}": to_target.loc[variant, cost_col],
                 "Seeds reaching it": to_target.loc[variant, "Seeds reaching it"],
                 "Collapsed": f"{n_col}/{len(c)}" + (f" (first at step {int(first.min())})" if n_col else ""),

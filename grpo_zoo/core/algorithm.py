@@ -121,10 +121,12 @@ class Algorithm:
         branch_at: torch.Tensor | None = None,
         group: torch.Tensor | None = None,
         stride: torch.Tensor | None = None,
+        **options,
     ) -> Plan:
         """A Plan from masks: `train` defaults to `sde`, `weight` to 1 on trained transitions,
         `stride` to the run's `sampling.ode_stride`; with `initial_noise: shared` and no
-        explicit tree, a group shares its prefix."""
+        explicit tree, a group shares its prefix. `options`: the Plan's other fields
+        (noise_scale, score_prediction, tail_from, tail)."""
         train = sde.clone() if train is None else train
         weight = train.double() if weight is None else weight.double() * train
         if parent is None and self.cfg.initial_noise == "shared":
@@ -138,6 +140,7 @@ class Algorithm:
             branch_at=branch_at,
             group=group,
             stride=torch.full((ctx.batch_size,), ctx.ode_stride, dtype=torch.long) if stride is None else stride,
+            **options,
         )
 
     def empty(self, ctx: PlanContext) -> torch.Tensor:

@@ -51,6 +51,9 @@ class PlanContext(Groups):
     world: int = 1
     ode_stride: int = 1
     """sampling.ode_stride: the stride `make_plan` gives every row's ODE tail (Plan.stride)."""
+    shift: float = 3.0
+    """sampling.shift: the timestep shift s of the schedule (sigma = s u / (1 + (s - 1) u)), for an
+    algorithm that lays out nodes of its own (a re-gridded ODE tail, `Plan.tail`)."""
 
     @classmethod
     def of(
@@ -90,6 +93,20 @@ class Plan:
     """[B] long >= 1: after its last SDE step, row b runs the model only at every stride-th
     step and holds its data prediction in between: an ODE on a coarser grid of the same
     sigmas (grpo_zoo/flow/multistep.py), fewer forwards. 1 (default): every step."""
+    noise_scale: torch.Tensor | None = None
+    """[B, T] float > 0: the SDE noise row b draws at step j is this multiple of the Gaussian the
+    step is scored under (BranchGRPO's split noise: its log-probs are the unscaled law's, old and
+    new alike). None: 1 everywhere, every SDE step samples the Gaussian it scores."""
+    score_prediction: bool = False
+    """The reward scores each row's data prediction of its last model call, x - sigma v, instead
+    of the final latent (BranchGRPO decodes the last step's predicted clean sample)."""
+    tail_from: int | None = None
+    """Every row leaves the table's steps at this step (after its last SDE step) and runs the ODE
+    on the nodes `tail` instead (MixGRPO-Flash's re-gridded tail); None: the table's steps."""
+    tail: tuple[float, ...] | None = None
+    """The re-gridded tail's sigmas, from the table's sigma at `tail_from` down to 0: len - 1
+    model calls, taken at steps tail_from, tail_from + 1, ... (columns the tail does not fill
+    run nothing). One node: the rollout ends at that sigma (the reference decodes it there)."""
 
     def __post_init__(self) -> None:
         b = self.sde.shape[0]
@@ -99,6 +116,8 @@ class Plan:
             self.branch_at = torch.zeros(b, dtype=torch.long)
         if self.stride is None:
             self.stride = torch.ones(b, dtype=torch.long)
+        if self.noise_scale is None:
+            self.noise_scale = torch.ones(self.sde.shape, dtype=torch.float64)
 
     @property
     def num_prompts(self) -> int:
@@ -153,9 +172,14 @@ class Plan:
         return own & ~needed & (src_v == rows[:, None])
 
     def forward_rows(self) -> torch.Tensor:
-        """[B, T] bool: which rows run a transformer forward at each step."""
+        """[B, T] bool: which rows run a transformer forward at each step (a re-gridded tail's
+        calls counted in its first len(tail) - 1 columns)."""
         src_v, _ = self.sources()
-        return (src_v == torch.arange(len(src_v))[:, None]) & ~self.skips()
+        rows = (src_v == torch.arange(len(src_v))[:, None]) & ~self.skips()
+        if self.tail_from is not None:
+            rows[:, self.tail_from :] = False
+            rows[:, self.tail_from : self.tail_from + len(self.tail) - 1] = True
+        return rows
 
     def rows(self, lo: int, hi: int) -> Plan:
         """The plan of rows lo .. hi - 1 alone (a chunk of a rollout), as a plan of its own:
@@ -212,6 +236,29 @@ class Plan:
             raise ValueError(f"plan group must have shape {tuple(self.sde.shape)}")
         if self.stride.shape != (b,) or (self.stride < 1).any():
             raise ValueError(f"plan stride must have shape ({b},) and values >= 1")
+        if self.noise_scale.shape != (b, t) or not bool((self.noise_scale > 0).all()):
+            raise ValueError(f"plan noise_scale must have shape ({b}, {t}) and values > 0")
+        if (self.tail is None) != (self.tail_from is None):
+            raise ValueError("plan tail and tail_from go together")
+        if self.tail is not None:
+            self._check_tail(table, src_x)
+
+    def _check_tail(self, table: StepTable, src_x: torch.Tensor) -> None:
+        """A re-gridded tail: from the table's sigma at tail_from, strictly down to 0, after every
+        row's SDE steps, in rows that compute their own steps there, with no strided tail."""
+        b, t = self.sde.shape
+        k, nodes = self.tail_from, torch.tensor(self.tail, dtype=torch.float64)
+        if not 0 < k <= t or len(nodes) < 1 or len(nodes) - 1 > t - k:
+            raise ValueError(f"plan tail of {len(nodes)} nodes from step {k} does not fit the {t}-step schedule")
+        first = float(table.sigma[k]) if k < t else 0.0
+        if abs(float(nodes[0]) - first) > 1e-6 or (len(nodes) > 1 and float(nodes[-1]) != 0.0):
+            raise ValueError(f"plan tail must run from the table's sigma {first:.6g} at step {k} to 0")
+        if bool((nodes[1:] >= nodes[:-1]).any()):
+            raise ValueError("plan tail sigmas must decrease")
+        if bool(self.sde[:, k:].any()) or bool(self.train[:, k:].any()):
+            raise ValueError(f"plan tail starts at step {k}, before a row's last SDE step")
+        if bool((src_x[:, k - 1 :] != torch.arange(b)[:, None]).any()) or bool((self.stride != 1).any()):
+            raise ValueError("plan tail needs every row on its own steps from the tail on, stride 1")
 
 
 class Items:

@@ -119,18 +119,25 @@ def speedup(data) -> Claim:
         f"{'' if reached == len(flash) else '; the others count at their whole budget'}; a {ref} seed that ends "
         f"below it counts at its whole budget); speed-up {s:.2f}x{ci} (95% CI over seeds: Welch's t on log costs)"
     )
+    # the rule declared on 2026-12-07 before the runs at the references' settings: reproduced only when
+    # the whole CI lies at or above the claimed factor (before: when the CI reached it, so a CI of
+    # [1.3, 7] read "reproduced"); not reproduced when the whole CI lies below it; else inconclusive
     if not np.isfinite(lo):
         verdict, reason = "inconclusive", "too few seeds for a CI"
-    elif lo <= 1 <= hi:
-        verdict, reason = "inconclusive", "the CI of the speed-up includes 1x: no speed-up can be claimed"
     elif hi < 1:
         verdict, reason = "not reproduced", f"Flash-GRPO needs more compute than {ref} (CI below 1x)"
-    elif lo <= CLAIMED_SPEEDUP <= hi or lo > CLAIMED_SPEEDUP:
-        verdict, reason = "reproduced", f"the CI reaches {CLAIMED_SPEEDUP:.0f}x"
-    else:
+    elif hi < CLAIMED_SPEEDUP:
         verdict, reason = (
             "not reproduced",
-            f"Flash-GRPO is faster (CI above 1x) but the CI excludes the paper's {CLAIMED_SPEEDUP:.0f}x",
+            f"the CI lies below the paper's {CLAIMED_SPEEDUP:.0f}x"
+            + (" (Flash-GRPO is faster: CI above 1x)" if lo > 1 else " and includes 1x"),
+        )
+    elif lo >= CLAIMED_SPEEDUP:
+        verdict, reason = "reproduced", f"the whole CI lies at or above {CLAIMED_SPEEDUP:.0f}x"
+    else:
+        verdict, reason = (
+            "inconclusive",
+            f"the CI holds {CLAIMED_SPEEDUP:.0f}x and as little as {lo:.2f}x: the runs cannot tell the claim from less",
         )
     return Claim(
         "(ii) Flash-GRPO reaches Flow-GRPO's final reward with about 6x less compute",

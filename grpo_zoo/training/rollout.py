@@ -83,7 +83,9 @@ def rollout(
     nfe = 0
     logp_all = torch.zeros(b, t)
     recs: dict[str, list] = {k: [] for k in ("traj", "step", "x", "x_next", "logp_old", "weight", "v_sample")}
-    for j in range(t):
+    steps = t if plan.tail_from is None else plan.tail_from
+    pred = None
+    for j in range(steps):
         compute = (src_v[:, j] == rows_all) & ~skip[:, j]
         every = bool(compute.all())
         rows = compute.nonzero().flatten()
@@ -101,7 +103,12 @@ def rollout(
             v = _solve(
                 v, x, float(table.sigma[j]), row_skip[:, j], post[:, j], next_sigma[:, j], held, hist, hist_sigma
             )
+        if plan.score_prediction and j == steps - 1:
+            pred = x - float(table.sigma[j]) * v  # the last model call's clean-sample estimate
         eps = torch.randn(x.shape, generator=gen).to(device)
+        scale = plan.noise_scale[:, j]
+        if bool((scale != 1).any()):  # drawn wider than the Gaussian it is scored under
+            eps = eps * scale.float().view(-1, *([1] * (x.dim() - 1))).to(device)
         sde = plan.sde[:, j]
         logp = torch.zeros(b)
         step = (table.sigma[j], table.sigma_next[j], table.std_t[j])
@@ -130,6 +137,9 @@ def rollout(
             if keep_velocity:  # only an objective that asks for it pays the copy
                 recs["v_sample"].append(v[train_rows].cpu())
         x = x_next
+    if plan.tail is not None:
+        x, tail_nfe = _tail(policy, x, emb, null_emb, guidance, plan.tail, solver, hist, hist_sigma, dtype, micro_batch)
+        nfe += tail_nfe * cfg_mult
     empty = {"traj": torch.empty(0, dtype=torch.long), "step": torch.empty(0, dtype=torch.long)}
     empty["weight"] = torch.empty(0, dtype=torch.float64)  # an ODE-only plan trains no transition
     order_keys = {k: torch.cat(v) if v else empty.get(k, torch.empty(0)) for k, v in recs.items()}
@@ -139,7 +149,26 @@ def rollout(
     if len(tr):
         order = torch.argsort(tr.traj * t + tr.step)
         tr = tr.select(order)
-    return RolloutResult(latents=x, transitions=tr, nfe=nfe, logp=logp_all)
+    return RolloutResult(latents=x if pred is None else pred, transitions=tr, nfe=nfe, logp=logp_all)
+
+
+def _tail(policy, x, emb, null_emb, guidance, nodes, solver, hist, hist_sigma, dtype, micro_batch):
+    """The ODE from nodes[0] to nodes[-1] on the re-gridded nodes (`Plan.tail`), every row a model
+    call a node but the last; dpm2 continues the history of the model calls before it."""
+    b, nfe = len(x), 0
+    for sig, nxt in zip(nodes[:-1], nodes[1:]):
+        sigma = torch.full((b,), sig, dtype=torch.float32, device=x.device)
+        v = velocity(policy, x.to(dtype), sigma, emb, null_emb, guidance, micro_batch)
+        nfe += b
+        if solver == "dpm2":
+            d = x - sig * v
+            ratio = dpm2_ratio(hist_sigma, sig, torch.full((b,), nxt, dtype=torch.float64))
+            d_eff = d + (d - hist) * ratio.float().view(-1, *([1] * (x.dim() - 1))).to(x.device)
+            hist.copy_(d)
+            hist_sigma.fill_(sig)
+            v = velocity_of(x, d_eff, sig)
+        x = ode_step(x, v, torch.tensor(sig, dtype=torch.float32), torch.tensor(nxt, dtype=torch.float32))
+    return x, nfe
 
 
 def velocity(policy, x, sigma, emb, null_emb, guidance, micro_batch: int | None = None) -> torch.Tensor:

@@ -125,7 +125,7 @@ class Trainer(RunLoop):
         emb = self.policy.encode(prompts).to(self.device).repeat_interleave(g, 0)
         ctx = PlanContext(
             iteration=step, prompts=prompts, group_size=g, table=self.table, gen=generator(cfg.seed, step, self.rank, "plan"),
-            rank=self.rank, world=self.world, ode_stride=cfg.sampling.ode_stride,
+            rank=self.rank, world=self.world, ode_stride=cfg.sampling.ode_stride, shift=cfg.sampling.shift,
         )  # fmt: skip
         plan = self.algorithm.plan(ctx)
         plan.check(self.table)

@@ -108,12 +108,12 @@ def _switches(config_cls: type) -> list[tuple[str, object]]:
 EXTRA = {
     "dance_grpo-two_rewards": {"name": "dance_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
     "g2rpo-fine_only": {"name": "g2rpo", "granularities": [1]},
-    "mix_grpo-flash": {"name": "mix_grpo", "sampling.ode_solver": "dpm2", "sampling.ode_stride": 2},
+    "mix_grpo-flash": {"name": "mix_grpo", "post_compress_ratio": 0.4, "sampling.ode_solver": "dpm2"},
     "mix_grpo-two_rewards": {"name": "mix_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
     "diffusion_nft-no_old_copy": {"name": "diffusion_nft", "old_decay_max": 0.0},
 }
 """Variants beyond the switches: DanceGRPO's several rewards, G2RPO at one granularity,
-MixGRPO-Flash (its multistep solver and compressed ODE tail are sampling options),
+MixGRPO-Flash (its re-gridded ODE tail, solved by the multistep solver, a sampling option),
 DiffusionNFT with the current policy as its old one."""
 
 
