@@ -174,7 +174,9 @@ def test_mix_grpo_flash_regrids_its_tail_as_the_reference_does():
         last = it + 3
         post = torch.linspace(float(u[last + 1]), 0, nodes, dtype=torch.float64)
         assert plan.tail_from == last + 1
-        assert torch.allclose(torch.tensor(plan.tail, dtype=torch.float64), shift * post / (1 + (shift - 1) * post), atol=1e-6)
+        assert torch.allclose(
+            torch.tensor(plan.tail, dtype=torch.float64), shift * post / (1 + (shift - 1) * post), atol=1e-6
+        )
         assert plan.forward_rows()[0].sum() == last + 1 + nodes - 1  # 11 model calls a rollout at it 0, not 25
 
 
@@ -189,10 +191,14 @@ def test_a_regridded_tail_is_the_rollout_on_the_joined_schedule():
     plan.check(table)
     k, tail = plan.tail_from, plan.tail
     assert (k, len(tail)) == (5, 2)  # window 1..4: one DPM step to 0, 6 model calls (the count)
-    joined = step_table(torch.cat([make_sigmas("wan", 10, 3.0)[:k], torch.tensor(tail[:-1]), torch.zeros(1)]), "flow_sde")
+    joined = step_table(
+        torch.cat([make_sigmas("wan", 10, 3.0)[:k], torch.tensor(tail[:-1]), torch.zeros(1)]), "flow_sde"
+    )
     sde = plan.sde[:, :k]
     sde = torch.cat([sde, torch.zeros(8, len(tail) - 1, dtype=torch.bool)], 1)
-    flat = Plan(sde=sde, train=sde.clone(), weight=sde.double(), group_size=4, parent=plan.parent, branch_at=plan.branch_at)
+    flat = Plan(
+        sde=sde, train=sde.clone(), weight=sde.double(), group_size=4, parent=plan.parent, branch_at=plan.branch_at
+    )
     flat.check(joined)
     for solver in ("euler", "dpm2"):
         a, b = CountingPolicy(), CountingPolicy()
@@ -201,7 +207,9 @@ def test_a_regridded_tail_is_the_rollout_on_the_joined_schedule():
         assert torch.equal(ro.transitions.x_next, ref.transitions.x_next)
         assert torch.equal(ro.transitions.logp_old, ref.transitions.logp_old)
         assert torch.allclose(ro.latents, ref.latents, atol=1e-6)
-        assert ro.nfe == a.rows == b.rows == int(plan.forward_rows().sum()) == 2 * (4 * 6 - 3 * 2)  # a group shares steps 0 and 1
+        assert (
+            ro.nfe == a.rows == b.rows == int(plan.forward_rows().sum()) == 2 * (4 * 6 - 3 * 2)
+        )  # a group shares steps 0 and 1
 
 
 def test_mix_grpo_flash_star_keeps_its_window_at_the_start():

@@ -411,7 +411,9 @@ def test_differences_are_paired_by_seed_and_the_power_is_stated(tmp_path):
     for seed, shift in enumerate((0.00, 0.06, 0.12)):  # a large seed effect shared by both methods
         fake_run(root, f"flow_grpo_seed{seed}", "flow_grpo", [0.30, 0.33 + shift], 0.01, seed)
         fake_run(root, f"flash_grpo_seed{seed}", "flash_grpo", [0.30, 0.35 + shift + 0.001 * seed], 0.01, seed)
-    (root / "experiment.json").write_text(json.dumps({"variants": ["flow_grpo", "flash_grpo"], "baseline": "flow_grpo"}))
+    (root / "experiment.json").write_text(
+        json.dumps({"variants": ["flow_grpo", "flash_grpo"], "baseline": "flow_grpo"})
+    )
     data = load_runs(root)
     board, _ = leaderboard(data)
     flash, flow = (board.set_index("Method").loc[v] for v in ("flash_grpo", "flow_grpo"))

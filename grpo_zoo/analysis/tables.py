@@ -409,7 +409,10 @@ def power(data: Runs, baseline: str) -> str:
 
 
 def leaderboard(
-    data: Runs, target: float | None = None, x: str | None = None, drop: float | None = None,
+    data: Runs,
+    target: float | None = None,
+    x: str | None = None,
+    drop: float | None = None,
     baseline: str | None = None,
 ) -> tuple[pd.DataFrame, float]:
     """Every variant at the sweep's equal budget, best first: final eval reward (mean and 95%

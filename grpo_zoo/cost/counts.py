@@ -26,8 +26,13 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
     rollout = trained = made = 0
     for rank in range(world):
         ctx = PlanContext.of(
-            local, cfg.data.group_size, table, generator(cfg.seed, step, rank, "plan"), step,
-            ode_stride=s.ode_stride, shift=s.shift,
+            local,
+            cfg.data.group_size,
+            table,
+            generator(cfg.seed, step, rank, "plan"),
+            step,
+            ode_stride=s.ode_stride,
+            shift=s.shift,
         )
         plan = alg.plan(ctx)
         rollout += int(plan.forward_rows().sum()) * cfg_mult
