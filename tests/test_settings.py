@@ -72,7 +72,7 @@ def test_the_published_experiments_keep_the_settings_they_ran_with():
     """quickstart, paper/ and zoo/ start from bench_wide.yaml: one trust region, noise and schedule."""
     from grpo_zoo.config.experiment import load_experiment
 
-    for path in ["quickstart.yaml", "zoo/leaderboard.yaml", "paper/efficiency.yaml", "paper/collapse.yaml"]:
+    for path in ["quickstart.yaml", "zoo/leaderboard_bench_wide.yaml", "paper/efficiency.yaml", "paper/collapse.yaml"]:
         for run in load_experiment(ROOT / "experiments" / path, "/tmp/unused").runs:
             cfg = build(RunConfig, run.config)
             o, s = cfg.optim, cfg.sampling
@@ -154,3 +154,24 @@ def test_the_ema_is_the_references_with_its_warm_up_and_interval():
     assert again.steps == 40 and torch.equal(again.shadow["w"], ema.shadow["w"])
     again.load_state_dict({"w": torch.ones(3)})  # a checkpoint written before the interval existed
     assert again.steps == 0 and torch.equal(again.shadow["w"], torch.ones(3))
+
+
+def test_the_leaderboard_runs_every_method_at_its_references_settings():
+    """experiments/zoo/leaderboard.yaml: every registered algorithm, each with its settings as its
+    reference fixes them (nothing the experiment sets overrides them), the bench's optimizer scale."""
+    from grpo_zoo.config.experiment import load_experiment
+
+    base = build(RunConfig, load_config_file(ROOT / "experiments" / "toy" / "base.yaml"))
+    runs = load_experiment(ROOT / "experiments" / "zoo" / "leaderboard.yaml", "/tmp/unused").runs
+    assert {build(RunConfig, r.config).algorithm.name for r in runs} == set(NAMES)
+    flash = {"algorithm.post_compress_ratio": 0.4, "algorithm.shift_every": 20, "sampling.ode_solver": "dpm2"}
+    for run in runs:
+        cfg = build(RunConfig, run.config)
+        own = flash if run.name.startswith("mix_grpo_flash") else {}  # MixGRPO-Flash's own script
+        for key, setting in algorithms.get(cfg.algorithm.name).settings.items():
+            assert _get(cfg, key) == own.get(key, setting.default), (run.name, key)
+        for key, value in own.items():
+            assert _get(cfg, key) == value, (run.name, key)
+        assert (cfg.optim.lr, cfg.model.lora_rank, cfg.data.eval_samples) == (
+            base.optim.lr, base.model.lora_rank, base.data.eval_samples
+        )
