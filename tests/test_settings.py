@@ -173,5 +173,7 @@ def test_the_leaderboard_runs_every_method_at_its_references_settings():
         for key, value in own.items():
             assert _get(cfg, key) == value, (run.name, key)
         assert (cfg.optim.lr, cfg.model.lora_rank, cfg.data.eval_samples) == (
-            base.optim.lr, base.model.lora_rank, base.data.eval_samples
+            base.optim.lr,
+            base.model.lora_rank,
+            base.data.eval_samples,
         )

@@ -269,3 +269,60 @@ def test_two_drivers_in_parallel_on_one_storage_propose_distinct_params(tmp_path
     assert len({t.params["optim.lr"] for t in ts}) == 4, [t.params for t in ts]
     owners = {str(t.user_attrs["owner"]).rsplit(":", 1)[0] for t in ts}
     assert len(owners) == 2, owners  # both drivers ran trials
+
+
+def test_a_relative_space_is_one_rule_around_each_methods_own_value(tmp_path):
+    """`times` searches each variant around its own resolved value (its reference's clip range
+    here): the same rule, different ranges; `reference` enqueues that value; a variant whose own
+    value is 0 cannot be searched relatively, in one line before any trial."""
+    from grpo_zoo.config.experiment import load_experiment
+    from grpo_zoo.launch.tune import bases_for
+    from grpo_zoo.launch.tuning.space import resolve
+
+    variants = {"flow_grpo": {"algorithm": {"name": "flow_grpo"}}, "mix_grpo": {"algorithm": {"name": "mix_grpo"}}}
+    space = {"optim.clip_range": {"times": [0.25, 4], "log": True}, "optim.lr": {"low": 1e-4, "high": 1e-2}}
+    path = write_tune(
+        tmp_path, {"space": space, "enqueue": [{"optim.clip_range": "reference", "optim.lr": 2e-3}]}, variants
+    )
+    exp = load_experiment(path, tmp_path / "runs")
+    spec = parse_tune(exp.tune, list(variants), [0], "tune")
+    resolve(spec, bases_for(exp, spec), "tune")
+    own = {"flow_grpo": 1e-3, "mix_grpo": 1e-4}  # their references' clip ranges (Settings per method)
+    for v, clip in own.items():
+        param = spec.spaces[v]["optim.clip_range"]
+        assert (param.low, param.high, param.log) == pytest.approx((clip / 4, clip * 4, True))
+        assert spec.enqueued(v) == [{"optim.clip_range": clip, "optim.lr": 2e-3}]
+        assert spec.spaces[v]["optim.lr"].low == 1e-4  # an absolute space stays as written
+    spec = parse_tune({"space": {"optim.beta": {"times": [0.5, 2]}}}, list(variants), [0], "tune")
+    with pytest.raises(ConfigError, match=r"optim.beta: a relative space needs .* mix_grpo has 0.0 .*spaces.mix_grpo"):
+        resolve(spec, bases_for(exp, spec), "tune")
+    for bad, words in (([4, 0.25], "0 < low < high"), ([0, 1], "0 < low < high"), ([1], "two finite"), ("x", "two")):
+        with pytest.raises(ConfigError, match=words):
+            parse_tune({"space": {"optim.clip_range": {"times": bad}}}, ["a"], [0], "tune")
+    spec = parse_tune({"space": {"optim.lr": [1e-3]}, "enqueue": [{"optim.lr": "reference"}]}, ["flow_grpo"], [0], "t")
+    with pytest.raises(ConfigError, match="reference is only for a key searched with times"):
+        resolve(spec, bases_for(exp, spec), "t")
+
+
+def test_the_tuned_leaderboard_is_declared_on_the_leaderboards_runs_with_one_rule():
+    """experiments/zoo/tune.yaml: the leaderboard's variants and runs, every study the same
+    relative space, trials and budget, its first trial the method at its reference settings."""
+    from grpo_zoo.config.experiment import load_experiment
+    from grpo_zoo.launch.tune import bases_for
+    from grpo_zoo.launch.tuning.space import check_spaces, resolve
+
+    zoo = ROOT / "experiments" / "zoo"
+    exp, board = (load_experiment(zoo / f, "/tmp/unused") for f in ("tune.yaml", "leaderboard.yaml"))
+    assert [(r.name, r.config) for r in exp.runs] == [(r.name, r.config) for r in board.runs]
+    variants = list(dict.fromkeys(r.variant for r in exp.runs))
+    spec = parse_tune(exp.tune, variants, [0, 1, 2], "tune")
+    assert spec.variants == variants and spec.budget == {"flops": board.runs[0].config["budget"]["flops"]}
+    bases = bases_for(exp, spec)
+    resolve(spec, bases, "tune")
+    check_spaces(spec, bases, "tune")
+    for v in variants:
+        assert {k: p.times for k, p in spec.spaces[v].items()} == {
+            "optim.lr": (0.333, 3.0),
+            "optim.clip_range": (0.25, 4.0),
+        }
+        assert spec.enqueued(v) == [spec.references[v]]

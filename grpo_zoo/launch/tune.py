@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from grpo_zoo.config.experiment import load_experiment
     from grpo_zoo.launch.sweep import load_cluster, make_executor
-    from grpo_zoo.launch.tuning.space import check_spaces, parse_tune
+    from grpo_zoo.launch.tuning.space import check_spaces, parse_tune, resolve
 
     if args.report_only and args.replay:
         raise ConfigError("--report-only and --replay: give one of them")
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     make_pruner(spec.pruner), make_sampler(spec.sampler)  # bad options: one line now, not at the first trial
     bases = bases_for(exp, spec)
+    resolve(spec, bases, f"{exp.path}: tune")  # relative spaces around each variant's own values
     check_spaces(spec, bases, f"{exp.path}: tune")  # every value, before the first trial
     cluster = load_cluster(args.cluster)
     if args.executor == "slurm" and shutil.which("sbatch") is None:

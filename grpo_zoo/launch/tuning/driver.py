@@ -66,9 +66,9 @@ class Tuner:
             v: load_study(storage_url, f"{name}.{v}", spec.pruner, spec.sampler, salt=i)
             for i, v in enumerate(spec.variants)
         }
-        for study in self.studies.values():
+        for v, study in self.studies.items():
             if not study.trials:
-                for entry in spec.enqueue:
+                for entry in spec.enqueued(v):
                     study.enqueue_trial({k: encode(val) for k, val in entry.items()}, skip_if_exists=True)
             study.set_user_attr("objective", "final eval/reward at the budget (maximised)")
             study.set_user_attr("budget", spec.budget)

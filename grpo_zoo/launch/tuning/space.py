@@ -13,9 +13,15 @@
         optim.lr: {low: 1.0e-5, high: 1.0e-3, log: true}
         optim.clip_range: [0.05, 0.1, 0.2]          # a list: categorical
         data.group_size: {low: 4, high: 16, step: 4, type: int}
+        optim.clip_range: {times: [0.25, 4], log: true}   # relative: the variant's own value x 1/4 .. 4
       spaces:                             # per variant, on top of `space`
         flash_grpo: {algorithm.k_range: [[0, 5], [1, 8]]}
-      enqueue: [{optim.lr: 3.0e-4}]       # trials every study runs first
+      enqueue: [{optim.lr: 3.0e-4, optim.clip_range: reference}]   # trials every study runs first
+
+A relative space (`times`) is one rule for every study: the range around each variant's own
+resolved value of the key (its algorithm's reference setting, or what the experiment sets), so
+methods with different trust regions are searched alike; `reference` in an enqueued trial is that
+value.
 
 The objective is the final eval reward (maximised) at the budget. Each parameter is one
 dotted override on the run config, so a trial is an ordinary run with a few fields set.
@@ -59,6 +65,8 @@ class Param:
     log: bool = False
     step: float | None = None
     choices: list[Any] = field(default_factory=list)
+    times: tuple[float, float] | None = None
+    """A relative range: low and high are these factors times the variant's own value (`resolve`)."""
 
     def suggest(self, trial) -> Any:
         if self.kind == "categorical":
@@ -105,6 +113,8 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
         raise ConfigError(f"{where}.{key}: expected a list of choices or {{low, high[, log, step, type]}}")
     if "choices" in spec:
         return parse_param(key, spec["choices"], where)
+    if "times" in spec:
+        return _relative(key, spec, where)
     unknown = set(spec) - {"low", "high", "log", "step", "type"}
     if unknown or "low" not in spec or "high" not in spec:
         raise ConfigError(f"{where}.{key}: expected {{low, high[, log, step, type]}}, got {sorted(spec)}")
@@ -126,6 +136,26 @@ def parse_param(key: str, spec: Any, where: str) -> Param:
     return Param(key, kind, low, high, bool(spec.get("log", False)), spec.get("step"))
 
 
+def _relative(key: str, spec: dict, where: str) -> Param:
+    """{times: [a, b], log: bool}: the range a x .. b x the variant's own value (set by `resolve`)."""
+    unknown = set(spec) - {"times", "log"}
+    if unknown:
+        raise ConfigError(
+            f"{where}.{key}: a relative space is {{times: [low factor, high factor], log}}, got {sorted(spec)}"
+        )
+    times = spec["times"]
+    if (
+        not isinstance(times, list)
+        or len(times) != 2
+        or not all(_finite(t) for t in times)
+        or not 0 < times[0] < times[1]
+    ):
+        raise ConfigError(f"{where}.{key}.times: two finite factors 0 < low < high, got {str(times)[:60]}")
+    if not isinstance(spec.get("log", False), bool):
+        raise ConfigError(f"{where}.{key}.log: true or false, got {spec['log']!r}")
+    return Param(key, "float", log=bool(spec.get("log", False)), times=(float(times[0]), float(times[1])))
+
+
 @dataclass
 class TuneSpec:
     variants: list[str]
@@ -138,6 +168,44 @@ class TuneSpec:
     seed: int
     spaces: dict[str, dict[str, Param]]
     enqueue: list[dict]
+    references: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per variant: its own value of each key a relative space searches around (`resolve`)."""
+
+    def enqueued(self, variant: str) -> list[dict]:
+        """The trials `variant`'s study runs first, `reference` read as the variant's own value."""
+        refs = self.references.get(variant, {})
+        return [{k: refs.get(k, v) if v == REFERENCE else v for k, v in entry.items()} for entry in self.enqueue]
+
+
+REFERENCE = "reference"
+"""In an enqueued trial: the variant's own value of a relatively searched key."""
+
+
+def resolve(spec: TuneSpec, bases: dict[str, dict], where: str) -> None:
+    """Fix every relative space to its variant: low and high are its factors times the variant's
+    resolved value of the key (its algorithm's reference setting unless the experiment sets it),
+    which must be a finite number > 0; `reference` may only be enqueued for a relative key."""
+    for v, space in spec.spaces.items():
+        cfg = None
+        for key, param in space.items():
+            if param.times is None:
+                continue
+            if cfg is None:
+                cfg = build(RunConfig, trial_config(bases[v], spec, {}, "/tmp/grpo-zoo-tune-check"))
+            node: Any = cfg
+            for part in key.split("."):
+                node = getattr(node, part, None)
+            if isinstance(node, bool) or not isinstance(node, int | float) or not math.isfinite(node) or node <= 0:
+                raise ConfigError(
+                    f"{where}.space.{key}: a relative space needs the variant's own value to be a number > 0; "
+                    f"{v} has {node!r} (give it an absolute space under spaces.{v})"
+                )
+            param.low, param.high = param.times[0] * node, param.times[1] * node
+            spec.references.setdefault(v, {})[key] = float(node)
+        for entry in spec.enqueue:
+            for key, value in entry.items():
+                if value == REFERENCE and key not in spec.references.get(v, {}):
+                    raise ConfigError(f"{where}.enqueue: {key}: reference is only for a key searched with times")
 
 
 def parse_tune(raw: dict, variants: list[str], seeds: list[int], where: str) -> TuneSpec:
@@ -243,7 +311,7 @@ def check_spaces(spec: TuneSpec, bases: dict[str, dict], where: str) -> None:
                     checked(v, {key: value if param.kind != "int" else int(value)})
                 except ConfigError as err:
                     raise ConfigError(f"{where}.space.{key} = {value!r} ({v}): {err}") from None
-        for entry in spec.enqueue:
+        for entry in spec.enqueued(v):
             unknown = set(entry) - set(space)
             if unknown:
                 raise ConfigError(f"{where}.enqueue: {sorted(unknown)[0]!r} is not in the search space of {v!r}")
