@@ -59,6 +59,7 @@ def preflight(cfg: RunConfig) -> Preflight:
             f"data.prompts_per_step: {cfg.data.prompts_per_step} prompt groups do not split over {world} ranks; "
             f"use a multiple of {world}"
         )
+    check_plan(cfg, alg, table, world)
     check_chunks(cfg, table, world)
     if cfg.data.eval_samples % world:
         raise ConfigError(f"data.eval_samples: {cfg.data.eval_samples} does not split over {world} ranks")
@@ -69,6 +70,24 @@ def preflight(cfg: RunConfig) -> Preflight:
     if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
         reward.check()
     return Preflight(alg, table, eval_table, reward, train_prompts, eval_prompts)
+
+
+def check_plan(cfg: RunConfig, alg, table: StepTable, world: int) -> None:
+    """The algorithm's plan of iteration 0 keeps every plan invariant under these sampling
+    settings (e.g. a re-gridded ODE tail with a strided one): one line now, not a failed
+    iteration later. Plans are cheap and made by an instance of their own."""
+    from grpo_zoo.core.contract import PlanContext
+    from grpo_zoo.training.seeding import generator
+
+    g = cfg.data.group_size
+    ctx = PlanContext.of(
+        max(cfg.data.prompts_per_step // world, 1), g, table, generator(cfg.seed, 0, "plan check"),
+        world=world, ode_stride=cfg.sampling.ode_stride, shift=cfg.sampling.shift,
+    )  # fmt: skip
+    try:
+        algorithms.build(cfg.algorithm).plan(ctx).check(table)
+    except ValueError as err:
+        raise ConfigError(f"algorithm: {cfg.algorithm.name}'s plan does not fit these sampling settings: {err}") from None
 
 
 def check_chunks(cfg: RunConfig, table: StepTable, world: int) -> None:
@@ -87,7 +106,9 @@ def check_chunks(cfg: RunConfig, table: StepTable, world: int) -> None:
             f"(prompts_per_step / world x group_size) evenly"
         )
     gen = generator(cfg.seed, 0, "chunk check")
-    ctx = PlanContext.of(rows // g, g, table, gen, world=world, ode_stride=cfg.sampling.ode_stride)
+    ctx = PlanContext.of(
+        rows // g, g, table, gen, world=world, ode_stride=cfg.sampling.ode_stride, shift=cfg.sampling.shift
+    )
     plan = algorithms.build(cfg.algorithm).plan(ctx)
     size = rows // chunks
     for lo in range(0, rows, size):
