@@ -76,7 +76,7 @@ def _grouped(root: Path, out: Path, data, options: dict) -> Path:
 
 def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) -> Path:
     from grpo_zoo.analysis.plots import all_plots
-    from grpo_zoo.analysis.stats import BELOW_BASE, DROP, SMOOTH, TEST_NAME, collapse_table
+    from grpo_zoo.analysis.stats import BELOW_BASE, DROP, HACK_FALL, SMOOTH, TEST_NAME, collapse_table, hacking_table
     from grpo_zoo.analysis.tables import (
         UNITS,
         ablation,
@@ -101,6 +101,7 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
     target_text = "given with --target" if target is not None else common_target(data)[1]
     col = collapse_table(data, drop=drop, below_base=below_base)
     col["run"] = col["run"].map(lambda p: Path(p).name)
+    hacking = hacking_table(data)
     board, board_target = leaderboard(data, used_target, x, drop, base)
     tables = {
         "leaderboard": board,
@@ -108,6 +109,7 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         "efficiency": eff,
         "ablation": ablation(data),
         "collapse": col,
+        **({"hacking": hacking} if not hacking.empty else {}),
     }
     for name, df in tables.items():
         atomic_write(out / f"{name}.md", render(df, "md") + "\n")  # each output whole or not at all
@@ -153,6 +155,11 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         "recovers; or zero-std / KL blow-up)",
         "",
         render(col, "md"),
+        "",
+        f"### Reward hacking (the training reward rising while another entry of its reward falls by more than "
+        f"{HACK_FALL:.0%} of its first evaluation)",
+        "",
+        render(hacking, "md") if not hacking.empty else "The runs log no other reward entry.",
         "",
         "## Plots",
         "",

@@ -429,3 +429,30 @@ def test_differences_are_paired_by_seed_and_the_power_is_stated(tmp_path):
     line = power(data, "flow_grpo")
     assert f"{detectable(0.001, 3):.3f} in eval reward" in line and "3 seeds" in line
     assert detectable(0.001, 3) == pytest.approx((4.302653 + 1.060660) * 0.001 / 3**0.5, rel=1e-5)
+
+
+def test_the_reward_hacking_view_flags_a_reward_rising_while_another_falls(tmp_path):
+    """Runs trained on toy_still: one raises it while toy_motion falls by half (hacking), one
+    raises both; the report's collapse section shows the view."""
+    import yaml
+
+    from grpo_zoo.analysis.stats import hacking_table
+
+    root = tmp_path / "runs"
+    curves = {"hacked": (0.30, 0.60, 0.40, 0.20), "honest": (0.30, 0.40, 0.40, 0.42)}
+    for variant, (still0, still1, motion0, motion1) in curves.items():
+        path = fake_run(root, f"{variant}_seed0", "flow_grpo", [still0, still1], 0.01)
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        (path / "config.yaml").write_text(yaml.safe_dump({**cfg, "reward": {"name": "toy_still"}}))
+        rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in rows if r["kind"] == "eval"]
+        for r, motion in zip(evals, (motion0, motion1)):
+            r.update({"eval/toy_still": r["eval/reward"], "eval/toy_motion": motion, "eval/toy_prompt": 0.5})
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = hacking_table(load_runs(root)).set_index("variant")
+    assert table.loc["hacked", "hacking"] == "toy_motion" and table.loc["honest", "hacking"] == "-"
+    assert table.loc["hacked", "toy_motion change"] == pytest.approx(-0.2)
+    assert table.loc["hacked", "reward change"] == pytest.approx(0.3)
+    assert "toy_still change" not in table  # the training reward is the reward column
+    text = write_report(root, tmp_path / "report").read_text()
+    assert "### Reward hacking" in text and "toy_motion" in text.split("### Reward hacking")[1]

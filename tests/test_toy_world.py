@@ -287,3 +287,18 @@ def test_pretrain_never_writes_over_what_the_user_owns(tmp_path, capsys):
         assert end.value.code == 2 and len(err.splitlines()) == 1 and message in err, (argv, err)
     assert digest(CHECKPOINT_DIR / "toy-base") == shipped
     assert (mine / "notes.txt").read_text() == "my notes" and len(list(mine.iterdir())) == 1
+
+
+def test_toy_still_pulls_against_toy_motion(batch):
+    """toy_still is maximised by a frozen object, the world's own moving videos score low on it:
+    the pair can be weighed against each other, and training on one alone can hack the other."""
+    ps, texts, gt = batch
+    static = world.render(ps, torch.Generator().manual_seed(3), speed=torch.zeros(len(ps)))
+    moving, frozen = all_rewards(gt, texts), all_rewards(static, texts)
+    assert frozen["toy_still"].mean() > 0.85 and moving["toy_still"].mean() < 0.4
+    assert moving["toy_motion"].mean() > 0.75 and frozen["toy_motion"].mean() < 0.05
+    noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(2)).clamp(-1, 1)
+    assert all_rewards(noise, texts)["toy_still"].mean() < 0.05  # no object: no reward
+    assert "toy_still" in rewards.entries("toy_hps") and "toy_still" in rewards.names()
+    full = all_rewards(gt, texts)["toy_still"]
+    torch.testing.assert_close(all_rewards(gt[:5], texts[:5])["toy_still"], full[:5], rtol=1e-5, atol=1e-6)

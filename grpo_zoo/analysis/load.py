@@ -128,6 +128,7 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
         "variant": variant_of(name),
         "seed": cfg.get("seed", 0),
         "algorithm": alg.get("name"),
+        "reward": (cfg.get("reward") or {}).get("name"),
         **{f"algorithm.{key}": cell(value) for key, value in alg.items()},
         "budget_unit": budget_unit(cfg.get("budget") or {}),
         **comparability(cfg),

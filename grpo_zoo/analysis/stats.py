@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -295,6 +296,52 @@ def collapse_table(data: Runs, drop: float = DROP, below_base: float = BELOW_BAS
                 "collapse_reason": "; ".join(f"{k}: {v.reason}" for k, v in fired),
             }
         )
+    return pd.DataFrame(rows)
+
+
+HACK_FALL = 0.10
+"""A reward entry that falls by this share of its first evaluation flags reward hacking when the
+training reward rises over the same run."""
+
+
+def hacking_table(data: Runs, fall: float = HACK_FALL) -> pd.DataFrame:
+    """The reward-hacking view: per run, its training reward's change from the first to the last
+    evaluation beside each other entry its reward gives (the components, the toy rewards that
+    pull against it); `hacking` where the training reward rose while an entry fell by more than
+    `fall` of its first value. Empty when the runs log no other entry."""
+    from grpo_zoo import rewards
+
+    rows = []
+    if data.metrics.empty:
+        return pd.DataFrame(rows)
+    for run, info in data.runs.set_index("run").iterrows():
+        name = info.get("reward")
+        ev = data.evals[data.evals["run"] == run]
+        known = rewards.entries(name) if isinstance(name, str) else None
+        if len(ev) < 2 or not known:
+            continue
+        first, last = ev.iloc[0], ev.iloc[-1]
+        gain = float(last["eval/reward"] - first["eval/reward"])
+        changes, falling = {}, []
+        for entry in known:
+            col = f"eval/{entry}"
+            if entry == name or col not in ev or not np.isfinite(first[col]) or not np.isfinite(last[col]):
+                continue
+            delta = float(last[col] - first[col])
+            changes[entry] = delta
+            if gain > 0 and delta < -fall * abs(float(first[col])):
+                falling.append(entry)
+        if changes:
+            rows.append(
+                {
+                    "run": Path(run).name,
+                    "variant": info["variant"],
+                    "reward": name,
+                    "reward change": round(gain, 4),
+                    **{f"{e} change": round(d, 4) for e, d in changes.items()},
+                    "hacking": ", ".join(falling) if falling else "-",
+                }
+            )
     return pd.DataFrame(rows)
 
 

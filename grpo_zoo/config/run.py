@@ -116,7 +116,7 @@ class SamplingConfig:
 @dataclass
 class RewardConfig:
     name: str = "toy_hps"
-    """Training reward by name (toy_hps, toy_prompt, toy_motion, toy_aesthetic, hpsv3)."""
+    """Training reward by name (toy_hps, toy_prompt, toy_motion, toy_aesthetic, toy_still, hpsv3)."""
     options: dict = field(default_factory=dict)
     """Keyword options of the reward (e.g. the hpsv3 server URL)."""
 

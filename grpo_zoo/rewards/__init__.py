@@ -62,7 +62,7 @@ def _toy(name: str) -> Callable[..., RewardFn]:
     return factory
 
 
-TOY_REWARDS = ("toy_motion", "toy_aesthetic", "toy_prompt", "toy_hps")
+TOY_REWARDS = ("toy_motion", "toy_aesthetic", "toy_prompt", "toy_hps", "toy_still")
 for _name in TOY_REWARDS:
     register(_name, entries=TOY_REWARDS)(_toy(_name))
 

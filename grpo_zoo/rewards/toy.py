@@ -18,6 +18,12 @@ Rewards (training signals, the paper's three axes):
   travel with the asked direction, once it moved a quarter of the asked travel), times
   presence.
 - `toy_hps`: the default training reward, 0.4 prompt + 0.3 aesthetic + 0.3 motion.
+- `toy_still`: temporal stillness, exp(-d / STILL_SCALE) times presence, with d the mean absolute
+  change of the frame between consecutive frames. It pulls against `toy_motion` (and the
+  direction part of `toy_prompt`): a frozen object scores 1, the world's own moving videos about
+  0.25, the base about 0.35. A reward that a static video maximises, as video consistency
+  rewards are (reward hacking toward still videos): train on it and watch the others fall
+  (the report's reward-hacking view), or weigh it against `toy_motion`.
 
 Eval metrics mirroring Table 1's columns (VBench's names) on this world:
 - `aesthetic_quality`: vivid color and contrast of the object against the background.
@@ -36,6 +42,8 @@ from grpo_zoo.toy import world
 PRESENCE_WIDTH = 0.6
 """Std of log(area / expected area) that still counts as one object."""
 CROP = 9
+STILL_SCALE = 0.01
+"""Frame-to-frame change (mean absolute, pixels in [0, 1]) at which `toy_still` falls to 1/e."""
 
 
 def _prompt_indices(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -132,6 +140,11 @@ def aesthetic(det: Detections) -> torch.Tensor:
     return (sharp + sat + clean) / 3 * det.presence
 
 
+def still(det: Detections) -> torch.Tensor:
+    change = (det.img[:, :, 1:] - det.img[:, :, :-1]).abs().mean((1, 2, 3, 4))
+    return torch.exp(-change / STILL_SCALE) * det.presence
+
+
 def prompt_following(det: Detections, prompts: list[str]) -> torch.Tensor:
     color_ix, shape_ix, dir_ix = _prompt_indices(prompts)
     d2 = ((det.color[:, None, :] - world.PALETTE[None]) ** 2).sum(-1)  # [B, C]
@@ -152,6 +165,7 @@ def all_rewards(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Ten
     det = Detections(videos)
     out = {"toy_motion": motion(det), "toy_aesthetic": aesthetic(det), "toy_prompt": prompt_following(det, prompts)}
     out["toy_hps"] = sum(w * out[k] for k, w in HPS_WEIGHTS.items())
+    out["toy_still"] = still(det)
     return out
 
 

@@ -87,7 +87,9 @@ def check_plan(cfg: RunConfig, alg, table: StepTable, world: int) -> None:
     try:
         algorithms.build(cfg.algorithm).plan(ctx).check(table)
     except ValueError as err:
-        raise ConfigError(f"algorithm: {cfg.algorithm.name}'s plan does not fit these sampling settings: {err}") from None
+        raise ConfigError(
+            f"algorithm: {cfg.algorithm.name}'s plan does not fit these sampling settings: {err}"
+        ) from None
 
 
 def check_chunks(cfg: RunConfig, table: StepTable, world: int) -> None:
