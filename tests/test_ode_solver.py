@@ -235,3 +235,18 @@ def test_a_plan_tail_that_does_not_join_the_table_is_refused():
     plan.tail = (float(table.sigma[4]), 0.0)
     with pytest.raises(ValueError, match="before a row's last SDE step"):
         plan.check(table)
+
+
+def test_a_scored_prediction_comes_from_the_last_model_call_even_in_a_regridded_tail():
+    """score_prediction with a tail: the tail makes the last model call, so its data prediction is
+    scored; a tail that ends with one step into sigma = 0 lands exactly on it."""
+    table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
+    alg = algorithms.build({"name": "mix_grpo", "shift_every": 1, "post_compress_ratio": 0.4})
+    emb = torch.randn(8, 3, 5)
+    plan = alg.plan(PlanContext.of(2, 4, table, torch.Generator().manual_seed(3), iteration=0, shift=3.0))
+    for solver in ("euler", "dpm2"):
+        plan.score_prediction = False
+        final = rollout(CountingPolicy(), emb, None, plan, table, 1.0, torch.Generator().manual_seed(1), solver=solver)
+        plan.score_prediction = True
+        pred = rollout(CountingPolicy(), emb, None, plan, table, 1.0, torch.Generator().manual_seed(1), solver=solver)
+        assert torch.allclose(pred.latents, final.latents, atol=1e-6)

@@ -138,8 +138,12 @@ def rollout(
                 recs["v_sample"].append(v[train_rows].cpu())
         x = x_next
     if plan.tail is not None:
-        x, tail_nfe = _tail(policy, x, emb, null_emb, guidance, plan.tail, solver, hist, hist_sigma, dtype, micro_batch)
+        x, tail_nfe, tail_pred = _tail(
+            policy, x, emb, null_emb, guidance, plan.tail, solver, hist, hist_sigma, dtype, micro_batch
+        )
         nfe += tail_nfe * cfg_mult
+        if plan.score_prediction and tail_pred is not None:  # the tail made the last model call
+            pred = tail_pred
     empty = {"traj": torch.empty(0, dtype=torch.long), "step": torch.empty(0, dtype=torch.long)}
     empty["weight"] = torch.empty(0, dtype=torch.float64)  # an ODE-only plan trains no transition
     order_keys = {k: torch.cat(v) if v else empty.get(k, torch.empty(0)) for k, v in recs.items()}
@@ -154,8 +158,9 @@ def rollout(
 
 def _tail(policy, x, emb, null_emb, guidance, nodes, solver, hist, hist_sigma, dtype, micro_batch):
     """The ODE from nodes[0] to nodes[-1] on the re-gridded nodes (`Plan.tail`), every row a model
-    call a node but the last; dpm2 continues the history of the model calls before it."""
-    b, nfe = len(x), 0
+    call a node but the last; dpm2 continues the history of the model calls before it. Returns the
+    last x, the forwards and the data prediction of the last call (None: no call)."""
+    b, nfe, pred = len(x), 0, None
     for sig, nxt in zip(nodes[:-1], nodes[1:]):
         sigma = torch.full((b,), sig, dtype=torch.float32, device=x.device)
         v = velocity(policy, x.to(dtype), sigma, emb, null_emb, guidance, micro_batch)
@@ -167,8 +172,9 @@ def _tail(policy, x, emb, null_emb, guidance, nodes, solver, hist, hist_sigma, d
             hist.copy_(d)
             hist_sigma.fill_(sig)
             v = velocity_of(x, d_eff, sig)
+        pred = x - sig * v
         x = ode_step(x, v, torch.tensor(sig, dtype=torch.float32), torch.tensor(nxt, dtype=torch.float32))
-    return x, nfe
+    return x, nfe, pred
 
 
 def velocity(policy, x, sigma, emb, null_emb, guidance, micro_batch: int | None = None) -> torch.Tensor:
