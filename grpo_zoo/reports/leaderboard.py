@@ -133,7 +133,7 @@ def section(root: Path, out: Path, assets: Path) -> list[str]:
     import pandas as pd
 
     from grpo_zoo.analysis import load_runs
-    from grpo_zoo.analysis.tables import compute_axis, render
+    from grpo_zoo.analysis.tables import baseline_of, compute_axis, power, render
     from grpo_zoo.report import write_report
 
     folder = root / FOLDER
@@ -153,13 +153,18 @@ def section(root: Path, out: Path, assets: Path) -> list[str]:
     return [
         f"## Leaderboard (`{EXPERIMENT}`)",
         "",
-        "Every registered algorithm on one FLOPs budget, 3 seeds, all at the bench-wide trust region, noise and "
-        "optimizer schedule of experiments/toy/bench_wide.yaml (each method's own reference settings, the algorithms' "
-        "defaults since 2026-12-07, are still to be run); what the file shrank to fit this machine is said in it.",
+        "Every registered algorithm on one training-FLOPs budget, each at its reference's settings (its trust region, "
+        'noise, optimizer schedule, advantage convention, EMA and weight decay: README, "Settings per method") and the '
+        "bench's optimizer scale (experiments/zoo/optim_scale.md), scored on 256 fixed-noise held-out samples; what the "
+        "file shrank to fit this machine is said in it. The earlier leaderboard, every method at one shared trust region, "
+        "noise and schedule, is experiments/zoo/leaderboard_bench_wide.yaml. Differences marked paired pair seed s with "
+        "seed s on the same evaluation samples.",
         "",
         report.parent.joinpath("headline.txt").read_text().strip(),
         "",
         board,
+        "",
+        power(data, baseline_of(data)[0]),
         "",
         f"![leaderboard: reward against compute]({link})",
         "",
