@@ -30,13 +30,14 @@ What the reference does, and what this plan does:
 - Advantages: GRPO's group advantage of the row's reward, given to every trained step of
   the row (the shared `advantages`; the reference divides by the unbiased std + 1e-8, the
   bench by the population std + 1e-4 for every algorithm).
-- Several rewards (`rewards: {entry: coefficient}`; the video trainer's VideoAlign visual
-  and motion quality with vq_coef / mq_coef, fastvideo/train_grpo_hunyuan.py
-  `train_one_step`): each named entry of the run's reward is normalised within the group
-  on its own and clipped to +-adv_clip; the PPO-clip loss is computed per reward with the
-  one shared ratio and the losses summed with the coefficients (advantages [N, K] to the
-  objective: the sum of K clipped losses, not the clipped loss of summed advantages). The
-  reference's defaults (vq_coef 1, mq_coef 0) train on one reward; so does null here.
+- Several rewards (the video trainer's VideoAlign visual and motion quality with vq_coef /
+  mq_coef, fastvideo/train_grpo_hunyuan.py:443-477): `reward.aggregate` defaults to `losses`
+  here, so under `reward.name: {entry: coefficient}` each entry is normalised within the
+  group on its own and clipped to +-adv_clip, the PPO-clip loss is computed per reward with
+  the one shared ratio and the losses summed with the coefficients (advantages [N, K] to the
+  objective: the sum of K clipped losses, not the clipped loss of summed advantages;
+  grpo_zoo/core/advantages.py `aggregate`). The reference's defaults (vq_coef 1, mq_coef 0)
+  train on one reward.
 
 Not reproduced:
 
@@ -53,8 +54,7 @@ from typing import Literal
 import torch
 
 from grpo_zoo.config.schema import num
-from grpo_zoo.core.advantages import rank_group_advantages
-from grpo_zoo.core.algorithm import AdvantageContext, Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
+from grpo_zoo.core.algorithm import Algorithm, AlgorithmConfig, Plan, PlanContext, Setting, register
 from grpo_zoo.errors import ConfigError
 
 
@@ -66,15 +66,6 @@ class DanceGRPOConfig(AlgorithmConfig):
     """The reference starts a group's rollouts from one noise (init_same_noise)."""
     timestep_fraction: float = num(0.6, gt=0, le=1)
     """Each trajectory trains a random floor((T - 1) * fraction) of steps 0..T-2 (at least one), in (0, 1]."""
-    rewards: dict[str, float] | None = num(None, ge=0)
-    """Several rewards: {entry of the run's reward: coefficient >= 0}, each normalised within the group and
-    its clipped loss summed with the coefficient (the reference's vq_coef / mq_coef); null: the training reward."""
-
-    def validate(self) -> None:
-        if self.rewards is not None and not any(self.rewards.values()):
-            raise ConfigError(
-                f"rewards: expected {{reward entry: coefficient >= 0}} with one coefficient > 0, got {self.rewards}"
-            )
 
 
 @register("dance_grpo")
@@ -100,6 +91,9 @@ class DanceGRPO(Algorithm):
         "optim.adv_std": Setting("unbiased", "fastvideo/train_grpo_hunyuan.py:379 (group_rewards.std() + 1e-8)"),
         "optim.adv_eps": Setting(1e-8, "fastvideo/train_grpo_hunyuan.py:379"),
         "optim.weight_decay": Setting(1e-4, "scripts/finetune/finetune_wan_2_1_grpo.sh:45 (--weight_decay 0.0001)"),
+        "reward.aggregate": Setting(
+            "losses", "fastvideo/train_grpo_hunyuan.py:477 (final_loss = vq_coef * vq_loss + mq_coef * mq_loss)"
+        ),
     }
 
     def trainable_steps(self, table) -> range:
@@ -125,18 +119,3 @@ class DanceGRPO(Algorithm):
         train = self.empty(ctx)
         train.scatter_(1, perm[:, : self.num_trained(ctx.table)] + pool.start, True)
         return self.make_plan(ctx, sde, train)
-
-    def reward_entries(self) -> list[str]:
-        return list(self.cfg.rewards or {})
-
-    def advantages(self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """[N] GRPO's advantage of the training reward; with `rewards`, [N, K]: each entry's own group
-        advantage (clipped) times its coefficient, one column per reward."""
-        if not self.cfg.rewards:
-            return super().advantages(ctx, traj, step)
-        cols = []
-        for entry, coef in self.cfg.rewards.items():
-            if entry not in ctx.rewards:
-                raise ConfigError(f"algorithm.rewards: the run's reward gives no entry {entry!r}")
-            cols.append(coef * rank_group_advantages(ctx, entry).flatten()[traj])
-        return torch.stack(cols, -1)

@@ -34,9 +34,7 @@ from typing import Literal
 import torch
 
 from grpo_zoo.config.schema import num
-from grpo_zoo.core.advantages import group_advantages
 from grpo_zoo.core.algorithm import (
-    AdvantageContext,
     Algorithm,
     AlgorithmConfig,
     Plan,
@@ -68,20 +66,10 @@ class MixGRPOConfig(AlgorithmConfig):
     dpm2). The reference's formula floors at one node, an image decoded before sigma 0, only
     where its window never goes in its 300 iterations (start 15 of 23): here a tail is one
     step to 0 at least."""
-    rewards: dict[str, float] | None = num(None, ge=0)
-    """Several rewards, the reference's `advantage_aggr`: {entry of the run's reward: weight >= 0};
-    each entry's group advantage, weighted by weight / sum(weights), summed, then clipped to
-    +-adv_clip, for one loss (fastvideo/train_grpo_flux.py:448-455, 567, 767). null: the training reward."""
     timestep_fraction: float | None = num(None, gt=0, le=1)
     """null: the reference's domain (starts 0..T-2, the window cut at T - 2, rolled back after
     it); a number in (0, 1]: the window stays whole inside the first floor(T * fraction) steps
     and wraps (the toolkit's earlier rule)."""
-
-    def validate(self) -> None:
-        if self.rewards is not None and not any(self.rewards.values()):
-            raise ConfigError(
-                f"rewards: expected {{reward entry: weight >= 0}} with one weight > 0, got {self.rewards}"
-            )
 
 
 @register("mix_grpo")
@@ -113,6 +101,10 @@ class MixGRPO(Algorithm):
         "optim.adv_eps": Setting(1e-8, "fastvideo/train_grpo_flux.py:448"),
         "optim.weight_decay": Setting(
             1e-4, "scripts/finetune/finetune_flux_grpo_MixGRPO.sh:149 (--weight_decay 0.0001)"
+        ),
+        "reward.aggregate": Setting(
+            "advantages",
+            "fastvideo/train_grpo_flux.py:448-455,567,767 (advantage_aggr: weighted advantages summed, clipped once)",
         ),
     }
 
@@ -148,26 +140,6 @@ class MixGRPO(Algorithm):
         """The window's steps at `iteration` (the reference's: cut at the domain's end, maybe empty)."""
         s = self.start(iteration, table)
         return range(s, min(s + self.width(table), self.span(table)))
-
-    def reward_entries(self) -> list[str]:
-        return list(self.cfg.rewards or {})
-
-    def advantages(self, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """GRPO's advantage of the training reward; with `rewards`, advantage_aggr: the weighted sum
-        of each entry's (unclipped) group advantage, clipped once."""
-        if not self.cfg.rewards:
-            return super().advantages(ctx, traj, step)
-        total = sum(self.cfg.rewards.values())
-        p = ctx.num_prompts
-        merged = torch.zeros(p, ctx.group_size)
-        for entry, weight in self.cfg.rewards.items():
-            if entry not in ctx.batch_rewards:
-                raise ConfigError(f"algorithm.rewards: the run's reward gives no entry {entry!r}")
-            adv = group_advantages(
-                ctx.batch_rewards[entry], ctx.global_std, math.inf, ctx.adv_std == "unbiased", ctx.adv_eps
-            )
-            merged += weight / total * adv[ctx.rank * p : (ctx.rank + 1) * p]
-        return merged.clamp(-ctx.adv_clip, ctx.adv_clip).flatten()[traj]
 
     def tail(self, window: range, table, shift: float) -> tuple[int, tuple[float, ...]] | None:
         """MixGRPO-Flash's re-gridded ODE tail after `window` (fastvideo/utils/sampling_utils.py:44-54):

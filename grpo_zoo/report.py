@@ -74,6 +74,18 @@ def _grouped(root: Path, out: Path, data, options: dict) -> Path:
     return out / "report.md"
 
 
+def ranked_on(data) -> list[str]:
+    """The line saying which evaluation the report ranks on, where it is not the training reward."""
+    metric = data.experiment.get("metric")
+    if not metric:
+        return []
+    trained = ", ".join(sorted(str(r) for r in data.runs["reward"].dropna().unique()))
+    return [
+        f"Every eval reward here is {metric} (the experiment's report.metric); the runs trained on {trained}, "
+        "whose evaluation is eval/train_reward in the metrics."
+    ]
+
+
 def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) -> Path:
     from grpo_zoo.analysis.plots import all_plots
     from grpo_zoo.analysis.stats import BELOW_BASE, DROP, HACK_FALL, SMOOTH, TEST_NAME, collapse_table, hacking_table
@@ -127,6 +139,7 @@ def _report(root: Path, out: Path, data, target, drop, below_base, x, baseline) 
         f"Mean ± half the 95% t-interval over seeds (no interval below 2 seeds); best per column in bold; "
         f"differences by {TEST_NAME} (p < 0.05, else n.s.; 'n = 1' where a side has one seed: no test), speed-ups "
         "by the same test on log costs, so a speed-up's CI and its verdict agree.",
+        *ranked_on(data),
         "",
         f"## Leaderboard (equal budget; compute to eval reward {board_target:.3f})",
         "",

@@ -456,3 +456,52 @@ def test_the_reward_hacking_view_flags_a_reward_rising_while_another_falls(tmp_p
     assert "toy_still change" not in table  # the training reward is the reward column
     text = write_report(root, tmp_path / "report").read_text()
     assert "### Reward hacking" in text and "toy_motion" in text.split("### Reward hacking")[1]
+
+
+def test_the_reward_hacking_view_shows_each_component_of_a_weighted_reward(tmp_path):
+    """A run trained on {toy_motion: 1, toy_still: 0.2}: its weighted sum rises while toy_still, a
+    component, falls by a third; the view names it and logs every component's change."""
+    import yaml
+
+    from grpo_zoo.analysis.stats import hacking_table
+
+    root = tmp_path / "runs"
+    path = fake_run(root, "pair_seed0", "mix_grpo", [0.5, 0.7], 0.01)
+    cfg = yaml.safe_load((path / "config.yaml").read_text())
+    weights = {"toy_motion": 1.0, "toy_still": 0.2}
+    (path / "config.yaml").write_text(yaml.safe_dump({**cfg, "reward": {"name": weights, "aggregate": "advantages"}}))
+    rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+    for r, (motion, still) in zip([r for r in rows if r["kind"] == "eval"], ((0.4, 0.6), (0.65, 0.4))):
+        r.update({"eval/toy_motion": motion, "eval/toy_still": still, "eval/toy_prompt": 0.5})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_runs(root)
+    assert data.runs["reward"].iloc[0] == "weighted"
+    assert data.runs["reward_weights"].iloc[0] == "toy_motion=1, toy_still=0.2"
+    table = hacking_table(data).set_index("variant")
+    assert table.loc["pair", "hacking"] == "toy_still"
+    assert table.loc["pair", "toy_motion change"] == pytest.approx(0.25)
+    assert table.loc["pair", "toy_still change"] == pytest.approx(-0.2)
+
+
+def test_report_metric_ranks_on_another_entry_than_the_training_reward(runs):
+    """report.metric: eval/reward becomes eval/<metric> for every table; the training reward's
+    evaluation stays as eval/train_reward; a metric no run logs is one line."""
+    for path in runs.glob("*_seed*"):
+        rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+        for r in rows:
+            if r["kind"] == "eval":
+                r["eval/toy_still"] = 1.0 - r["eval/reward"]
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = json.loads((runs / "experiment.json").read_text())
+    (runs / "experiment.json").write_text(json.dumps({**record, "metric": "toy_still"}))
+    data = load_runs(runs)
+    evals = data.metrics[data.metrics["kind"] == "eval"]
+    assert (evals["eval/reward"] == 1.0 - evals["eval/train_reward"]).all()
+    assert np.allclose(data.runs["eval/reward_initial"], 0.7)
+    text = write_report(runs, runs / "report").read_text()
+    assert "Every eval reward here is toy_still" in text
+    (runs / "experiment.json").write_text(json.dumps({**record, "metric": "toy_nope"}))
+    from grpo_zoo.runs import MetricsError
+
+    with pytest.raises(MetricsError, match="report.metric .toy_nope.: no run logs eval/toy_nope"):
+        load_runs(runs)

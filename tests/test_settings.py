@@ -177,3 +177,15 @@ def test_the_leaderboard_runs_every_method_at_its_references_settings():
             base.model.lora_rank,
             base.data.eval_samples,
         )
+
+
+def test_the_cross_reward_leaderboard_is_the_leaderboard_trained_on_toy_motion_and_ranked_on_toy_still():
+    from grpo_zoo.config.experiment import load_experiment
+
+    zoo = ROOT / "experiments" / "zoo"
+    cross, board = (load_experiment(zoo / f, "/tmp/unused") for f in ("leaderboard_cross_reward.yaml", "leaderboard.yaml"))
+    assert cross.report.metric == "toy_still" and cross.record()["metric"] == "toy_still"
+    assert [r.name for r in cross.runs] == [r.name for r in board.runs]
+    for a, b in zip(cross.runs, board.runs, strict=True):
+        assert a.config["reward"]["name"] == "toy_motion"
+        assert {**a.config, "reward": None, "run_dir": None} == {**b.config, "reward": None, "run_dir": None}

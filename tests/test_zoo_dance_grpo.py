@@ -9,7 +9,6 @@ from grpo_zoo.config.run import RunConfig
 from grpo_zoo.config.schema import build, load_config_file
 from grpo_zoo.core import algorithm
 from grpo_zoo.core.algorithm import PlanContext
-from grpo_zoo.core.contract import AdvantageContext
 from grpo_zoo.errors import ConfigError
 from grpo_zoo.flow import make_sigmas, step_table
 from grpo_zoo.training.rollout import rollout
@@ -102,28 +101,6 @@ def test_short_schedules_and_bad_values():
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="timestep_fraction"):
             build(algorithm.AlgorithmConfig, {"name": "dance_grpo", "timestep_fraction": bad}, "algorithm")
-
-
-def test_several_rewards_are_normalised_each_within_the_group_and_weighted():
-    """The reference's vq / mq advantages: each reward normalised within the group on its own
-    (and clipped), one column per reward, times its coefficient."""
-    from grpo_zoo.core.advantages import group_advantages
-
-    table = step_table(make_sigmas("wan", 10, 3.0), "flow_sde")
-    alg = algorithm.build({"name": "dance_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}})
-    assert alg.reward_entries() == ["toy_aesthetic", "toy_motion"]
-    ctx = PlanContext.of(P, G, table, torch.Generator().manual_seed(0))
-    plan = alg.plan(ctx)
-    traj, step = plan.train.nonzero(as_tuple=True)
-    gen = torch.Generator().manual_seed(1)
-    scores = {k: torch.rand(P, G, generator=gen) for k in ("toy_hps", "toy_aesthetic", "toy_motion")}
-    scored = AdvantageContext.of(ctx, plan, scores, reward="toy_hps")
-    adv = alg.advantages(scored, traj, step)
-    assert adv.shape == (len(traj), 2)
-    assert torch.allclose(adv[:, 0], group_advantages(scores["toy_aesthetic"]).flatten()[traj])
-    assert torch.allclose(adv[:, 1], 0.5 * group_advantages(scores["toy_motion"]).flatten()[traj])
-    single = algorithm.build({"name": "dance_grpo"}).advantages(scored, traj, step)
-    assert torch.allclose(single, group_advantages(scores["toy_hps"]).flatten()[traj])
 
 
 def test_per_reward_losses_are_clipped_each_and_then_summed():

@@ -117,7 +117,17 @@ def _scores_problem(scores: dict) -> str | None:
     return f"the score of {bad[0]!r} is {scores[bad[0]]!r}, expected a number" if bad else None
 
 
-def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
+def reward_info(name) -> dict:
+    """A run's `reward` (its training entry: the reward's name, or `weighted`) and, for several
+    weighted rewards, `reward_weights` ("entry=weight, ...")."""
+    if isinstance(name, dict):
+        from grpo_zoo.rewards.weighted import WEIGHTED
+
+        return {"reward": WEIGHTED, "reward_weights": ", ".join(f"{k}={v:g}" for k, v in name.items())}
+    return {"reward": name}
+
+
+def load_run(path: Path, metric: str | None = None) -> tuple[pd.DataFrame, dict]:
     run = RunDir(path)
     cfg = run.config()
     alg = cfg.get("algorithm") or {}
@@ -128,7 +138,7 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
         "variant": variant_of(name),
         "seed": cfg.get("seed", 0),
         "algorithm": alg.get("name"),
-        "reward": (cfg.get("reward") or {}).get("name"),
+        **reward_info((cfg.get("reward") or {}).get("name")),
         **{f"algorithm.{key}": cell(value) for key, value in alg.items()},
         "budget_unit": budget_unit(cfg.get("budget") or {}),
         **comparability(cfg),
@@ -138,7 +148,7 @@ def load_run(path: Path) -> tuple[pd.DataFrame, dict]:
     # VBench's scores of the final eval videos (python -m grpo_zoo.vbench ingest)
     for dim, score in read_state(path / "vbench.json", default={}, what="VBench scores", check=_scores_problem).items():
         info[f"vbench/{dim}"] = score
-    rows = pd.DataFrame(metrics_rows(run, info))
+    rows = rank_on(pd.DataFrame(metrics_rows(run, info)), metric, path)
     if rows.empty:
         return rows, info
     for key in ("run", "variant", "seed", "algorithm"):
@@ -219,13 +229,30 @@ def subset(data: Runs, paths: list[str]) -> Runs:
     )
 
 
+def rank_on(metrics: pd.DataFrame, metric: str | None, root) -> pd.DataFrame:
+    """The metrics with eval/reward replaced by eval/<metric> (the experiment's report.metric: the
+    report ranks on it); the training reward's evaluation stays as eval/train_reward."""
+    if not metric or metrics.empty:
+        return metrics
+    col = f"eval/{metric}"
+    evals = metrics["kind"] == "eval"
+    if not evals.any():
+        return metrics
+    if col not in metrics or metrics.loc[evals, col].isna().all():
+        raise MetricsError(f"{root}: report.metric {metric!r}: no run logs {col}")
+    out = metrics.copy()
+    out["eval/train_reward"] = out["eval/reward"]
+    out.loc[evals, "eval/reward"] = out.loc[evals, col]
+    return out
+
+
 def load_runs(root: str | Path) -> Runs:
     """Every run under `root` (ValueError if there is none), in the experiment's variant order."""
     experiment, paths = read_experiment(root), find_run_dirs(root)
     rank = {v: i for i, v in enumerate(ordered((variant_of(p.name) for p in paths), experiment))}
     frames, infos = [], []
     for path in sorted(paths, key=lambda p: (rank[variant_of(p.name)], p.name)):
-        rows, info = load_run(path)
+        rows, info = load_run(path, experiment.get("metric"))
         infos.append(info)
         if not rows.empty:
             frames.append(rows)

@@ -304,12 +304,29 @@ HACK_FALL = 0.10
 training reward rises over the same run."""
 
 
+def reward_entries(name, weights=None) -> tuple[str, ...] | None:
+    """The entries a run's reward gives: a reward's declared entries; for several weighted
+    rewards (`weights` "entry=w, ..."), each component and every entry their rewards declare."""
+    from grpo_zoo import rewards
+    from grpo_zoo.rewards.weighted import WEIGHTED, resolve
+
+    if not isinstance(name, str):
+        return None
+    if name != WEIGHTED or not isinstance(weights, str) or not weights:
+        return rewards.entries(name)
+    parts = [w.split("=")[0].strip() for w in weights.split(",")]
+    try:
+        owners = resolve(dict.fromkeys(parts, 1.0))
+    except Exception:  # noqa: BLE001 (a reward this install no longer has: its components alone)
+        return tuple(parts)
+    return tuple(dict.fromkeys([*parts, *(e for o in owners for e in (rewards.entries(o) or (o,)))]))
+
+
 def hacking_table(data: Runs, fall: float = HACK_FALL) -> pd.DataFrame:
     """The reward-hacking view: per run, its training reward's change from the first to the last
     evaluation beside each other entry its reward gives (the components, the toy rewards that
     pull against it); `hacking` where the training reward rose while an entry fell by more than
     `fall` of its first value. Empty when the runs log no other entry."""
-    from grpo_zoo import rewards
 
     rows = []
     if data.metrics.empty:
@@ -317,7 +334,7 @@ def hacking_table(data: Runs, fall: float = HACK_FALL) -> pd.DataFrame:
     for run, info in data.runs.set_index("run").iterrows():
         name = info.get("reward")
         ev = data.evals[data.evals["run"] == run]
-        known = rewards.entries(name) if isinstance(name, str) else None
+        known = reward_entries(name, info.get("reward_weights"))
         if len(ev) < 2 or not known:
             continue
         first, last = ev.iloc[0], ev.iloc[-1]

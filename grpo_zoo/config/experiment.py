@@ -62,6 +62,9 @@ class ReportSection:
     """The common target eval reward of the efficiency and leaderboard tables, declared before the
     runs; null: the report's rule (halfway from the base to the best variant, at least the base plus
     the design's minimum detectable difference)."""
+    metric: str | None = None
+    """The eval entry the report ranks by (eval/<metric>, e.g. a reward the runs do not train on);
+    null: the training reward (eval/reward). Every run's reward must give it."""
 
 
 @dataclass
@@ -148,6 +151,7 @@ class Experiment:
             "variants": self.variants,
             "baseline": self.report.baseline,
             "target": self.report.target,
+            "metric": self.report.metric,
         }
 
 
@@ -232,7 +236,23 @@ def load_experiment(path: str | Path, runs_dir: str | Path = "runs") -> Experime
     baseline = spec.report.baseline
     if baseline is not None and baseline not in exp.variants:
         raise ConfigError(f"{path}: report.baseline: no variant {baseline!r} (variants: {', '.join(exp.variants)})")
+    if spec.report.metric is not None:
+        check_metric(path, spec.report.metric, runs)
     return exp
+
+
+def check_metric(path, metric: str, runs) -> None:
+    """report.metric is an entry every run's reward gives (checked before any run starts)."""
+    from grpo_zoo.analysis.load import reward_info
+    from grpo_zoo.analysis.stats import reward_entries
+
+    for run in runs:
+        info = reward_info((run.config.get("reward") or {}).get("name"))
+        known = reward_entries(info["reward"], info.get("reward_weights"))
+        if known is not None and metric not in known:
+            raise ConfigError(
+                f"{path}: report.metric: run {run.name}'s reward gives no entry {metric!r} (it gives {', '.join(known)})"
+            )
 
 
 def check_runs(exp: Experiment) -> None:

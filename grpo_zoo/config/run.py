@@ -115,29 +115,46 @@ class SamplingConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = "toy_hps"
-    """Training reward by name (toy_hps, toy_prompt, toy_motion, toy_aesthetic, toy_still, hpsv3)."""
+    name: str | dict[str, float] = "toy_hps"
+    """Training reward by name (toy_hps, toy_prompt, toy_motion, toy_aesthetic, toy_still, hpsv3, ...), or
+    several weighted: {entry: weight >= 0, ...} (each entry a reward's name or one it declares;
+    the training entry is `weighted` = sum of weight x entry, grpo_zoo/rewards/weighted.py)."""
     options: dict = field(default_factory=dict)
-    """Keyword options of the reward (e.g. the hpsv3 server URL)."""
+    """Keyword options of the reward (e.g. the hpsv3 server URL); with several, {reward name: its options}."""
+    aggregate: Literal["sum", "advantages", "losses"] = "sum"
+    """How several weighted rewards train: sum (one advantage of the weighted sum, Flow-GRPO's
+    multi_score), advantages (each entry's group advantage, weights normalised to sum 1, summed,
+    clipped once: MixGRPO's advantage_aggr) or losses (one clipped loss per entry, times its
+    weight, summed: DanceGRPO). An algorithm's settings name its reference's rule."""
+
+    @property
+    def weights(self) -> dict[str, float] | None:
+        """{entry: weight} of several rewards, or None for one reward by name."""
+        return self.name if isinstance(self.name, dict) else None
+
+    @property
+    def entry(self) -> str:
+        """The training entry among what the reward returns: its name, or `weighted`."""
+        from grpo_zoo.rewards.weighted import WEIGHTED
+
+        return WEIGHTED if isinstance(self.name, dict) else self.name
 
     def validate(self) -> None:
-        import inspect
-
         from grpo_zoo import rewards
+        from grpo_zoo.rewards.weighted import check_weights, resolve
 
-        factory = rewards._REGISTRY.get(self.name)
-        if factory is None:
-            rewards.get(self.name)  # unknown name: its one line, with the choices
-        params = inspect.signature(factory).parameters.values()
-        if any(p.kind is p.VAR_KEYWORD for p in params):
-            return  # the factory checks its own options (hpsv3 does)
-        known = sorted(p.name for p in params)
-        for key in self.options:
-            if key not in known:
+        if not isinstance(self.name, dict):
+            rewards.check_options(self.name, self.options, "reward.options")
+            return
+        self.name = check_weights(self.name, "reward.name")
+        used = resolve(self.name)
+        for key, options in self.options.items():
+            if key not in used:
                 raise ConfigError(
-                    f"options: {self.name} takes no option {key!r} "
-                    f"({'known: ' + ', '.join(known) if known else 'it takes none; remove reward.options'})"
+                    f"reward.options.{key}: with several rewards, options are keyed by reward name "
+                    f"(this run's: {', '.join(used)})"
                 )
+            rewards.check_options(key, options, f"reward.options.{key}")
 
 
 @dataclass

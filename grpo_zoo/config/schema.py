@@ -228,6 +228,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+MOVED = {
+    "algorithm.rewards": "several rewards moved to reward.name: {entry: weight}, with reward.aggregate",
+}
+"""Fields that moved: their old path to where they went (the unknown-field line says so)."""
+
+
 def build(cls: type, data: Any, where: str = "") -> Any:
     """Build dataclass `cls` from a nested dict; unknown keys and bad values raise ConfigError.
 
@@ -254,6 +260,7 @@ def build(cls: type, data: Any, where: str = "") -> Any:
         if key not in names:
             hint = difflib.get_close_matches(str(key), list(names), n=1)
             fix = f"did you mean {hint[0]!r}?" if hint else f"known: {', '.join(names)}"
+            fix = MOVED.get(path, fix)
             raise ConfigError(f"{path}: unknown field ({fix})")
         kwargs[key] = _coerce(value, hints[key], path)
     try:

@@ -75,3 +75,33 @@ def normalize_within(
 def ctx_norm(ctx: AdvantageContext, clip: float | None = None) -> tuple:
     """normalize_within's (global_std, clip, unbiased, eps) from a context (`clip` overrides its adv_clip)."""
     return ctx.global_std, ctx.adv_clip if clip is None else clip, ctx.adv_std == "unbiased", ctx.adv_eps
+
+
+def aggregate(algorithm, ctx: AdvantageContext, traj: torch.Tensor, step: torch.Tensor, weights, rule: str):
+    """The advantages of the trained items (traj, step) under several weighted rewards
+    (`weights` {entry: w}, reward.aggregate `rule`), each entry's advantage by the algorithm's
+    own rule (`algorithm.advantages` with that entry as the training reward):
+    - sum, or one reward (`weights` None): the training entry's advantages [N];
+    - advantages: sum_k w_k / sum(w) A_k, each A_k unclipped, the sum clipped to +-adv_clip
+      once [N] (MixGRPO's advantage_aggr, fastvideo/train_grpo_flux.py:448-455, 567, 767 at
+      Tencent-Hunyuan/MixGRPO@e5cdd6a);
+    - losses: [N, K], column k = w_k A_k, A_k clipped (DanceGRPO's one clipped loss per reward,
+      summed with its coefficient: fastvideo/train_grpo_hunyuan.py:443-477, final_loss = vq_coef *
+      vq_loss + mq_coef * mq_loss, at XueZeyue/DanceGRPO@15cc71d; ppo_clip clips each column)."""
+    import dataclasses
+    import math
+
+    if not weights or rule == "sum":
+        return algorithm.advantages(ctx, traj, step)
+    if rule == "advantages":
+        total = sum(weights.values())
+        unclipped = dataclasses.replace(ctx, adv_clip=math.inf)
+        parts = [
+            w / total * algorithm.advantages(dataclasses.replace(unclipped, reward=e), traj, step)
+            for e, w in weights.items()
+        ]
+        return torch.stack(parts).sum(0).clamp(-ctx.adv_clip, ctx.adv_clip)
+    if rule == "losses":
+        cols = [w * algorithm.advantages(dataclasses.replace(ctx, reward=e), traj, step) for e, w in weights.items()]
+        return torch.stack(cols, -1)
+    raise ValueError(f"reward.aggregate: unknown rule {rule!r}")

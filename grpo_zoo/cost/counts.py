@@ -39,10 +39,10 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
         items = obj.num_items(plan)
         if objective.needs_transitions:  # pruning by advantage: its count, with advantages not known yet
             traj, st = plan.train.nonzero(as_tuple=True)
-            zeros = {cfg.reward.name: torch.zeros(local, cfg.data.group_size)}
+            zeros = {cfg.reward.entry: torch.zeros(local, cfg.data.group_size)}
             scored = AdvantageContext(
                 iteration=step, prompts=ctx.prompts, group_size=ctx.group_size, table=table, plan=plan,
-                reward=cfg.reward.name, rewards=zeros, batch_rewards=zeros, rank=rank, world=world,
+                reward=cfg.reward.entry, rewards=zeros, batch_rewards=zeros, rank=rank, world=world,
             )  # fmt: skip
             keep = alg.keep(scored, traj, st, torch.zeros(len(traj)))
             items = items if keep is None else int(keep.sum())

@@ -49,6 +49,39 @@ def get(name: str, **options) -> RewardFn:
     return _REGISTRY[name](**options)
 
 
+def check_options(name: str, options: dict, where: str = "reward.options") -> None:
+    """ConfigError (one line) for an option reward `name`'s factory does not take; a factory
+    taking **options checks its own (hpsv3 does)."""
+    import inspect
+
+    if name not in _REGISTRY:
+        get(name)  # unknown name: its one line, with the choices
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: expected a mapping of {name}'s options, got {options!r}")
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    known = sorted(p.name for p in params)
+    for key in options:
+        if key not in known:
+            raise ConfigError(
+                f"{where}: {name} takes no option {key!r} "
+                f"({'known: ' + ', '.join(known) if known else 'it takes none; remove ' + where})"
+            )
+
+
+def build(cfg) -> RewardFn:
+    """The run's reward from its RewardConfig: one reward by name, or a WeightedReward over
+    several (`reward.name: {entry: weight}`, each reward with `reward.options[its name]`)."""
+    weights = cfg.weights
+    if weights is None:
+        return get(cfg.name, **cfg.options)
+    from grpo_zoo.rewards.weighted import WeightedReward, resolve
+
+    parts = {name: get(name, **cfg.options.get(name, {})) for name in resolve(weights)}
+    return WeightedReward(weights, parts)
+
+
 def _toy(name: str) -> Callable[..., RewardFn]:
     def factory() -> RewardFn:
         from grpo_zoo.rewards.toy import all_rewards

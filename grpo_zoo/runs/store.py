@@ -300,6 +300,8 @@ def _experiment_problem(data: dict) -> str | None:
     target = data.get("target")
     if target is not None and (isinstance(target, bool) or not isinstance(target, int | float) or target != target):
         return "`target` is not a number or null (rerun the sweep, or delete it and pass --target)"
+    if not isinstance(data.get("metric"), str | None):
+        return "`metric` is not an entry name or null (rerun the sweep)"
     return None
 
 

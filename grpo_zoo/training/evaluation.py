@@ -33,7 +33,7 @@ def evaluate(trainer) -> dict:
     scores = trainer.reward_fn(videos, mine)
     scores.update(rewards.eval_metrics(videos, mine))
     trainer.meter.forward(nfe * trainer.world, eval=True)
-    row = {"kind": "eval", "eval/reward": float(engine.all_gather_cat(scores[cfg.reward.name].float()).mean())}
+    row = {"kind": "eval", "eval/reward": float(engine.all_gather_cat(scores[cfg.reward.entry].float()).mean())}
     for name, values in scores.items():
         row[f"eval/{name}"] = float(engine.all_gather_cat(values.float()).mean())
     if cfg.save_eval_videos:

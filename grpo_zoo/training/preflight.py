@@ -47,13 +47,8 @@ def preflight(cfg: RunConfig) -> Preflight:
         msg = str(err)
         raise ConfigError(msg if msg.startswith("group_size") else f"algorithm.{msg}") from None
     objectives.get(alg.objective).preflight(cfg)
-    reward = rewards.get(cfg.reward.name, **cfg.reward.options)
-    known = rewards.entries(cfg.reward.name)
-    for entry in alg.reward_entries():
-        if known is not None and entry not in known:
-            raise ConfigError(
-                f"algorithm.rewards: reward {cfg.reward.name!r} gives no entry {entry!r} (it gives {', '.join(known)})"
-            )
+    reward = rewards.build(cfg.reward)
+    check_reward(cfg, alg)
     if cfg.data.prompts_per_step % world:
         raise ConfigError(
             f"data.prompts_per_step: {cfg.data.prompts_per_step} prompt groups do not split over {world} ranks; "
@@ -70,6 +65,29 @@ def preflight(cfg: RunConfig) -> Preflight:
     if hasattr(reward, "check"):  # a reward service: reachable, checked last (it waits on the network)
         reward.check()
     return Preflight(alg, table, eval_table, reward, train_prompts, eval_prompts)
+
+
+def check_reward(cfg: RunConfig, alg) -> None:
+    """The entries the algorithm reads are among the reward's, and reward.aggregate fits the objective."""
+    r = cfg.reward
+    if r.weights is None:
+        known = rewards.entries(r.name)
+    else:
+        from grpo_zoo.rewards.weighted import WEIGHTED, resolve
+
+        declared = [rewards.entries(n) for n in resolve(r.weights)]
+        known = None if None in declared else (WEIGHTED, *dict.fromkeys(e for d in declared for e in d))
+    for entry in alg.reward_entries():
+        if known is not None and entry not in known:
+            raise ConfigError(
+                f"algorithm: {alg.name} reads reward entry {entry!r}, which the run's reward does not give "
+                f"(it gives {', '.join(known)})"
+            )
+    objective = objectives.get(alg.objective)
+    if r.weights is not None and r.aggregate == "losses" and not objective.per_reward_advantages:
+        raise ConfigError(
+            f"reward.aggregate: {alg.name}'s objective {alg.objective!r} trains one loss; use sum or advantages"
+        )
 
 
 def check_plan(cfg: RunConfig, alg, table: StepTable, world: int) -> None:

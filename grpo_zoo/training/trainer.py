@@ -23,7 +23,7 @@ from grpo_zoo import rewards
 from grpo_zoo.config.run import RunConfig
 from grpo_zoo.config.schema import to_dict
 from grpo_zoo.core import objective as objectives
-from grpo_zoo.core.advantages import zero_std_ratio
+from grpo_zoo.core.advantages import aggregate, zero_std_ratio
 from grpo_zoo.core.contract import AdvantageContext, PlanContext, Planned, Prepared, RolloutResult
 from grpo_zoo.core.ema import EMA
 from grpo_zoo.cost.flops import run_flops
@@ -158,13 +158,13 @@ class Trainer(RunLoop):
         return ro
 
     def score_step(self, p: Planned, ro: RolloutResult) -> AdvantageContext:
-        cfg, g, name = self.cfg, self.cfg.data.group_size, self.cfg.reward.name
+        cfg, g, name = self.cfg, self.cfg.data.group_size, self.cfg.reward.entry
         texts = [q for q in p.prompts for _ in range(g)]
         if ro.scoring is not None:
             scores = ro.scoring.result()
         else:
             scores = rewards.score(self.reward_fn, self.policy.decode, ro.latents, texts, g)
-        checked = [name, *self.algorithm.reward_entries()]  # rewards the advantages read must be finite
+        checked = [name, *(cfg.reward.weights or ()), *self.algorithm.reward_entries()]  # what advantages read: finite
         for entry in checked:
             if entry in scores and not torch.isfinite(scores[entry].float()).all():
                 what = "reward" if entry == name else f"reward entry {entry!r}"
@@ -181,8 +181,9 @@ class Trainer(RunLoop):
 
     def advantage_step(self, p: Planned, ro: RolloutResult, ctx: AdvantageContext) -> Prepared:
         items, made = self.objective.items(ro, ctx, p.emb, generator(self.cfg.seed, self.step, self.rank, "items"))
-        adv = self.algorithm.advantages(ctx, items.traj, items.step)
-        keep = self.algorithm.keep(ctx, items.traj, items.step, adv)
+        r = self.cfg.reward
+        adv = aggregate(self.algorithm, ctx, items.traj, items.step, r.weights, r.aggregate)
+        keep = self.algorithm.keep(ctx, items.traj, items.step, adv if adv.dim() == 1 else adv.sum(-1))
         if keep is not None:  # pruned by advantage: neither forward nor backward
             items, adv = items.select(keep), adv[keep]
         return Prepared(items, adv, made)

@@ -106,10 +106,10 @@ def _switches(config_cls: type) -> list[tuple[str, object]]:
 
 
 EXTRA = {
-    "dance_grpo-two_rewards": {"name": "dance_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
+    "dance_grpo-two_rewards": {"name": "dance_grpo", "reward.name": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
     "g2rpo-fine_only": {"name": "g2rpo", "granularities": [1]},
     "mix_grpo-flash": {"name": "mix_grpo", "post_compress_ratio": 0.4, "sampling.ode_solver": "dpm2"},
-    "mix_grpo-two_rewards": {"name": "mix_grpo", "rewards": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
+    "mix_grpo-two_rewards": {"name": "mix_grpo", "reward.name": {"toy_aesthetic": 1.0, "toy_motion": 0.5}},
     "diffusion_nft-no_old_copy": {"name": "diffusion_nft", "old_decay_max": 0.0},
 }
 """Variants beyond the switches: DanceGRPO's several rewards, G2RPO at one granularity,
@@ -159,8 +159,10 @@ def algorithm_args(variant_fields: dict) -> list[str]:
 
 
 def overrides(variant_fields: dict, run_dir: Path) -> list[str]:
-    fields = {**CONFIG, "run_dir": str(run_dir)}
-    return [f"{k}={json.dumps(v)}" for k, v in fields.items()] + algorithm_args(variant_fields)
+    """The shared CONFIG, a variant's dotted run overrides in place of CONFIG's own, its algorithm."""
+    alg, run = split(variant_fields)
+    fields = {**CONFIG, **run, "run_dir": str(run_dir)}
+    return [f"{k}={json.dumps(v)}" for k, v in fields.items()] + algorithm_args(alg)
 
 
 def _kept(row: dict) -> dict:
