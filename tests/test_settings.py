@@ -183,7 +183,9 @@ def test_the_cross_reward_leaderboard_is_the_leaderboard_trained_on_toy_motion_a
     from grpo_zoo.config.experiment import load_experiment
 
     zoo = ROOT / "experiments" / "zoo"
-    cross, board = (load_experiment(zoo / f, "/tmp/unused") for f in ("leaderboard_cross_reward.yaml", "leaderboard.yaml"))
+    cross, board = (
+        load_experiment(zoo / f, "/tmp/unused") for f in ("leaderboard_cross_reward.yaml", "leaderboard.yaml")
+    )
     assert cross.report.metric == "toy_still" and cross.record()["metric"] == "toy_still"
     assert [r.name for r in cross.runs] == [r.name for r in board.runs]
     for a, b in zip(cross.runs, board.runs, strict=True):
