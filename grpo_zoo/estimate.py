@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(
                 f"{name}: data.prompts_per_step {cfg.data.prompts_per_step} does not split over {args.gpus} GPUs"
             )
-        if cfg.model.backend == "wan":
+        if cfg.model.is_wan:
             model_shapes(cfg.model)  # a missing directory with no known arch fails here, before any counting
     rows = []
     for name, cfg in configs:
         rows.append({"config": name, **estimate(cfg, args.gpus, args.gpu, args.mfu, args.budget_gpu_hours, args.plans)})
-        if not args.no_memory and cfg.model.backend == "wan":  # the memory model is the wan stack's
+        if not args.no_memory and cfg.model.is_wan:  # the memory model is the wan stack's
             from grpo_zoo.cost.memory import report
 
             rows[-1]["memory"] = report(cfg, args.gpus, args.gpu)
@@ -131,12 +131,34 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['flops_per_iteration'] / 1e15:.3g} | {r['gpu_hours_per_iteration']:.3g} | "
             f"{r['wall_minutes_per_iteration']:.1f} | {r['iterations_in_budget']:.0f} |"
         )
+    for r, (_, cfg) in zip(rows, configs, strict=True):
+        if "rollout_nfe_high" in r:
+            print_experts(r, cfg)
     priced = [r for r in rows if "memory" in r]
     if priced:
         print_memory(priced, args.gpu)
     if not args.no_memory and len(priced) < len(rows):
         print("memory: the per-GPU memory model covers wan models; toy runs measure their own")
     return 0
+
+
+def print_experts(r: dict, cfg) -> None:
+    """A two-expert model's split: what each expert serves and trains per iteration, and its FLOPs."""
+    from grpo_zoo.models.wan22 import configured_boundary
+
+    fwd, bwd = r["fwd_flops_per_nfe"], r["bwd_flops_per_nfe"]
+    per_item = r["update_nfe"] / max(r["trained_high"] + r["trained_low"], 1)  # update forwards per trained item
+    print(f"{r['config']}: experts switched at boundary {configured_boundary(cfg.model):g} (sigma >= it: high)")
+    for name in ("high", "low"):
+        nfe = r["rollout_nfe_high"] if name == "high" else r["rollout_nfe"] - r["rollout_nfe_high"]
+        items = r[f"trained_{name}"]
+        back = r["backward"] * items / max(r["trained_high"] + r["trained_low"], 1)
+        pflops = ((nfe + items * per_item) * fwd + back * bwd) / 1e15
+        trains = "trains" if name in cfg.model.experts else "frozen"
+        print(
+            f"  {name}: {trains}; serves {nfe:.0f} rollout NFE and {items:.1f} trained transitions per iteration, "
+            f"{pflops:.3g} PFLOP/iter"
+        )
 
 
 def print_memory(rows: list[dict], gpu: str) -> None:

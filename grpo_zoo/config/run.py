@@ -17,12 +17,15 @@ from grpo_zoo.errors import NOISE_LEVEL, SHIFT, ConfigError, readable_file
 
 @dataclass
 class ModelConfig:
-    backend: Literal["toy", "wan"] = "toy"
-    """Policy backend: toy (the toy world's tiny Wan DiT) or wan (diffusers Wan2.1 directory)."""
+    backend: Literal["toy", "wan", "wan2.2-ti2v", "wan2.2-a14b"] = "toy"
+    """Policy backend: toy (the toy world's tiny Wan DiT), wan (a diffusers Wan2.1 T2V directory),
+    wan2.2-ti2v (Wan2.2-TI2V-5B: its own 16x VAE, per-token timesteps) or wan2.2-a14b (Wan2.2-T2V-A14B:
+    two experts switched at the boundary timestep). grpo_zoo/models/."""
     path: str = "toy-base"
-    """toy: a shipped checkpoint name or a directory; wan: a local diffusers Wan2.1 directory."""
+    """toy: a shipped checkpoint name or a directory; the others: a local diffusers directory."""
     arch: str | None = None
-    """wan: the architecture (wan2.1-t2v-1.3b, wan2.1-t2v-14b), for estimates without the weights."""
+    """wan: the architecture (wan2.1-t2v-1.3b, wan2.1-t2v-14b, wan2.2-ti2v-5b, wan2.2-t2v-a14b), for
+    estimates without the weights."""
     lora_rank: int = num(0, ge=0, le=4096)
     """LoRA rank through peft; 0 trains every weight (the reference is then a frozen copy)."""
     lora_alpha: float = num(32.0, gt=0)
@@ -52,26 +55,59 @@ class ModelConfig:
     compile_blocks: bool = False
     """wan: torch.compile each transformer block (diffusers' compile_repeated_blocks; compiles at the first
     forward of each shape)."""
+    experts: list[str] = field(default_factory=lambda: ["high", "low"])
+    """wan2.2-a14b: the experts that train (high: the high-noise transformer, low: transformer_2); a
+    transition trains the expert its sigma selects, so a step only the frozen expert serves does not train."""
+    boundary: float | None = num(None, gt=0, lt=1)
+    """wan2.2-a14b: the boundary ratio in (0, 1): the high-noise expert serves timesteps >= boundary x 1000
+    (WanPipeline's rule); null: the directory's model_index.json (0.875 in the release)."""
+    low_noise_guidance: float | None = num(None, ge=1)
+    """wan2.2-a14b: the CFG scale of the low-noise expert (WanPipeline's guidance_scale_2; 3.0 against
+    4.0 in the release); null: sampling.guidance."""
 
     WAN_ONLY: ClassVar[tuple[str, ...]] = (
         "arch", "height", "width", "frames", "max_tokens", "vae_dtype", "vae_batch", "attention_backend", "compile_blocks",
     )  # fmt: skip
-    """The fields only the wan backend reads (their docs start with "wan:")."""
+    """The fields only the wan backends read (their docs start with "wan:")."""
+    EXPERTS_ONLY: ClassVar[tuple[str, ...]] = ("experts", "boundary", "low_noise_guidance")
+    """The fields only the two-expert backend reads (their docs start with "wan2.2-a14b:")."""
+    EXPERT_NAMES: ClassVar[tuple[str, ...]] = ("high", "low")
+
+    @property
+    def is_wan(self) -> bool:
+        """A diffusers Wan backend (2.1 or 2.2): the real path's loading, shapes and memory model."""
+        return self.backend.startswith("wan")
 
     def unused_fields(self) -> tuple[str, ...]:
         """The fields its backend does not read: left out of the resolved config (config.yaml)."""
-        return () if self.backend == "wan" else self.WAN_ONLY
+        unused = () if self.is_wan else self.WAN_ONLY
+        return unused + (() if self.backend == "wan2.2-a14b" else self.EXPERTS_ONLY)
 
     def validate(self) -> None:
         for f in fields(self):
             if f.name in self.unused_fields():
                 default = f.default if f.default is not MISSING else f.default_factory()
                 if getattr(self, f.name) != default:
+                    if f.name in self.EXPERTS_ONLY:
+                        raise ConfigError(
+                            f"model.{f.name}: a setting of the two-expert wan2.2-a14b backend, which model.backend "
+                            f"{self.backend} does not read; remove it"
+                        )
                     raise ConfigError(
                         f"model.{f.name}: a wan setting, which model.backend {self.backend} does not read "
                         f"(the toy world's size and kernels are fixed); remove it, or set model.backend: wan"
                     )
-        if self.backend == "wan" and (self.height % 16 or self.width % 16 or (self.frames - 1) % 4):
+        for name in self.experts:
+            if name not in self.EXPERT_NAMES:
+                raise ConfigError(f"model.experts: unknown expert {name!r} (the experts are high and low)")
+        if not self.experts or len(set(self.experts)) != len(self.experts):
+            raise ConfigError(f"model.experts: name each expert that trains once (high, low), got {self.experts}")
+        if self.backend == "wan2.2-ti2v" and (self.height % 32 or self.width % 32 or (self.frames - 1) % 4):
+            raise ConfigError(
+                f"frames, height, width: {self.frames} x {self.height} x {self.width} is not a Wan2.2-TI2V video; "
+                "frames must be 4k + 1, height and width multiples of 32 (its VAE's 16x downsampling and 2x2 patches)"
+            )
+        if self.is_wan and (self.height % 16 or self.width % 16 or (self.frames - 1) % 4):
             raise ConfigError(
                 f"frames, height, width: {self.frames} x {self.height} x {self.width} is not a Wan video; frames "
                 "must be 4k + 1 (the VAE's 4x time compression), height and width multiples of 16 (its 8x "

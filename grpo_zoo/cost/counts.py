@@ -24,6 +24,13 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
     cfg_mult = cfg_multiplier(s.guidance)
     local = cfg.data.prompts_per_step // world
     rollout = trained = made = 0
+    split = cfg.model.backend == "wan2.2-a14b"  # two experts: what each serves and trains
+    if split:
+        from grpo_zoo.models.wan22 import configured_boundary, is_high, trained_steps
+
+        high_step = is_high(table.sigma, configured_boundary(cfg.model))
+        serves = trained_steps(cfg.model, table.sigma)
+        rollout_high = trained_high = 0
     for rank in range(world):
         ctx = PlanContext.of(
             local,
@@ -39,6 +46,11 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
         items = obj.num_items(plan)
         if objective.needs_transitions:  # pruning by advantage: its count, with advantages not known yet
             traj, st = plan.train.nonzero(as_tuple=True)
+            if split:  # an item its frozen expert serves does not train (Policy.trains_at)
+                traj, st = traj[serves[st]], st[serves[st]]
+                items = len(traj)
+                rollout_high += int(plan.forward_rows()[:, high_step].sum()) * cfg_mult
+                trained_high += int(high_step[st].sum())
             zeros = {cfg.reward.entry: torch.zeros(local, cfg.data.group_size)}
             scored = AdvantageContext(
                 iteration=step, prompts=ctx.prompts, group_size=ctx.group_size, table=table, plan=plan,
@@ -50,7 +62,10 @@ def iteration_counts(cfg, step: int, world: int = 1) -> dict[str, float]:
         made += obj.num_items(plan) * obj.item_forwards() * obj.cfg_mult
     passes = trained * cfg.optim.inner_epochs * obj.passes_per_item() * obj.cfg_mult
     extra = trained * cfg.optim.inner_epochs * obj.extra_forwards() * obj.cfg_mult
-    return {"rollout_nfe": rollout, "update_nfe": passes + extra + made, "backward": passes}
+    out = {"rollout_nfe": rollout, "update_nfe": passes + extra + made, "backward": passes}
+    if split and objective.needs_transitions:
+        out.update(rollout_nfe_high=rollout_high, trained_high=trained_high, trained_low=trained - trained_high)
+    return out
 
 
 def estimate(cfg, gpus: int, gpu: str, mfu: float, budget_gpu_hours: float, plans: int) -> dict:

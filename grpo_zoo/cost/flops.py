@@ -31,8 +31,9 @@ def model_shapes(model) -> tuple[dict, tuple[int, ...], int]:
             f"model.path: no Wan model directory at {model.path!r} and model.arch {model.arch!r} is not one of "
             f"{', '.join(ARCHS)}"
         )
-    t_scale = 2 ** sum(vconf["temperal_downsample"])
-    s_scale = 2 ** len(vconf["temperal_downsample"])
+    from grpo_zoo.models.wan_arch import vae_scales
+
+    t_scale, s_scale = vae_scales(vconf)
     latent = (vconf["z_dim"], (model.frames - 1) // t_scale + 1, model.height // s_scale, model.width // s_scale)
     return tconf, latent, tconf["text_dim"]
 
@@ -75,9 +76,9 @@ _COUNTED: dict[tuple, tuple[float, float]] = {}
 def flops_per_nfe(model) -> tuple[float, float]:
     """(forward, backward) FLOPs of one sample through the transformer, counted once per
     distinct shape: on the meta device for wan models (no weights, no compute)."""
-    key = shape_key(model) if model.backend == "wan" else ("toy", repr(model))
+    key = shape_key(model) if model.is_wan else ("toy", repr(model))
     if key not in _COUNTED:
-        _COUNTED[key] = meta_flops_per_nfe(model) if model.backend == "wan" else toy_flops_per_nfe(model)
+        _COUNTED[key] = meta_flops_per_nfe(model) if model.is_wan else toy_flops_per_nfe(model)
     return _COUNTED[key]
 
 
@@ -119,7 +120,7 @@ def run_flops(model, policy, prompt: str) -> tuple[float, float]:
     """What a run's meter multiplies its passes by: a wan model's count from shapes (the same
     number `estimate` prices; no real pass, whatever the model's size), the toy's tiny
     transformer counted through the loaded policy, as it trains."""
-    if model.backend == "wan":
+    if model.is_wan:
         return flops_per_nfe(model)
     return policy_flops(policy, prompt)
 

@@ -84,8 +84,13 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
             net = apply_lora(WanTransformer3DModel.from_config(tconf), cfg.model)
             _PARAMS[key] = count(net, False), count(net, True), count(AutoencoderKLWan.from_config(vconf))
     base, train, vae = _PARAMS[key]
-    if cfg.model.lora_rank == 0:
-        base = 0
+    # two experts of one shape (wan2.2-a14b): both held, the ones in model.experts trained
+    n_exp = 2 if cfg.model.backend == "wan2.2-a14b" else 1
+    n_train = len(cfg.model.experts) if n_exp == 2 else 1
+    if cfg.model.lora_rank == 0:  # full fine-tuning: a frozen expert's weights are all base
+        base, train = train * (n_exp - n_train), train * n_train
+    else:
+        base, train = base * n_exp, train * n_train
     z, bf16 = cfg.engine.zero_stage, cfg.engine.precision == "bf16"
     w = 2 if bf16 else 4
     shard_w = world if z == 3 else 1
@@ -101,7 +106,7 @@ def held_bytes(cfg, world: int) -> dict[str, float]:
         "optimizer states": states + grads,
         "EMA": w * train if cfg.optim.ema_decay > 0 else 0.0,
         # full fine-tuning with a KL keeps a frozen copy, in the dtype the transformer loads in
-        "reference model": w * train if (cfg.model.lora_rank == 0 and cfg.optim.beta > 0) else 0.0,
+        "reference model": w * (train + base) if (cfg.model.lora_rank == 0 and cfg.optim.beta > 0) else 0.0,
         # DeepSpeed's contiguous gradient bucket (reduce_bucket_size elements, allocated whole)
         "ZeRO gradient bucket": bucket if z >= 1 else 0.0,
         "VAE": dtype_bytes(cfg.model.vae_dtype) * vae,

@@ -10,7 +10,7 @@ def rollout_micro_batch(cfg, world: int, device: torch.device) -> int | None:
     """Trajectories per transformer forward in a rollout (None: all of them at once)."""
     if cfg.sampling.rollout_micro_batch is not None:
         return cfg.sampling.rollout_micro_batch
-    if cfg.model.backend != "wan" or torch.device(device).type != "cuda":
+    if not cfg.model.is_wan or torch.device(device).type != "cuda":
         return None
     from grpo_zoo.cost.memory import micro_batch, usable_bytes
 

@@ -43,7 +43,7 @@ def check(model, engine) -> None:
     name = model.attention_backend
     if name == "native" and not model.compile_blocks:
         return
-    if model.backend != "wan":
+    if not model.is_wan:
         field = "attention_backend" if name != "native" else "compile_blocks"
         raise ConfigError(f"model.{field}: applies to model.backend=wan only (the toy runs native attention, eagerly)")
     cuda = _uses_cuda(engine)

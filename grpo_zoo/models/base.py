@@ -52,6 +52,11 @@ class Policy(torch.nn.Module):
         encodes them once here and frees the encoder (`encode` then reads the cache); the toy's
         is a few kilobytes and keeps encoding."""
 
+    def trains_at(self, sigma: torch.Tensor) -> torch.Tensor:
+        """[N] bool: whether an item at noise level sigma [N] trains (a weight of the module that
+        serves it can learn). Every item, but where only some experts train (wan2.2-a14b)."""
+        return torch.ones(sigma.shape, dtype=torch.bool)
+
     # -- shared --------------------------------------------------------------------------
     def _model(self) -> torch.nn.Module:
         return self._frozen_ref if (self._use_ref and self._frozen_ref is not None) else self.net

@@ -26,8 +26,9 @@ def transformer_config(model) -> dict:
     what = "toy checkpoint" if model.backend == "toy" else "Wan model directory"
     if not root.is_dir():
         raise ConfigError(f"model.path: no {what} at {model.path!r}")
-    if model.backend == "wan":
-        missing = [part for part in WAN_PARTS if not (root / part).is_dir()]
+    if model.is_wan:
+        parts = (*WAN_PARTS, "transformer_2") if model.backend == "wan2.2-a14b" else WAN_PARTS
+        missing = [part for part in parts if not (root / part).is_dir()]
         if missing:
             raise ConfigError(
                 f"model.path: {model.path!r} has no {', '.join(missing)} folder (a diffusers Wan directory)"

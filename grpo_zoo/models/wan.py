@@ -37,7 +37,50 @@ def stored_dtype(folder: Path) -> torch.dtype:
     return torch.float32
 
 
+def placement(device: torch.device | None) -> dict:
+    """from_pretrained's placement: straight onto a GPU, else the host."""
+    return {"device_map": {"": device}} if device is not None and device.type != "cpu" else {}
+
+
+def checked_root(cfg, subfolders) -> Path:
+    root = Path(cfg.path)
+    missing = [s for s in subfolders if not (root / s).is_dir()]
+    if missing:
+        raise ConfigError(f"model.path: {root} lacks {', '.join(missing)}/ (a diffusers {cfg.backend} directory)")
+    return root
+
+
+def load_transformer(folder: Path, cfg, dtype, device, train: bool = True):
+    """A WanTransformer3DModel in `dtype` (None: as stored) with the run's kernels, checkpointing
+    and LoRA (`train`; else frozen: an expert that does not train)."""
+    from diffusers import WanTransformer3DModel
+
+    transformer = WanTransformer3DModel.from_pretrained(
+        folder, torch_dtype=dtype or stored_dtype(folder), **placement(device)
+    )
+    if cfg.gradient_checkpointing and train:
+        transformer.enable_gradient_checkpointing()
+    accel.apply(transformer, cfg)  # attention kernel and compiled blocks (model.attention_backend, compile_blocks)
+    return apply_lora(transformer, cfg) if train else transformer.requires_grad_(False)
+
+
+def load_rest(root: Path, device) -> tuple:
+    """(VAE in float32 as WanPipeline decodes, UMT5 as stored: bf16 in the release, tokenizer)."""
+    from diffusers import AutoencoderKLWan
+    from transformers import AutoTokenizer, UMT5EncoderModel
+
+    vae = AutoencoderKLWan.from_pretrained(root / "vae", **placement(device))
+    text_encoder = UMT5EncoderModel.from_pretrained(root / "text_encoder", dtype="auto", **placement(device))
+    return vae, text_encoder, AutoTokenizer.from_pretrained(root / "tokenizer")
+
+
+def shape_of(cfg) -> tuple:
+    return cfg.frames, cfg.height, cfg.width, cfg.max_tokens, cfg.vae_dtype, cfg.vae_batch
+
+
 class WanPolicy(Policy):
+    SUBFOLDERS = SUBFOLDERS
+
     def __init__(
         self, transformer, vae, text_encoder, tokenizer, frames: int, height: int, width: int, max_tokens: int,
         vae_dtype: str = "fp32", vae_batch: int = 1,
@@ -51,8 +94,9 @@ class WanPolicy(Policy):
         self.text_encoder = text_encoder.requires_grad_(False).eval()
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        t_scale = 2 ** sum(vae.config.temperal_downsample)
-        s_scale = 2 ** len(vae.config.temperal_downsample)
+        from grpo_zoo.models.wan_arch import vae_scales
+
+        t_scale, s_scale = vae_scales(dict(vae.config))
         if (frames - 1) % t_scale or height % (s_scale * 2) or width % (s_scale * 2):
             raise ConfigError(
                 f"model.frames/height/width: {frames}x{height}x{width} do not fit the VAE "
@@ -65,30 +109,9 @@ class WanPolicy(Policy):
         """The components from cfg.path. The transformer loads in `dtype` (the training precision:
         what DeepSpeed would cast it to; None: as stored), each weight read straight into that
         dtype and, on a GPU, onto `device`: no float32 copy of a bf16 checkpoint on the host."""
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
-        from transformers import AutoTokenizer, UMT5EncoderModel
-
-        root = Path(cfg.path)
-        missing = [s for s in SUBFOLDERS if not (root / s).is_dir()]
-        if missing:
-            raise ConfigError(f"model.path: {root} lacks {', '.join(missing)}/ (a diffusers Wan2.1 directory)")
-        place = {"device_map": {"": device}} if device is not None and device.type != "cpu" else {}
-        transformer = WanTransformer3DModel.from_pretrained(
-            root / "transformer", torch_dtype=dtype or stored_dtype(root / "transformer"), **place
-        )
-        if cfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        accel.apply(transformer, cfg)  # attention kernel and compiled blocks (model.attention_backend, compile_blocks)
-        transformer = apply_lora(transformer, cfg)
-        vae = AutoencoderKLWan.from_pretrained(root / "vae", **place)  # float32, as WanPipeline decodes
-        text_encoder = UMT5EncoderModel.from_pretrained(
-            root / "text_encoder", dtype="auto", **place
-        )  # as stored (bf16 in the release)
-        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-        return cls(
-            transformer, vae, text_encoder, tokenizer, cfg.frames, cfg.height, cfg.width, cfg.max_tokens,
-            cfg.vae_dtype, cfg.vae_batch,
-        )  # fmt: skip
+        root = checked_root(cfg, cls.SUBFOLDERS)
+        transformer = load_transformer(root / "transformer", cfg, dtype, device)
+        return cls(transformer, *load_rest(root, device), *shape_of(cfg))  # fmt: skip
 
     @torch.no_grad()
     def fix_prompts(self, prompts: list[str]) -> None:

@@ -160,9 +160,22 @@ def prompt_following(det: Detections, prompts: list[str]) -> torch.Tensor:
 HPS_WEIGHTS = {"toy_prompt": 0.4, "toy_aesthetic": 0.3, "toy_motion": 0.3}
 
 
+def world_sized(videos: torch.Tensor) -> torch.Tensor:
+    """Videos [B, 3, F, H, W] at the world's H x W (a real model's tiny test video of another
+    size is area-resized first; the world's own size passes as it is)."""
+    if tuple(videos.shape[-2:]) == (world.SIZE, world.SIZE):
+        return videos
+    import torch.nn.functional as F
+
+    b, c, f, h, w = videos.shape
+    frames = videos.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
+    frames = F.interpolate(frames, size=(world.SIZE, world.SIZE), mode="area")
+    return frames.reshape(b, f, c, world.SIZE, world.SIZE).permute(0, 2, 1, 3, 4)
+
+
 def all_rewards(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Every toy reward by name, from one pass of the detectors."""
-    det = Detections(videos)
+    det = Detections(world_sized(videos))
     out = {"toy_motion": motion(det), "toy_aesthetic": aesthetic(det), "toy_prompt": prompt_following(det, prompts)}
     out["toy_hps"] = sum(w * out[k] for k, w in HPS_WEIGHTS.items())
     out["toy_still"] = still(det)
@@ -171,7 +184,7 @@ def all_rewards(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Ten
 
 def eval_metrics(videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Table 1's columns on the toy world, per video, in [0, 1]."""
-    det = Detections(videos)
+    det = Detections(world_sized(videos))
     m = det.mask
     sat = det.saturation
     bright = det.img.max(dim=1).values

@@ -183,6 +183,9 @@ class Trainer(RunLoop):
         items, made = self.objective.items(ro, ctx, p.emb, generator(self.cfg.seed, self.step, self.rank, "items"))
         r = self.cfg.reward
         adv = aggregate(self.algorithm, ctx, items.traj, items.step, r.weights, r.aggregate)
+        served = self.policy.trains_at(items.t if hasattr(items, "t") else self.table.sigma[items.step])
+        if not served.all():  # served by an expert that does not train (wan2.2-a14b's model.experts)
+            items, adv = items.select(served), adv[served]
         keep = self.algorithm.keep(ctx, items.traj, items.step, adv if adv.dim() == 1 else adv.sum(-1))
         if keep is not None:  # pruned by advantage: neither forward nor backward
             items, adv = items.select(keep), adv[keep]
