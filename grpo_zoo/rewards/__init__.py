@@ -100,19 +100,28 @@ for _name in TOY_REWARDS:
     register(_name, entries=TOY_REWARDS)(_toy(_name))
 
 
-@register("hpsv3", entries=("hpsv3", "hpsv3_frame_mean"))
-def _hpsv3(**options) -> RewardFn:
-    import inspect
+def _service(class_name: str) -> Callable[..., RewardFn]:
+    def factory(**options) -> RewardFn:
+        import inspect
 
-    from grpo_zoo.rewards.hpsv3 import HPSv3Reward
+        from grpo_zoo.rewards import hpsv3
 
-    known = set(inspect.signature(HPSv3Reward).parameters)
-    unknown = set(options) - known
-    if unknown:
-        raise ConfigError(
-            f"reward.options: unknown hpsv3 option {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
-        )
-    return HPSv3Reward(**options)
+        cls = getattr(hpsv3, class_name)
+        known = set(inspect.signature(cls).parameters)
+        unknown = set(options) - known
+        if unknown:
+            raise ConfigError(
+                f"reward.options: unknown {cls.NAME} option {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
+            )
+        return cls(**options)
+
+    return factory
+
+
+SERVICE_REWARDS = {"hpsv3": "HPSv3Reward", "pickscore": "PickScoreReward", "clip_score": "CLIPScoreReward"}
+"""Rewards behind the reward service's protocol (grpo_zoo/rewards/hpsv3.py; server.py --scorer)."""
+for _name, _cls in SERVICE_REWARDS.items():
+    register(_name, entries=(_name, f"{_name}_frame_mean"))(_service(_cls))
 
 
 class Scoring:

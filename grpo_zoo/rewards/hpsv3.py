@@ -139,11 +139,20 @@ class ServiceError(RuntimeError):
 
 
 class HPSv3Reward:
+    NAME = "hpsv3"
+    """The reward's name, its first entry and the scorer its service must serve (its /health)."""
+    LABEL = "HPSv3"
+    ENV = "HPSV3"
+    """Prefix of the environment variables that find the service: $<ENV>_TOKEN, _TOKEN_FILE, _URL_FILE."""
+    URL = "http://127.0.0.1:8765"
+    SERVE = "bash grpo_zoo/rewards/hpsv3_service/serve.sh"
+    AGGREGATE = "top_fraction"
+
     def __init__(
         self,
-        url: str = "http://127.0.0.1:8765",
+        url: str | None = None,
         frames: int | str = 8,
-        aggregate: str = "top_fraction",
+        aggregate: str | None = None,
         top_fraction: float = 0.3,
         batch_size: int = 8,
         timeout: float = 300.0,
@@ -157,6 +166,7 @@ class HPSv3Reward:
         request_frames: int | None = None,
         encode_threads: int = 4,
     ):
+        url, aggregate = url or self.URL, aggregate or self.AGGREGATE
         if aggregate not in AGGREGATES:
             raise ConfigError(f"reward.options.aggregate: one of {', '.join(AGGREGATES)}, got {aggregate!r}")
         if frames != "all" and not (isinstance(frames, int) and not isinstance(frames, bool)):
@@ -192,11 +202,11 @@ class HPSv3Reward:
         # the request limits in force: the options', else the service's (learned by check()), else the defaults
         self.max_bytes = int((request_mb or DEFAULT_REQUEST_MB) * 2**20)
         self.max_frames = request_frames or DEFAULT_REQUEST_FRAMES
-        self.pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix="hpsv3")  # chunks: encode, send, wait
-        self.encoder = ThreadPoolExecutor(encode_threads, thread_name_prefix="hpsv3-jpeg")  # frames of a chunk
+        self.pool = ThreadPoolExecutor(max_in_flight, thread_name_prefix=self.NAME)  # chunks: encode, send, wait
+        self.encoder = ThreadPoolExecutor(encode_threads, thread_name_prefix=f"{self.NAME}-jpeg")  # frames of a chunk
         self.stats = {"requests": 0, "retries": 0}
-        self.url_file = url_file or os.environ.get("HPSV3_URL_FILE")
-        self.token_file = token_file or os.environ.get("HPSV3_TOKEN_FILE")
+        self.url_file = url_file or os.environ.get(f"{self.ENV}_URL_FILE")
+        self.token_file = token_file or os.environ.get(f"{self.ENV}_TOKEN_FILE")
 
     # -- the service -------------------------------------------------------------------
     def address(self) -> str:
@@ -209,7 +219,7 @@ class HPSv3Reward:
         return self.url
 
     def headers(self) -> dict[str, str]:
-        token = os.environ.get("HPSV3_TOKEN", "").strip()
+        token = os.environ.get(f"{self.ENV}_TOKEN", "").strip()
         if not token and self.token_file:
             try:
                 token = Path(self.token_file).read_text().strip()
@@ -229,21 +239,26 @@ class HPSv3Reward:
         except urllib.error.HTTPError as err:
             if err.code == 401:
                 raise ConfigError(
-                    f"reward.options.token_file: the HPSv3 service at {url} wants a token and refused ours "
-                    "(set $HPSV3_TOKEN or reward.options.token_file to the service's token file)"
+                    f"reward.options.token_file: the {self.LABEL} service at {url} wants a token and refused ours "
+                    f"(set ${self.ENV}_TOKEN or reward.options.token_file to the service's token file)"
                 ) from None
-            raise ConfigError(f"reward.options.url: the HPSv3 service at {url} answered {err.code}") from None
+            raise ConfigError(f"reward.options.url: the {self.LABEL} service at {url} answered {err.code}") from None
         except (OSError, ValueError, ServiceError) as err:
             if self.url_file and not Path(self.url_file).is_file():
                 raise ConfigError(
                     f"reward.options.url_file: no {self.url_file} (is the service job running? see slurm/README.md)"
                 ) from None
             raise ConfigError(
-                f"reward.options.url: the HPSv3 service at {url} is unreachable ({err}); start it with "
-                "bash grpo_zoo/rewards/hpsv3_service/serve.sh (see its README)"
+                f"reward.options.url: the {self.LABEL} service at {url} is unreachable ({err}); start it with "
+                f"{self.SERVE} (see grpo_zoo/rewards/hpsv3_service/README.md)"
             ) from None
         if info.get("status") != "ok":
-            raise ConfigError(f"reward.options.url: the HPSv3 service at {url} is not ready: {info}")
+            raise ConfigError(f"reward.options.url: the {self.LABEL} service at {url} is not ready: {info}")
+        serves = info.get("scorer", "hpsv3")  # a service before 2026-12-07 served HPSv3 alone
+        if serves != self.NAME:
+            raise ConfigError(
+                f"reward.options.url: the service at {url} scores {serves}, not {self.NAME}; point {self.NAME} at its own service"
+            )
         self.fit_limits(info, url)
 
     def fit_limits(self, info: dict, url: str) -> None:
@@ -253,7 +268,7 @@ class HPSv3Reward:
         if isinstance(body, int):
             if self.request_mb is not None and self.max_bytes > body:
                 raise ConfigError(
-                    f"reward.options.request_mb: {self.request_mb} MiB requests are over the limit of the HPSv3 "
+                    f"reward.options.request_mb: {self.request_mb} MiB requests are over the limit of the {self.LABEL} "
                     f"service at {url} ({body / 2**20:g} MiB, its --max-body-mb); lower it or leave it unset"
                 )
             self.max_bytes = min(self.max_bytes, body) if self.request_mb is not None else body
@@ -261,7 +276,7 @@ class HPSv3Reward:
             if self.request_frames is not None and self.max_frames > frames:
                 raise ConfigError(
                     f"reward.options.request_frames: {self.request_frames} frames per request are over the limit "
-                    f"of the HPSv3 service at {url} ({frames}, its --max-frames); lower it or leave it unset"
+                    f"of the {self.LABEL} service at {url} ({frames}, its --max-frames); lower it or leave it unset"
                 )
             self.max_frames = self.max_frames if self.request_frames is not None else frames
 
@@ -283,30 +298,36 @@ class HPSv3Reward:
             except urllib.error.HTTPError as err:
                 if err.code == 401:
                     raise ServiceError(
-                        f"HPSv3 service at {url} refused the token (401): set $HPSV3_TOKEN or reward.options.token_file"
+                        f"{self.LABEL} service at {url} refused the token (401): set ${self.ENV}_TOKEN or reward.options.token_file"
                     ) from None
                 if err.code == 413:
                     raise ServiceError(
-                        f"HPSv3 service at {url} refused a request as too large (413: {err.read()[:200]!r}); "
+                        f"{self.LABEL} service at {url} refused a request as too large (413: {err.read()[:200]!r}); "
                         "lower reward.options.request_mb or request_frames (or leave them unset: the trainer's check "
                         "reads the service's limits), or raise the service's --max-body-mb/--max-frames"
                     ) from None
                 if 400 <= err.code < 500:  # our request is wrong: retrying cannot help
-                    raise ServiceError(f"HPSv3 service rejected the request: {err.code} {err.read()[:300]!r}") from None
+                    raise ServiceError(
+                        f"{self.LABEL} service rejected the request: {err.code} {err.read()[:300]!r}"
+                    ) from None
                 last = f"HTTP {err.code}"  # 5xx, 503 busy: the same request (same id) again
             except (OSError, ValueError) as err:  # refused while restarting, reset, timeout, torn body
                 last = f"{type(err).__name__}: {err}"
-        raise ServiceError(f"HPSv3 service at {self.address()} failed {self.retries + 1} times; last: {last}")
+        raise ServiceError(f"{self.LABEL} service at {self.address()} failed {self.retries + 1} times; last: {last}")
 
     def _send(self, items: list[dict]) -> list[list[float]]:
         rid = uuid.uuid4().hex
         out = self._post({"request_id": rid, "items": items})
         scores = out.get("scores")
         if out.get("request_id") != rid or not isinstance(scores, list) or len(scores) != len(items):
-            raise ServiceError(f"HPSv3 service answered another request (id {out.get('request_id')!r}, {rid!r} sent)")
+            raise ServiceError(
+                f"{self.LABEL} service answered another request (id {out.get('request_id')!r}, {rid!r} sent)"
+            )
         for s, item in zip(scores, items):
             if not isinstance(s, list) or len(s) != len(item["frames"]):
-                raise ServiceError(f"HPSv3 service returned {len(s)} frame scores for {len(item['frames'])} frames")
+                raise ServiceError(
+                    f"{self.LABEL} service returned {len(s)} frame scores for {len(item['frames'])} frames"
+                )
         return scores
 
     def _score_chunk(self, frames: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -361,7 +382,10 @@ class HPSv3Reward:
             try:
                 per_frame = frames.result()
                 done.set_result(
-                    {"hpsv3": aggregate(per_frame, self.how, self.top_fraction), "hpsv3_frame_mean": per_frame.mean(1)}
+                    {
+                        self.NAME: aggregate(per_frame, self.how, self.top_fraction),
+                        f"{self.NAME}_frame_mean": per_frame.mean(1),
+                    }
                 )
             except Exception as err:
                 done.set_exception(err)
@@ -371,3 +395,18 @@ class HPSv3Reward:
 
     def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         return self.submit(videos, prompts).result()
+
+
+class PickScoreReward(HPSv3Reward):
+    """PickScore per frame (PickScore_v1 behind `server.py --scorer pickscore`), the mean over frames
+    by default; the same protocol, options and environment variables with the PICKSCORE prefix."""
+
+    NAME, LABEL, ENV, URL, AGGREGATE = "pickscore", "PickScore", "PICKSCORE", "http://127.0.0.1:8766", "mean"
+    SERVE = "bash grpo_zoo/rewards/hpsv3_service/serve_clip.sh pickscore MODEL_DIR --port 8766"
+
+
+class CLIPScoreReward(HPSv3Reward):
+    """CLIP score per frame (`server.py --scorer clip_score`), the mean over frames by default."""
+
+    NAME, LABEL, ENV, URL, AGGREGATE = "clip_score", "CLIP score", "CLIP_SCORE", "http://127.0.0.1:8767", "mean"
+    SERVE = "bash grpo_zoo/rewards/hpsv3_service/serve_clip.sh clip_score MODEL_DIR --port 8767"

@@ -240,6 +240,7 @@ def make_app(
     model,
     batch_size: int,
     device: str,
+    scorer_name: str = "hpsv3",
     cache_size: int = 512,
     token: str | None = None,
     max_body_bytes: int = 256 * 2**20,
@@ -269,12 +270,13 @@ def make_app(
         yield
         task.cancel()
 
-    app = FastAPI(title="HPSv3 reward service", lifespan=lifespan)
+    app = FastAPI(title=f"{scorer_name} reward service", lifespan=lifespan)
 
     @app.get("/health")
     async def health() -> dict:
         return {
             "status": "ok",
+            "scorer": scorer_name,  # the client checks it serves the reward it asks for
             "device": device,
             "batch_size": batch_size,
             "scored": scorer.scored,
@@ -339,9 +341,12 @@ def read_token(token_file: str | None) -> str | None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="HPSv3 reward service", allow_abbrev=False)
-    p.add_argument("--checkpoint", required=True, help="HPSv3 weights (.safetensors or .pth)")
-    p.add_argument("--base-model", required=True, help="local Qwen2-VL directory (HPSv3's base model)")
+    p = argparse.ArgumentParser(description="reward service (HPSv3, PickScore, CLIP score)", allow_abbrev=False)
+    p.add_argument("--scorer", choices=("hpsv3", "pickscore", "clip_score"), default="hpsv3")
+    p.add_argument("--checkpoint", help="hpsv3: HPSv3 weights (.safetensors or .pth)")
+    p.add_argument("--base-model", help="hpsv3: local Qwen2-VL directory (HPSv3's base model)")
+    p.add_argument("--model", help="pickscore, clip_score: local CLIPModel directory (e.g. PickScore_v1)")
+    p.add_argument("--processor", help="pickscore, clip_score: its tokenizer and image processor (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="beyond loopback a token is required (see --token-file)")
     p.add_argument("--token-file", default=None, help="file holding the shared token (or set $HPSV3_TOKEN)")
     p.add_argument("--max-body-mb", type=float, default=256, help="larger request bodies get 413")
@@ -353,7 +358,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="images per model forward")
     p.add_argument("--decode-threads", type=int, default=4, help="threads decoding a request's frames")
     args = p.parse_args()
-    for name in ("checkpoint", "base_model"):
+    needed = ("checkpoint", "base_model") if args.scorer == "hpsv3" else ("model",)
+    for name in needed:
+        if getattr(args, name) is None:
+            p.error(f"--{name.replace('_', '-')}: required by --scorer {args.scorer}")
         if not Path(getattr(args, name)).exists():
             p.error(f"--{name.replace('_', '-')}: {getattr(args, name)} does not exist")
     try:
@@ -368,16 +376,24 @@ def main() -> None:
         raise SystemExit(2) from None
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import_torchvision()
-    from hpsv3 import HPSv3RewardInferencer
+    if args.scorer == "hpsv3":
+        from hpsv3 import HPSv3RewardInferencer
 
-    model = HPSv3RewardInferencer(
-        config_path=inferencer_config(args.base_model, args.dtype), checkpoint_path=args.checkpoint, device=args.device
-    )
-    print(f"HPSv3 loaded on {args.device}; serving on http://{args.host}:{args.port}", flush=True)
+        model = HPSv3RewardInferencer(
+            config_path=inferencer_config(args.base_model, args.dtype),
+            checkpoint_path=args.checkpoint,
+            device=args.device,
+        )
+    else:
+        from clip_models import CLIPScorer  # beside this file
+
+        model = CLIPScorer(args.scorer, args.model, args.processor, args.device, args.dtype)
+    print(f"{args.scorer} loaded on {args.device}; serving on http://{args.host}:{args.port}", flush=True)
     app = make_app(
         model,
         args.batch_size,
         args.device,
+        args.scorer,
         token=token,
         max_body_bytes=int(args.max_body_mb * 2**20),
         max_frames=args.max_frames,
