@@ -362,6 +362,16 @@ def hacking_table(data: Runs, fall: float = HACK_FALL) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def factor_verdict(lo: float, hi: float, factor: float) -> str:
+    """The rule every speed-up claim is judged by (declared 2026-12-07, before the runs at the
+    references' settings): "reproduced" when the whole CI [lo, hi] lies at or above the claimed
+    factor, "not reproduced" when it lies below it, else "inconclusive" (the data admit the factor
+    and less). The rule before it, "the CI reaches the factor", read a CI of [1.3, 7] as reproduced."""
+    if hi < factor:
+        return "not reproduced"
+    return "reproduced" if lo >= factor else "inconclusive"
+
+
 def compute_to_target(evals: pd.DataFrame, target: float, x: str = "compute/device_hours") -> pd.DataFrame:
     """Per run: the compute at which eval/reward first reaches `target` (linear interpolation
     between evaluations; NaN if never)."""

@@ -46,7 +46,7 @@ def _costs(data, variant: str, target: float, x: str) -> tuple[np.ndarray, int]:
 
 
 def check_claims(data, target: float, x: str) -> list[dict]:
-    from grpo_zoo.analysis.stats import collapse_table, ratio_ci
+    from grpo_zoo.analysis.stats import collapse_table, factor_verdict, ratio_ci
 
     claims = yaml.safe_load(CLAIMS.read_text()) or {}
     variants = set(data.runs["variant"])
@@ -113,15 +113,13 @@ def check_claims(data, target: float, x: str) -> list[dict]:
                 "inconclusive",
                 f"a seed never reached {target:.3f}: the speed-up is only {'an' if bound == 'upper' else 'a'} {bound} bound",
             )
-        elif hi < factor:
-            verdict, reason = "not reproduced", f"the CI of the speed-up {what} lies below {factor:g}x"
-        elif lo >= factor:
-            verdict, reason = "reproduced", f"the whole CI of the speed-up {what} lies at or above {factor:g}x"
         else:
-            verdict, reason = (
-                "inconclusive",
-                f"the CI of the speed-up {what} holds {factor:g}x and as little as {lo:.2f}x",
-            )
+            verdict = factor_verdict(lo, hi, factor)
+            reason = {
+                "not reproduced": f"the CI of the speed-up {what} lies below {factor:g}x",
+                "reproduced": f"the whole CI of the speed-up {what} lies at or above {factor:g}x",
+                "inconclusive": f"the CI of the speed-up {what} holds {factor:g}x and as little as {lo:.2f}x",
+            }[verdict]
         rows.append({**row, "Toy world": toy, "Verdict": verdict, "Reason": reason})
     return rows
 

@@ -100,7 +100,7 @@ def equal_compute(data) -> Claim:
 def speedup(data) -> Claim:
     """Flash-GRPO's compute to the baseline's final reward: the efficiency experiment's declared
     baseline (report.baseline: Flow-GRPO)."""
-    from grpo_zoo.analysis.stats import cost_to_target, ratio_ci
+    from grpo_zoo.analysis.stats import cost_to_target, factor_verdict, ratio_ci
     from grpo_zoo.analysis.tables import baseline_of
 
     x = "compute/flops"
@@ -126,19 +126,15 @@ def speedup(data) -> Claim:
         verdict, reason = "inconclusive", "too few seeds for a CI"
     elif hi < 1:
         verdict, reason = "not reproduced", f"Flash-GRPO needs more compute than {ref} (CI below 1x)"
-    elif hi < CLAIMED_SPEEDUP:
-        verdict, reason = (
-            "not reproduced",
-            f"the CI lies below the paper's {CLAIMED_SPEEDUP:.0f}x"
-            + (" (Flash-GRPO is faster: CI above 1x)" if lo > 1 else " and includes 1x"),
-        )
-    elif lo >= CLAIMED_SPEEDUP:
-        verdict, reason = "reproduced", f"the whole CI lies at or above {CLAIMED_SPEEDUP:.0f}x"
     else:
-        verdict, reason = (
-            "inconclusive",
-            f"the CI holds {CLAIMED_SPEEDUP:.0f}x and as little as {lo:.2f}x: the runs cannot tell the claim from less",
-        )
+        verdict = factor_verdict(lo, hi, CLAIMED_SPEEDUP)
+        reason = {
+            "not reproduced": f"the CI lies below the paper's {CLAIMED_SPEEDUP:.0f}x"
+            + (" (Flash-GRPO is faster: CI above 1x)" if lo > 1 else " and includes 1x"),
+            "reproduced": f"the whole CI lies at or above {CLAIMED_SPEEDUP:.0f}x",
+            "inconclusive": f"the CI holds {CLAIMED_SPEEDUP:.0f}x and as little as {lo:.2f}x: the runs cannot tell "
+            "the claim from less",
+        }[verdict]
     return Claim(
         "(ii) Flash-GRPO reaches Flow-GRPO's final reward with about 6x less compute",
         "about 6x less training cost (Fig. 1)",
