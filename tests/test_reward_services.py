@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -172,3 +173,81 @@ def test_a_service_down_is_one_line_before_compute_and_one_dying_mid_run_stops_c
     finally:
         proc.kill()
         proc.wait()
+
+
+# -- the VLM judge over an OpenAI-compatible server ------------------------------------------------
+def test_the_rating_is_the_probability_weighted_digit():
+    from grpo_zoo.rewards.hpsv3 import ServiceError
+    from grpo_zoo.rewards.vlm_judge import rating
+
+    tops = [{"token": "9", "logprob": -0.1}, {"token": "x", "logprob": -1.0}, {"token": "1", "logprob": -2.0}]
+    choice = {"message": {"content": "9"}, "logprobs": {"content": [{"token": "9", "top_logprobs": tops}]}}
+    p9, p1 = 2.718281828**-0.1, 2.718281828**-2.0
+    assert rating(choice) == pytest.approx(((9 * p9 + p1) / (p9 + p1) - 1) / 8, rel=1e-6)
+    assert rating({"message": {"content": "I'd say 7."}}) == pytest.approx(6 / 8)  # no log-probs: the digit
+    with pytest.raises(ServiceError, match="no rating"):
+        rating({"message": {"content": "great"}})
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory):
+    out = tmp_path_factory.mktemp("judge")
+    env = {**clean_env(), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [str(VENV / "bin" / "python"), str(SERVICE / "make_tiny.py"), str(out), "--judge"], check=True, env=env
+    )
+    key = out / "key"
+    key.write_text("sesame\n")
+    port = free_port()
+    cmd = [str(VENV / "bin" / "python"), str(SERVICE / "judge_server.py"), "--model", str(out / "base")]
+    proc = subprocess.Popen([*cmd, "--port", str(port), "--api-key-file", str(key)], env=env, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode()[-3000:])
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+        except urllib.error.HTTPError:  # 401 without the key: it is up
+            break
+        except OSError:
+            time.sleep(0.3)
+    yield url, key
+    proc.kill()
+    proc.wait()
+
+
+def test_the_judge_client_checks_its_server_and_rates_each_video(judge):
+    url, key = judge
+    with pytest.raises(ConfigError, match="answered 401 refused our key"):
+        rewards.get("vlm_judge", url=url, model="judge").check()
+    client = rewards.get("vlm_judge", url=url, model="judge", key_file=str(key))
+    client.check()
+    with pytest.raises(ConfigError, match="serves judge, not 'gpt-judge'"):
+        rewards.get("vlm_judge", url=url, model="gpt-judge", key_file=str(key)).check()
+    out = client(videos(3), ["a red circle moving left", "a blue square", "a cat"])["vlm_judge"]
+    assert out.shape == (3,) and ((out >= 0) & (out <= 1)).all()
+    again = client(videos(3), ["a red circle moving left", "a blue square", "a cat"])["vlm_judge"]
+    torch.testing.assert_close(out, again)  # temperature 0, one forward: the same rating
+    other = client(videos(3, seed=1), ["a red circle moving left", "a blue square", "a cat"])["vlm_judge"]
+    assert not torch.equal(out, other)  # it looks at the frames
+
+
+def test_flash_grpo_trains_on_a_toy_reward_weighted_with_the_judge(judge, tmp_path):
+    from grpo_zoo.runs import RunDir
+
+    url, key = judge
+    run = tmp_path / "run"
+    options = f"{{vlm_judge: {{url: '{url}', model: judge, key_file: '{key}', frames: 2}}}}"
+    out = run_module(
+        "grpo_zoo.train",
+        *merged(
+            str(ROOT / "experiments/toy/base.yaml"), *SMALL, f"run_dir={run}", "algorithm.name=flash_grpo",
+            "reward.name={toy_hps: 1.0, vlm_judge: 0.5}", f"reward.options={options}",
+        ),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [r for r in RunDir(run).rows() if r["kind"] == "train"]
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["reward/mean"] == pytest.approx(r["reward/toy_hps"] + 0.5 * r["reward/vlm_judge"], rel=1e-5)

@@ -124,6 +124,21 @@ for _name, _cls in SERVICE_REWARDS.items():
     register(_name, entries=(_name, f"{_name}_frame_mean"))(_service(_cls))
 
 
+@register("vlm_judge", entries=("vlm_judge",))
+def _vlm_judge(**options) -> RewardFn:
+    import inspect
+
+    from grpo_zoo.rewards.vlm_judge import VLMJudgeReward
+
+    known = set(inspect.signature(VLMJudgeReward).parameters)
+    unknown = set(options) - known
+    if unknown:
+        raise ConfigError(
+            f"reward.options: unknown vlm_judge option {sorted(unknown)[0]!r} (known: {', '.join(sorted(known))})"
+        )
+    return VLMJudgeReward(**options)
+
+
 class Scoring:
     """The rewards of a rollout's videos, chunk by chunk as the rollout makes them.
 

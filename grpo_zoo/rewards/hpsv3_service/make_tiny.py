@@ -95,7 +95,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def write_base(out: Path, seed: int = 0) -> Path:
+JUDGE_WORDS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "video", "prompt", "good", "bad", "a", "the", "."]
+"""A tiny judge's words: the nine digits among few others, so its top log-probs hold digits."""
+
+
+def write_base(out: Path, seed: int = 0, words: list[str] | None = None) -> Path:
     import torch
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
@@ -109,7 +113,7 @@ def write_base(out: Path, seed: int = 0) -> Path:
     )
 
     torch.manual_seed(seed)
-    vocab = {w: i for i, w in enumerate(["[UNK]", *WORDS])}
+    vocab = {w: i for i, w in enumerate(["[UNK]", *(WORDS if words is None else words)])}
     core = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = Whitespace()
     tok = Qwen2TokenizerFast(
@@ -181,4 +185,11 @@ def write_tiny_hpsv3(out: str | Path, seed: int = 0) -> Path:
 
 
 if __name__ == "__main__":
-    print(write_tiny_hpsv3(sys.argv[1] if len(sys.argv) > 1 else "tiny-hpsv3"))
+    if len(sys.argv) > 2 and sys.argv[2] == "--judge":  # a tiny Qwen2-VL judge for judge_server.py
+        sys.path.insert(0, str(Path(__file__).parent))
+        from server import import_torchvision
+
+        import_torchvision()
+        print(write_base(Path(sys.argv[1]), words=JUDGE_WORDS))
+    else:
+        print(write_tiny_hpsv3(sys.argv[1] if len(sys.argv) > 1 else "tiny-hpsv3"))
