@@ -214,3 +214,20 @@ def test_estimate_prices_each_new_model_and_each_expert(capsys):
     out = capsys.readouterr().out
     assert "high: trains; serves 1664 rollout NFE and 64.0 trained transitions" in out
     assert "low: trains; serves 896 rollout NFE and 0.0 trained transitions" in out
+
+
+def test_experts_that_no_trained_step_reaches_are_refused_before_compute(tiny, tmp_path):
+    """Flash-GRPO's k on step 0 (sigma 1, the high-noise expert's) with only the low-noise expert
+    training: nothing would ever train, said in one line before any compute."""
+    h, w, f = SIZE["wan2.2-a14b"]
+    out = run_module(
+        "grpo_zoo.train",
+        *merged(
+            str(ROOT / "experiments/toy/base.yaml"), *TINY_WAN_ARGS, "model.backend=wan2.2-a14b",
+            f"model.path={tiny['wan2.2-a14b']}", f"model.height={h}", f"model.width={w}", f"model.frames={f}",
+            "model.experts=[low]", "algorithm.name=flash_grpo", "algorithm.k_range=[0, 0]", f"run_dir={tmp_path / 'run'}",
+        ),
+    )  # fmt: skip
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "model.experts: flash_grpo trains steps 0..0" in out.stderr and "frozen high-noise expert" in out.stderr
+    assert not (tmp_path / "run").exists()

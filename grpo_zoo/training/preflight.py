@@ -55,6 +55,7 @@ def preflight(cfg: RunConfig) -> Preflight:
             f"use a multiple of {world}"
         )
     check_plan(cfg, alg, table, world)
+    check_experts(cfg, alg, table)
     check_chunks(cfg, table, world)
     if cfg.data.eval_samples % world:
         raise ConfigError(f"data.eval_samples: {cfg.data.eval_samples} does not split over {world} ranks")
@@ -87,6 +88,26 @@ def check_reward(cfg: RunConfig, alg) -> None:
     if r.weights is not None and r.aggregate == "losses" and not objective.per_reward_advantages:
         raise ConfigError(
             f"reward.aggregate: {alg.name}'s objective {alg.objective!r} trains one loss; use sum or advantages"
+        )
+
+
+def check_experts(cfg: RunConfig, alg, table: StepTable) -> None:
+    """A two-expert model (wan2.2-a14b) training some of its experts: at least one step the algorithm
+    trains is served by one of them (an item its frozen expert serves is dropped, so otherwise
+    nothing would ever train)."""
+    model = cfg.model
+    if model.backend != "wan2.2-a14b" or set(model.experts) == set(model.EXPERT_NAMES):
+        return
+    from grpo_zoo.models.wan22 import configured_boundary, trained_steps
+
+    steps = alg.trainable_steps(table)
+    if len(steps) and not trained_steps(model, table.sigma[steps.start : steps.stop]).any():
+        frozen = ({"high", "low"} - set(model.experts)).pop()
+        raise ConfigError(
+            f"model.experts: {alg.name} trains steps {steps.start}..{steps.stop - 1} (sigma "
+            f"{float(table.sigma[steps.start]):.3f} to {float(table.sigma[steps.stop - 1]):.3f}), all served by the "
+            f"frozen {frozen}-noise expert at boundary {configured_boundary(model):g}; train {frozen} too, or move "
+            "the trained steps (e.g. algorithm.k_range)"
         )
 
 
